@@ -67,11 +67,24 @@ MODELS = {
 BUDGET = {"epochs": 200, "patience": 10, "learning_rate": 1e-3}
 
 
-def run_config(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int) -> dict:
+# HyMoERec cost ablation (``--phase cost``): label -> model options on top of MODELS["hymoerec"]. Experts of inner
+# size d (instead of 4 d) and/or the hybrid FFN in the last block only; capacity E/k (no token dropped) is kept.
+COST_VARIANTS = {
+    "hymoerec": {},
+    "hymoerec expert_hidden_dim=128": {"expert_hidden_dim": 128},
+    "hymoerec expert_hidden_dim=64": {"expert_hidden_dim": 64},
+    "hymoerec moe_blocks=1": {"moe_blocks": 1},
+    "hymoerec moe_blocks=1 expert_hidden_dim=64": {"moe_blocks": 1, "expert_hidden_dim": 64},
+}
+COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
+
+
+def run_config(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int,
+               model_overrides: dict | None = None) -> dict:
     spec = DATASETS[dataset]
     return {
         "data": {"dir": os.path.join(work_dir, "data", dataset), **spec["data"]},
-        "model": {"name": model, **spec["model"], **MODELS[model]},
+        "model": {"name": model, **spec["model"], **MODELS[model], **(model_overrides or {})},
         "optimizer": {"name": "adam", "learning_rate": BUDGET["learning_rate"], "beta_2": 0.98},
         "training": {"epochs": epochs, "seed": seed, "verbose": 2, "early_stopping": {"patience": patience}},
         "evaluation": {"filter_seen": True, "splits": ["test"]},
@@ -114,6 +127,30 @@ def train_all(datasets, models, seeds, work_dir: str, epochs: int, patience: int
 
 def throughput(datasets, models, work_dir: str, rounds: int, steps: int) -> dict:
     """``{dataset: {model: sequences/s}}``: ``steps`` training steps per round on the same cached batches."""
+    return _throughput(datasets, {m: (m, {}) for m in models}, work_dir, rounds, steps)
+
+
+def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
+    """Sequences/s of SASRec and the :data:`COST_VARIANTS` of HyMoERec, interleaved on the same batches, and
+    each variant's epoch time relative to SASRec; merged into ``benchmarks/results/next_item_cost.json``."""
+    variants = {"sasrec": ("sasrec", {}), **{label: ("hymoerec", o) for label, o in COST_VARIANTS.items()}}
+    rates = _throughput(datasets, variants, work_dir, rounds, steps)
+    payload = json.load(open(COST_RESULTS)) if os.path.exists(COST_RESULTS) else {}
+    print(f"{'dataset':8} {'variant':44} {'seq/s':>7} {'t/SASRec':>8}")
+    for dataset, section in rates.items():
+        payload[dataset] = {label: {"sequences_per_s": rate, "epoch_time_vs_sasrec": section["sasrec"] / rate,
+                                    "model_options": variants[label][1]} for label, rate in section.items()}
+        for label, entry in payload[dataset].items():
+            print(f"{dataset:8} {label:44} {entry['sequences_per_s']:7.0f} {entry['epoch_time_vs_sasrec']:8.2f}")
+    payload["_meta"] = {"what": "training sequences/s, interleaved rounds on the same cached batches",
+                        "rounds": rounds, "steps_per_round": steps, "machine": machine_info(),
+                        "command": "python benchmarks/next_item.py " + " ".join(sys.argv[1:])}
+    write_json(COST_RESULTS, payload)
+    return payload
+
+
+def _throughput(datasets, variants: dict, work_dir: str, rounds: int, steps: int) -> dict:
+    """``{dataset: {label: sequences/s}}`` for ``variants`` = ``{label: (model, model options)}``."""
     import keras
 
     from tfmoe.data import dataset as data
@@ -122,7 +159,8 @@ def throughput(datasets, models, work_dir: str, rounds: int, steps: int) -> dict
 
     out = {}
     for name in datasets:
-        configs = {m: TrainConfig.from_dict(run_config(name, m, 0, work_dir, 1, 1)) for m in models}
+        configs = {label: TrainConfig.from_dict(run_config(name, m, 0, work_dir, 1, 1, overrides))
+                   for label, (m, overrides) in variants.items()}
         first = next(iter(configs.values()))
         ds = data.make_dataset(first.data.dir, "train", "next_item", max_len=first.data.max_len,
                                batch_size=first.data.batch_size, sequence_features=(), seed=0,
@@ -184,6 +222,16 @@ def _evaluate_checkpoint(config) -> dict:
     return evaluation.evaluator(model, config)(evaluation.dataset(config, "test"))
 
 
+THROUGHPUT_SOURCE = "throughput phase (interleaved rounds, same batches)"
+
+
+def _previous_throughput(entry: dict | None) -> float | None:
+    """The throughput-phase rate of an earlier report, kept when this report does not re-measure it."""
+    if entry and entry.get("sequences_per_s_source") == THROUGHPUT_SOURCE:
+        return entry["sequences_per_s"]
+    return None
+
+
 def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, rates: dict | None) -> dict:
     previous = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
     payload = {k: x for k, x in previous.items()}
@@ -194,16 +242,16 @@ def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, r
             if not runs:
                 continue
             ndcg = [r["test"]["NDCG@10"] for r in runs]
+            measured = (rates or {}).get(dataset, {}).get(model) or _previous_throughput(section.get(model))
             entry = {
                 "ndcg@10": statistics.fmean(ndcg),
                 "hr@10": statistics.fmean(r["test"]["HR@10"] for r in runs),
                 "ndcg@10_std": statistics.pstdev(ndcg) if len(ndcg) > 1 else 0.0,
                 "seeds": len(runs),
                 "epochs": statistics.fmean(r["epochs"] for r in runs),
-                "sequences_per_s": (rates or {}).get(dataset, {}).get(model) or statistics.median(
-                    r["sequences_per_s"] for r in runs),
-                "sequences_per_s_source": "throughput phase (interleaved rounds, same batches)"
-                if (rates or {}).get(dataset, {}).get(model) else "median training epoch (models train in turns)",
+                "sequences_per_s": measured or statistics.median(r["sequences_per_s"] for r in runs),
+                "sequences_per_s_source": THROUGHPUT_SOURCE if measured else "median training epoch (models train "
+                                                                             "in turns)",
                 "partial": any(r["partial"] for r in runs),
                 "runs": runs,
                 "config": run_config(dataset, model, 0, "<work-dir>", epochs, patience),
@@ -242,7 +290,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--phase", nargs="+", default=["prepare", "train", "throughput", "report"],
-                        choices=["prepare", "train", "throughput", "report"])
+                        choices=["prepare", "train", "throughput", "cost", "report"],
+                        help="cost: HyMoERec cost ablation (COST_VARIANTS) -> results/next_item_cost.json")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="prepared data and runs (outside the repo)")
     parser.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="max epochs per run")
     parser.add_argument("--patience", type=int, default=BUDGET["patience"])
@@ -262,6 +311,8 @@ def main(argv=None) -> int:
     if "throughput" in args.phase:
         rates = throughput(args.datasets, args.models, args.work_dir, args.rounds, args.steps)
         print("sequences/s:", json.dumps(rates), flush=True)
+    if "cost" in args.phase:
+        cost_ablation(args.datasets, args.work_dir, args.rounds, args.steps)
     if "report" in args.phase:
         report(args.datasets, args.models, args.seeds, args.work_dir, args.epochs, args.patience, rates)
     return 0

@@ -1,0 +1,85 @@
+"""benchmarks/next_item.py: valid configs, chunked turns, partial labels, kept throughput rates, cost ablation."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+from test_dataset import write_prepared
+from test_training import NUM_ITEMS, successor_sequences
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import next_item  # noqa: E402
+
+
+def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
+    from tfmoe.training import TrainConfig
+
+    for dataset in next_item.DATASETS:
+        for model in next_item.MODELS:
+            config = TrainConfig.from_dict(next_item.run_config(dataset, model, 2, str(tmp_path), 200, 10))
+            assert config.model["name"] == model and config.training.epochs == 200
+            assert config.output_dir == str(tmp_path / dataset / model / "seed2")
+        for options in next_item.COST_VARIANTS.values():
+            config = TrainConfig.from_dict(next_item.run_config(dataset, "hymoerec", 0, str(tmp_path), 1, 1, options))
+            assert all(config.model[k] == v for k, v in options.items())
+    assert next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 200
+    assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 50
+
+
+@pytest.fixture()
+def tiny_benchmark(tmp_path, monkeypatch):
+    """The benchmark pointed at a tiny prepared dataset (``tiny``) with small models; results in tmp_path."""
+    work = tmp_path / "work"
+    write_prepared(str(work / "data" / "tiny"), successor_sequences(users=80), shards=1, num_items=NUM_ITEMS)
+    monkeypatch.setattr(next_item, "DATASETS", {"tiny": {
+        "data": {"max_len": 12, "batch_size": 32, "eval_batch_size": 64},
+        "model": {"hidden_dim": 8, "num_blocks": 1, "dropout": 0.0}}})
+    monkeypatch.setattr(next_item, "MODELS", {"sasrec": {"num_heads": 1},
+                                              "hymoerec": {"num_experts": 2, "k": 1, "warmup_steps": 2}})
+    monkeypatch.setattr(next_item, "COST_VARIANTS", {"hymoerec": {}, "hymoerec expert_hidden_dim=4":
+                                                     {"expert_hidden_dim": 4}})
+    monkeypatch.setattr(next_item, "RESULTS", str(tmp_path / "next_item.json"))
+    monkeypatch.setattr(next_item, "COST_RESULTS", str(tmp_path / "next_item_cost.json"))
+    return work
+
+
+def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(tiny_benchmark, tmp_path):
+    work = str(tiny_benchmark)
+    args = ["--datasets", "tiny", "--work-dir", work, "--epochs", "3", "--seeds", "0"]
+    # models take turns 1 epoch at a time; stop after the first turn by asking for 1 epoch of a 3-epoch budget
+    next_item.train_all(["tiny"], ["sasrec", "hymoerec"], [0], work, epochs=1, patience=5, chunk=1)
+    next_item.main(args + ["--models", "sasrec", "hymoerec", "--phase", "throughput", "report", "--rounds", "1",
+                           "--steps", "2"])
+    payload = json.load(open(tmp_path / "next_item.json"))
+    for model in ("sasrec", "hymoerec"):
+        entry = payload["tiny"][model]
+        assert entry["partial"] and entry["epochs"] == 1 and entry["seeds"] == 1  # 1 of 3 epochs
+        assert 0.0 <= entry["ndcg@10"] <= entry["hr@10"] <= 1.0
+        assert entry["runs"][0]["test"]["count"] == 80
+        assert entry["sequences_per_s_source"] == next_item.THROUGHPUT_SOURCE
+    rate = payload["tiny"]["hymoerec"]["sequences_per_s"]
+    assert payload["tiny"]["hymoerec"]["epoch_time_vs_sasrec"] == pytest.approx(
+        payload["tiny"]["sasrec"]["sequences_per_s"] / rate)
+
+    # a later report without the throughput phase keeps the measured rates, and a finished budget is complete
+    next_item.train_all(["tiny"], ["sasrec"], [0], work, epochs=3, patience=5, chunk=3)
+    next_item.main(args + ["--models", "sasrec", "hymoerec", "--phase", "report"])
+    again = json.load(open(tmp_path / "next_item.json"))
+    assert again["tiny"]["hymoerec"]["sequences_per_s"] == rate
+    assert again["tiny"]["sasrec"]["epochs"] == 3 and not again["tiny"]["sasrec"]["partial"]
+    assert again["tiny"]["hymoerec"]["partial"]
+    assert again["_meta"]["budget"]["epochs"] == 3
+
+
+def test_cost_phase_writes_every_variant_relative_to_sasrec(tiny_benchmark, tmp_path):
+    next_item.main(["--datasets", "tiny", "--work-dir", str(tiny_benchmark), "--phase", "cost", "--rounds", "1",
+                    "--steps", "2"])
+    section = json.load(open(tmp_path / "next_item_cost.json"))["tiny"]
+    assert set(section) == {"sasrec", "hymoerec", "hymoerec expert_hidden_dim=4"}
+    assert section["sasrec"]["epoch_time_vs_sasrec"] == 1.0
+    for entry in section.values():
+        assert entry["sequences_per_s"] > 0
+    assert section["hymoerec expert_hidden_dim=4"]["model_options"] == {"expert_hidden_dim": 4}

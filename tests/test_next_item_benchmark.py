@@ -27,6 +27,10 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
             assert all(config.model[k] == v for k, v in options.items())
     assert next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 200
     assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 50
+    assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1)["model"]["expert_hidden_dim"] == 128
+    assert "expert_hidden_dim" not in next_item.run_config("beauty", "hymoerec", 0, "w", 1, 1)["model"]
+    assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1, {"expert_hidden_dim": None})["model"][
+        "expert_hidden_dim"] is None
 
 
 @pytest.fixture()
@@ -72,6 +76,13 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
     assert again["tiny"]["sasrec"]["epochs"] == 3 and not again["tiny"]["sasrec"]["partial"]
     assert again["tiny"]["hymoerec"]["partial"]
     assert again["_meta"]["budget"]["epochs"] == 3
+
+    # a changed model config drops the old rate: it falls back to the training epochs' rate
+    next_item.MODELS["hymoerec"] = {**next_item.MODELS["hymoerec"], "expert_hidden_dim": 4}
+    next_item.main(args + ["--models", "hymoerec", "--phase", "report"])
+    changed = json.load(open(tmp_path / "next_item.json"))["tiny"]["hymoerec"]
+    assert changed["sequences_per_s_source"] != next_item.THROUGHPUT_SOURCE
+    assert changed["sequences_per_s"] == pytest.approx(changed["runs"][0]["sequences_per_s"])
 
 
 def test_cost_phase_writes_every_variant_relative_to_sasrec(tiny_benchmark, tmp_path):

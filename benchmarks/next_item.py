@@ -80,6 +80,15 @@ COST_VARIANTS = {
     "hymoerec moe_blocks=1 expert_hidden_dim=64": {"moe_blocks": 1, "expert_hidden_dim": 64},
 }
 COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
+# Accuracy ablation (``--phase ablation``): label -> (model, options on top of the benchmark's), trained for
+# ``--ablation-epochs`` and compared by validation NDCG@10 per epoch with the main runs at the same epochs. With one
+# block (Beauty) FAME's facet block is the whole transformer: ``num_blocks=2`` puts an ordinary SASRec block under
+# it; ``num_heads=1`` keeps one facet of size d (no split of the embedding).
+ABLATIONS = {
+    "fame num_blocks=2": ("fame", {"num_blocks": 2}),
+    "fame num_heads=1": ("fame", {"num_heads": 1}),
+}
+ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
 
 
 def run_config(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int,
@@ -150,6 +159,38 @@ def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
                         "rounds": rounds, "steps_per_round": steps, "machine": machine_info(),
                         "command": "python benchmarks/next_item.py " + " ".join(sys.argv[1:])}
     write_json(COST_RESULTS, payload)
+    return payload
+
+
+def ablation(datasets, seed: int, work_dir: str, epochs: int) -> dict:
+    """Trains every :data:`ABLATIONS` variant for ``epochs`` (resumable, ``<work-dir>/<dataset>/ablation/``) and
+    writes validation NDCG@10 per epoch next to the main runs' (``benchmarks/results/next_item_ablation.json``)."""
+    from tfmoe.training import train
+    from tfmoe.training.callbacks import TrainingState
+
+    def curve(output_dir):
+        path = os.path.join(output_dir, "state.json")
+        history = TrainingState.load(path, "NDCG@10").history if os.path.exists(path) else []
+        return [h["val_NDCG@10"] for h in sorted(history, key=lambda h: h["epoch"])][:epochs]
+
+    payload = json.load(open(ABLATION_RESULTS)) if os.path.exists(ABLATION_RESULTS) else {}
+    for dataset in datasets:
+        section = payload.setdefault(dataset, {})
+        for model in MODELS:
+            config = run_config(dataset, model, seed, work_dir, epochs, 1)
+            section[model] = {"model_options": config["model"], "valid_ndcg@10": curve(config["output_dir"])}
+        for label, (model, options) in ABLATIONS.items():
+            config = run_config(dataset, model, seed, work_dir, epochs, epochs, options)
+            config["output_dir"] = os.path.join(work_dir, dataset, "ablation", label.replace(" ", "_"), f"seed{seed}")
+            print(f"== ablation {dataset} {label} seed {seed} up to epoch {epochs}", flush=True)
+            train(config)
+            section[label] = {"model_options": config["model"], "valid_ndcg@10": curve(config["output_dir"])}
+        print(f"{'dataset':8} {'variant':24} validation NDCG@10 by epoch")
+        for label, entry in section.items():
+            print(f"{dataset:8} {label:24} " + " ".join(f"{x:.4f}" for x in entry["valid_ndcg@10"]))
+    payload["_meta"] = {"seed": seed, "epochs": epochs, "machine": machine_info(),
+                        "command": "python benchmarks/next_item.py " + " ".join(sys.argv[1:])}
+    write_json(ABLATION_RESULTS, payload)
     return payload
 
 
@@ -297,8 +338,10 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--phase", nargs="+", default=["prepare", "train", "throughput", "report"],
-                        choices=["prepare", "train", "throughput", "cost", "report"],
-                        help="cost: HyMoERec cost ablation (COST_VARIANTS) -> results/next_item_cost.json")
+                        choices=["prepare", "train", "throughput", "cost", "ablation", "report"],
+                        help="cost: HyMoERec cost ablation (COST_VARIANTS) -> results/next_item_cost.json; "
+                             "ablation: ABLATIONS trained for --ablation-epochs -> results/next_item_ablation.json")
+    parser.add_argument("--ablation-epochs", type=int, default=10)
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="prepared data and runs (outside the repo)")
     parser.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="max epochs per run")
     parser.add_argument("--patience", type=int, default=BUDGET["patience"])
@@ -320,6 +363,8 @@ def main(argv=None) -> int:
         print("sequences/s:", json.dumps(rates), flush=True)
     if "cost" in args.phase:
         cost_ablation(args.datasets, args.work_dir, args.rounds, args.steps)
+    if "ablation" in args.phase:
+        ablation(args.datasets, args.seeds[0], args.work_dir, args.ablation_epochs)
     if "report" in args.phase:
         report(args.datasets, args.models, args.seeds, args.work_dir, args.epochs, args.patience, rates)
     return 0

@@ -47,6 +47,8 @@ def tiny_benchmark(tmp_path, monkeypatch):
                                                      {"expert_hidden_dim": 4}})
     monkeypatch.setattr(next_item, "RESULTS", str(tmp_path / "next_item.json"))
     monkeypatch.setattr(next_item, "COST_RESULTS", str(tmp_path / "next_item_cost.json"))
+    monkeypatch.setattr(next_item, "ABLATION_RESULTS", str(tmp_path / "next_item_ablation.json"))
+    monkeypatch.setattr(next_item, "ABLATIONS", {"hymoerec k=2": ("hymoerec", {"k": 2})})
     return work
 
 
@@ -94,3 +96,17 @@ def test_cost_phase_writes_every_variant_relative_to_sasrec(tiny_benchmark, tmp_
     for entry in section.values():
         assert entry["sequences_per_s"] > 0
     assert section["hymoerec expert_hidden_dim=4"]["model_options"] == {"expert_hidden_dim": 4}
+
+
+def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchmark, tmp_path):
+    work = str(tiny_benchmark)
+    next_item.train_all(["tiny"], ["sasrec"], [0], work, epochs=3, patience=5, chunk=3)
+    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "2"])
+    section = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]
+    assert len(section["sasrec"]["valid_ndcg@10"]) == 2  # the main run's first 2 epochs of 3
+    assert section["hymoerec"]["valid_ndcg@10"] == []  # not trained
+    variant = section["hymoerec k=2"]
+    assert variant["model_options"]["k"] == 2 and variant["model_options"]["num_experts"] == 2
+    assert len(variant["valid_ndcg@10"]) == 2 and all(0.0 <= x <= 1.0 for x in variant["valid_ndcg@10"])
+    state = json.load(open(tiny_benchmark / "tiny" / "ablation" / "hymoerec_k=2" / "seed0" / "state.json"))
+    assert [h["val_NDCG@10"] for h in state["history"]] == variant["valid_ndcg@10"]

@@ -1,6 +1,6 @@
 """Next-item benchmark: SASRec, FAME and HyMoERec on ML-1M and Beauty, full ranking, seen items filtered.
 
-Three phases, each resumable and each selectable (``--phase``):
+Phases, each resumable and each selectable (``--phase``):
 
 1. ``prepare``: ``tfmoe prepare`` of ``../shared/data`` (ML-1M ``ml-1m.txt``, Beauty S3-Rec ``Beauty.txt``) into
    ``<work-dir>/data/<dataset>`` (skipped when present).
@@ -10,7 +10,11 @@ Three phases, each resumable and each selectable (``--phase``):
    off resumes from its last backup when the command is run again; finished runs are not retrained.
 3. ``throughput``: training sequences per second of each model in one process, in interleaved rounds on the
    same cached batches (ratios comparable on a shared machine), and the epoch-time ratio to SASRec.
-4. ``report`` (always last): ``benchmarks/results/next_item.json`` shaped
+4. ``cost``: HyMoERec's epoch time relative to SASRec for expert sizes and MoE depths (:data:`COST_VARIANTS`)
+   -> ``benchmarks/results/next_item_cost.json``.
+5. ``ablation``: :data:`ABLATIONS` trained for ``--ablation-epochs`` (resumable) and their validation NDCG@10 per
+   epoch next to the main runs' -> ``benchmarks/results/next_item_ablation.json``.
+6. ``report`` (always last): ``benchmarks/results/next_item.json`` shaped
    ``{dataset: {model: {"ndcg@10", "hr@10", "ndcg@10_std", "seeds", "epochs", "sequences_per_s", ...}}}``.
    Unfinished runs are reported from their best checkpoint so far, marked ``"partial": true`` with the
    epochs actually run.

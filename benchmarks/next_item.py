@@ -87,12 +87,14 @@ COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
 # Accuracy ablation (``--phase ablation``): label -> (model, options on top of the benchmark's), trained for
 # ``--ablation-epochs`` and compared by validation NDCG@10 per epoch with the main runs at the same epochs. With one
 # block (Beauty) FAME's facet block is the whole transformer: ``num_blocks=2`` puts an ordinary SASRec block under
-# it; ``num_heads=1`` keeps one facet of size d (no split of the embedding). ``hidden_dim=256`` is the size of the
+# it; ``num_heads=1`` keeps one facet of size d (no split of the embedding), ``num_experts=1`` on top of it leaves
+# the facet block without its MoE query router. ``hidden_dim=256`` is the size of the
 # eSASRec benchmark's Beauty SASRec (its 0.0531 NDCG@10 is the Beauty target; 1 block, 1 head, dropout 0.2).
 ABLATIONS = {
     "fame num_blocks=2": ("fame", {"num_blocks": 2}),
     "fame num_heads=1": ("fame", {"num_heads": 1}),
     "sasrec hidden_dim=256": ("sasrec", {"hidden_dim": 256}),
+    "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1}),
 }
 ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
 

@@ -28,7 +28,8 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
     assert next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 200
     assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 50
     assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1)["model"]["expert_hidden_dim"] == 128
-    assert "expert_hidden_dim" not in next_item.run_config("beauty", "hymoerec", 0, "w", 1, 1)["model"]
+    beauty = next_item.run_config("beauty", "hymoerec", 0, "w", 1, 1)["model"]
+    assert beauty["hidden_dim"] == 256 and beauty["expert_hidden_dim"] == 512  # experts of 2d on both datasets
     assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1, {"expert_hidden_dim": None})["model"][
         "expert_hidden_dim"] is None
 
@@ -108,5 +109,13 @@ def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchm
     variant = section["hymoerec k=2"]
     assert variant["model_options"]["k"] == 2 and variant["model_options"]["num_experts"] == 2
     assert len(variant["valid_ndcg@10"]) == 2 and all(0.0 <= x <= 1.0 for x in variant["valid_ndcg@10"])
-    state = json.load(open(tiny_benchmark / "tiny" / "ablation" / "hymoerec_k=2" / "seed0" / "state.json"))
+    state_path = tiny_benchmark / "tiny" / "ablation" / "hymoerec_k=2" / "seed0" / "state.json"
+    state = json.load(open(state_path))
     assert [h["val_NDCG@10"] for h in state["history"]] == variant["valid_ndcg@10"]
+
+    # a variant that has the epochs already is not retrained (its state is left as it is)
+    before = state_path.stat().st_mtime_ns
+    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "1"])
+    assert state_path.stat().st_mtime_ns == before
+    short = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["hymoerec k=2"]
+    assert short["valid_ndcg@10"] == variant["valid_ndcg@10"][:1]

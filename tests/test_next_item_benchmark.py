@@ -29,7 +29,7 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
     assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 50
     assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1)["model"]["expert_hidden_dim"] == 128
     beauty = next_item.run_config("beauty", "hymoerec", 0, "w", 1, 1)["model"]
-    assert beauty["hidden_dim"] == 256 and beauty["expert_hidden_dim"] == 512  # experts of 2d on both datasets
+    assert beauty["hidden_dim"] == 64 and "expert_hidden_dim" not in beauty
     assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1, {"expert_hidden_dim": None})["model"][
         "expert_hidden_dim"] is None
 

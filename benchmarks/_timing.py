@@ -100,6 +100,19 @@ def machine_info() -> dict:
     return info
 
 
+def read_json(path: str) -> dict:
+    """The JSON object at ``path``, or ``{}`` when there is no file yet (results are merged into it)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def command_line(script: str) -> str:
+    """``python <script> <this process's arguments>``: the command recorded in a results JSON."""
+    return " ".join(["python", script, *sys.argv[1:]])
+
+
 def write_json(path: str, payload: dict) -> str:
     """Writes ``payload`` as indented JSON (creating the folder); returns ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -62,7 +62,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from benchmarks._timing import machine_info, write_json  # noqa: E402
+from benchmarks._runs import saved_run  # noqa: E402
+from benchmarks._timing import command_line, machine_info, read_json, write_json  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 RESULTS = os.path.join(HERE, "results", "long_ctr.json")
@@ -181,7 +182,7 @@ def flops(args) -> dict:
     from tfmoe.utils.flops import profiler_flops
 
     path = os.path.join(args.work_dir, "flops.json")
-    table = json.load(open(path)) if os.path.exists(path) else {}
+    table = read_json(path)
     names = [model_name(v, b) for b in BACKBONES for v in VARIANTS]
     for length in LENGTHS:
         rng = np.random.default_rng(0)
@@ -361,31 +362,13 @@ def _one_based(epoch):
 
 def _run_result(config_dict: dict) -> dict | None:
     """Test metrics of one run: from metrics.json when finished, else from its best checkpoint (partial)."""
-    from tfmoe.training import TrainConfig
-    from tfmoe.training.callbacks import TrainingState
-
-    config = TrainConfig.from_dict(config_dict)
-    metrics_path = os.path.join(config.output_dir, "metrics.json")
-    state_path = os.path.join(config.output_dir, "state.json")
-    if os.path.exists(metrics_path):
-        saved = json.load(open(metrics_path))
-        epochs = saved["epochs_run"]
-        return {"finished": True, "epochs": epochs, "best_epoch": _one_based(saved["best_epoch"]),
-                "stopped_early": saved["stopped_early"], "test": saved["metrics"]["test"],
-                "valid": saved["metrics"]["valid"], "budget_reached": saved["stopped_early"] or epochs >= PROTOCOL[
-                    "epochs"]}
-    if os.path.exists(os.path.join(config.output_dir, "best.weights.h5")) and os.path.exists(state_path):
-        from tfmoe.training.evaluation import task_evaluation
-        from tfmoe.training.trainer import build_model, data_sizes
-
-        state = TrainingState.load(state_path, "AUC")
-        model = build_model(config, "ctr", data_sizes(config.data.dir))
-        model.load_weights(os.path.join(config.output_dir, "best.weights.h5"))
-        evaluation = task_evaluation("ctr")
-        test = evaluation.evaluator(model, config)(evaluation.dataset(config, "test"))
-        return {"finished": False, "epochs": len(state.history), "best_epoch": _one_based(state.best_epoch),
-                "stopped_early": False, "test": test, "valid": {"AUC": state.best}, "budget_reached": False}
-    return None
+    run = saved_run(config_dict, "ctr")
+    if run is None:
+        return None
+    budget_reached = run["finished"] and (run["stopped_early"] or run["epochs"] >= PROTOCOL["epochs"])
+    return {"finished": run["finished"], "epochs": run["epochs"], "best_epoch": _one_based(run["best_epoch"]),
+            "stopped_early": run["stopped_early"], "test": run["test"], "valid": run["valid"],
+            "budget_reached": budget_reached}
 
 
 def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
@@ -471,9 +454,9 @@ def comparisons(section: dict) -> dict:
 
 
 def report(args) -> dict:
-    previous = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+    previous = read_json(RESULTS)
     flops_path = os.path.join(args.work_dir, "flops.json")
-    flops_table = json.load(open(flops_path)) if os.path.exists(flops_path) else {}
+    flops_table = read_json(flops_path)
     section = {}
     for length in LENGTHS:
         row = {}
@@ -529,7 +512,7 @@ def report(args) -> dict:
         "full_protocol": PROTOCOL,
         "settings": {"common": COMMON, "backbones": BACKBONES, "lengths": LENGTHS, "mos": MOS, "gshard": GSHARD,
                      "expert_choice": EXPERT_CHOICE},
-        "machine": machine_info(), "command": "python benchmarks/long_ctr.py " + " ".join(sys.argv[1:]),
+        "machine": machine_info(), "command": command_line("benchmarks/long_ctr.py"),
     }
     write_json(RESULTS, payload)
     print_table(payload)

@@ -40,7 +40,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from benchmarks._timing import machine_info, time_interleaved, write_json  # noqa: E402
+from benchmarks._runs import saved_run  # noqa: E402
+from benchmarks._timing import command_line, machine_info, read_json, time_interleaved, write_json  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 RESULTS = os.path.join(HERE, "results", "next_item.json")
@@ -63,7 +64,8 @@ DATASETS = {
         "format": "beauty-s3rec", "input": os.path.join(SHARED, "beauty", "s3rec", "Beauty.txt"),
         "data": {"max_len": 50, "batch_size": 128, "eval_batch_size": 512, "bucket_boundaries": [10, 20, 30]},
         # d 64: at the eSASRec benchmark's d 256 (its SASRec gives the 0.0531 target, with sampled softmax) full-CE
-        # SASRec learns ~3x faster per epoch but peaks at epoch 5 and overfits, below d 64 (`--phase ablation`)
+        # SASRec reaches in 4 epochs what d 64 reaches in 11 but peaks at epoch 5 and overfits, below where d 64
+        # plateaus (`--phase ablation`)
         "model": {"hidden_dim": 64, "num_blocks": 1, "dropout": 0.2},
     },
 }
@@ -161,7 +163,7 @@ def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
     each variant's epoch time relative to SASRec; merged into ``benchmarks/results/next_item_cost.json``."""
     variants = {"sasrec": ("sasrec", {}), **{label: ("hymoerec", o) for label, o in COST_VARIANTS.items()}}
     rates = _throughput(datasets, variants, work_dir, rounds, steps)
-    payload = json.load(open(COST_RESULTS)) if os.path.exists(COST_RESULTS) else {}
+    payload = read_json(COST_RESULTS)
     print(f"{'dataset':8} {'variant':44} {'seq/s':>7} {'t/SASRec':>8}")
     for dataset, section in rates.items():
         payload[dataset] = {label: {"sequences_per_s": rate, "epoch_time_vs_sasrec": section["sasrec"] / rate,
@@ -170,7 +172,7 @@ def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
             print(f"{dataset:8} {label:44} {entry['sequences_per_s']:7.0f} {entry['epoch_time_vs_sasrec']:8.2f}")
     payload["_meta"] = {"what": "training sequences/s, interleaved rounds on the same cached batches",
                         "rounds": rounds, "steps_per_round": steps, "machine": machine_info(),
-                        "command": "python benchmarks/next_item.py " + " ".join(sys.argv[1:])}
+                        "command": command_line("benchmarks/next_item.py")}
     write_json(COST_RESULTS, payload)
     return payload
 
@@ -186,7 +188,7 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int) -> dict:
         history = TrainingState.load(path, "NDCG@10").history if os.path.exists(path) else []
         return [h["val_NDCG@10"] for h in sorted(history, key=lambda h: h["epoch"])][:epochs]
 
-    payload = json.load(open(ABLATION_RESULTS)) if os.path.exists(ABLATION_RESULTS) else {}
+    payload = read_json(ABLATION_RESULTS)
     for dataset in datasets:
         section = payload.setdefault(dataset, {})
         for model in MODELS:
@@ -203,7 +205,7 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int) -> dict:
         for label, entry in section.items():
             print(f"{dataset:8} {label:24} " + " ".join(f"{x:.4f}" for x in entry["valid_ndcg@10"]))
     payload["_meta"] = {"seed": seed, "epochs": epochs, "machine": machine_info(),
-                        "command": "python benchmarks/next_item.py " + " ".join(sys.argv[1:])}
+                        "command": command_line("benchmarks/next_item.py")}
     write_json(ABLATION_RESULTS, payload)
     return payload
 
@@ -245,40 +247,20 @@ def _throughput(datasets, variants: dict, work_dir: str, rounds: int, steps: int
 
 def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, patience: int) -> list[dict]:
     """Test metrics per seed: finished runs from metrics.json, unfinished ones from their best checkpoint."""
-    from tfmoe.training import TrainConfig
-    from tfmoe.training.callbacks import TrainingState
     from tfmoe.training.trainer import sequences_per_s, train_records
 
     rows = []
     for seed in seeds:
-        config = TrainConfig.from_dict(run_config(dataset, model, seed, work_dir, epochs, patience))
-        metrics_path = os.path.join(config.output_dir, "metrics.json")
-        state_path = os.path.join(config.output_dir, "state.json")
-        if os.path.exists(metrics_path):
-            saved = json.load(open(metrics_path))
-            history = saved.get("history", [])
-            budget_left = not saved["stopped_early"] and saved["epochs_run"] < epochs  # stopped by a chunk, not done
-            rows.append({"seed": seed, "partial": budget_left, "epochs": saved["epochs_run"],
-                         "best_epoch": saved["best_epoch"], "stopped_early": saved["stopped_early"],
-                         "test": saved["metrics"]["test"], "valid": saved["metrics"]["valid"],
-                         "sequences_per_s": sequences_per_s(history, train_records(config.data.dir), 0)})
-        elif os.path.exists(os.path.join(config.output_dir, "best.weights.h5")) and os.path.exists(state_path):
-            state = TrainingState.load(state_path, "NDCG@10")
-            rows.append({"seed": seed, "partial": True, "epochs": len(state.history), "best_epoch": state.best_epoch,
-                         "stopped_early": False, "test": _evaluate_checkpoint(config),
-                         "valid": {"NDCG@10": state.best},
-                         "sequences_per_s": sequences_per_s(state.history, train_records(config.data.dir), 0)})
+        config = run_config(dataset, model, seed, work_dir, epochs, patience)
+        run = saved_run(config, "next_item")
+        if run is None:
+            continue
+        budget_left = not run["stopped_early"] and run["epochs"] < epochs  # stopped by a chunk, not done
+        rows.append({"seed": seed, "partial": not run["finished"] or budget_left, "epochs": run["epochs"],
+                     "best_epoch": run["best_epoch"], "stopped_early": run["stopped_early"], "test": run["test"],
+                     "valid": run["valid"],
+                     "sequences_per_s": sequences_per_s(run["history"], train_records(config["data"]["dir"]), 0)})
     return rows
-
-
-def _evaluate_checkpoint(config) -> dict:
-    from tfmoe.training.evaluation import task_evaluation
-    from tfmoe.training.trainer import build_model, data_sizes
-
-    model = build_model(config, "next_item", data_sizes(config.data.dir))
-    model.load_weights(os.path.join(config.output_dir, "best.weights.h5"))
-    evaluation = task_evaluation("next_item")
-    return evaluation.evaluator(model, config)(evaluation.dataset(config, "test"))
 
 
 THROUGHPUT_SOURCE = "throughput phase (interleaved rounds, same batches)"
@@ -294,7 +276,7 @@ def _previous_throughput(entry: dict | None, config: dict) -> float | None:
 
 
 def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, rates: dict | None) -> dict:
-    previous = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+    previous = read_json(RESULTS)
     payload = {k: x for k, x in previous.items()}
     for dataset in datasets:
         section = dict(payload.get(dataset, {}))
@@ -326,7 +308,7 @@ def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, r
     payload["_meta"] = {"protocol": "leave-one-out, full ranking over all items, seen items filtered, test split at "
                                     "the best validation NDCG@10 epoch",
                         "budget": {**BUDGET, "epochs": epochs, "patience": patience}, "machine": machine_info(),
-                        "command": "python benchmarks/next_item.py " + " ".join(sys.argv[1:])}
+                        "command": command_line("benchmarks/next_item.py")}
     write_json(RESULTS, payload)
     print_table(payload)
     return payload

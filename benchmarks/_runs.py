@@ -1,0 +1,45 @@
+"""Results of trainer runs for the benchmark reports, finished or cut off.
+
+Example:
+    >>> from benchmarks._runs import saved_run
+    >>> saved_run({"data": {"dir": "/nonexistent"}, "model": {"name": "sasrec"}, "output_dir": "/nonexistent"},
+    ...           "next_item") is None
+    True
+"""
+
+from __future__ import annotations
+
+import os
+
+from benchmarks._timing import read_json
+
+
+def saved_run(config_dict: dict, task: str) -> dict | None:
+    """One run's result: from ``metrics.json`` when its training (or its chunk of it) finished, else from its best
+    checkpoint, evaluated on the test split now; ``None`` when nothing was saved yet.
+
+    Returns ``{"finished", "epochs", "best_epoch" (0-based), "stopped_early", "test", "valid", "history"}``; for
+    an unfinished run ``valid`` holds only the monitored metric.
+    """
+    from tfmoe.training import TrainConfig
+    from tfmoe.training.callbacks import TrainingState
+    from tfmoe.training.evaluation import task_evaluation
+
+    config = TrainConfig.from_dict(config_dict)
+    evaluation = task_evaluation(task)
+    saved = read_json(os.path.join(config.output_dir, "metrics.json"))
+    if saved:
+        return {"finished": True, "epochs": saved["epochs_run"], "best_epoch": saved["best_epoch"],
+                "stopped_early": saved["stopped_early"], "test": saved["metrics"]["test"],
+                "valid": saved["metrics"]["valid"], "history": saved.get("history", [])}
+    weights, state_path = (os.path.join(config.output_dir, name) for name in ("best.weights.h5", "state.json"))
+    if not (os.path.exists(weights) and os.path.exists(state_path)):
+        return None
+    from tfmoe.training.trainer import build_model, data_sizes
+
+    state = TrainingState.load(state_path, evaluation.monitor)
+    model = build_model(config, task, data_sizes(config.data.dir))
+    model.load_weights(weights)
+    test = evaluation.evaluator(model, config)(evaluation.dataset(config, "test"))
+    return {"finished": False, "epochs": len(state.history), "best_epoch": state.best_epoch, "stopped_early": False,
+            "test": test, "valid": {evaluation.monitor: state.best}, "history": state.history}

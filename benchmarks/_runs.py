@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 
 from benchmarks._timing import read_json
@@ -16,10 +17,13 @@ from benchmarks._timing import read_json
 
 def saved_run(config_dict: dict, task: str) -> dict | None:
     """One run's result: from ``metrics.json`` when its training (or its chunk of it) finished, else from its best
-    checkpoint, evaluated on the test split now; ``None`` when nothing was saved yet.
+    checkpoint, evaluated on the test split now; ``None`` when nothing was saved yet. Saved metrics of an older
+    evaluation protocol are evaluated again from the best checkpoint and written back (the old ones kept under
+    ``previous_metrics``).
 
-    Returns ``{"finished", "epochs", "best_epoch" (0-based), "stopped_early", "test", "valid", "history"}``; for
-    an unfinished run ``valid`` holds only the monitored metric.
+    Returns ``{"finished", "epochs", "best_epoch" (0-based), "stopped_early", "test", "valid", "history", "device"}``;
+    for an unfinished run ``valid`` holds only the monitored metric and ``device`` is ``None`` (also for runs saved
+    before the trainer recorded it).
     """
     from tfmoe.training import TrainConfig
     from tfmoe.training.callbacks import TrainingState
@@ -27,11 +31,14 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
 
     config = TrainConfig.from_dict(config_dict)
     evaluation = task_evaluation(task)
-    saved = read_json(os.path.join(config.output_dir, "metrics.json"))
+    metrics_path = os.path.join(config.output_dir, "metrics.json")
+    saved = read_json(metrics_path)
+    if saved and saved.get("evaluation_protocol", 1) != evaluation.protocol:
+        saved = _reevaluated(config, saved, evaluation.protocol, metrics_path)
     if saved:
         return {"finished": True, "epochs": saved["epochs_run"], "best_epoch": saved["best_epoch"],
                 "stopped_early": saved["stopped_early"], "test": saved["metrics"]["test"],
-                "valid": saved["metrics"]["valid"], "history": saved.get("history", [])}
+                "valid": saved["metrics"]["valid"], "history": saved.get("history", []), "device": saved.get("device")}
     weights, state_path = (os.path.join(config.output_dir, name) for name in ("best.weights.h5", "state.json"))
     if not (os.path.exists(weights) and os.path.exists(state_path)):
         return None
@@ -42,4 +49,14 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
     model.load_weights(weights)
     test = evaluation.evaluator(model, config)(evaluation.dataset(config, "test"))
     return {"finished": False, "epochs": len(state.history), "best_epoch": state.best_epoch, "stopped_early": False,
-            "test": test, "valid": {evaluation.monitor: state.best}, "history": state.history}
+            "test": test, "valid": {evaluation.monitor: state.best}, "history": state.history, "device": None}
+
+
+def _reevaluated(config, saved: dict, protocol: int, metrics_path: str) -> dict:
+    from tfmoe.training.callbacks import write_atomic
+    from tfmoe.training.trainer import evaluate_best
+
+    updated = {**saved, "metrics": evaluate_best(config, list(saved["metrics"])), "evaluation_protocol": protocol,
+               "previous_metrics": {"evaluation_protocol": saved.get("evaluation_protocol", 1), **saved["metrics"]}}
+    write_atomic(metrics_path, json.dumps(updated, indent=1))
+    return updated

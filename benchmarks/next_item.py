@@ -102,6 +102,9 @@ ABLATIONS = {
     "fame num_blocks=2": ("fame", {"num_blocks": 2}),
     "fame num_heads=1": ("fame", {"num_heads": 1}),
     "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1}),
+    # the original SASRec's dropout for sparse data (Beauty, Games, Steam)
+    "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}),
+    "hymoerec dropout=0.5": ("hymoerec", {"dropout": 0.5}),
 }
 ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
 
@@ -177,9 +180,10 @@ def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
     return payload
 
 
-def ablation(datasets, seed: int, work_dir: str, epochs: int) -> dict:
-    """Trains every :data:`ABLATIONS` variant for ``epochs`` (resumable, ``<work-dir>/<dataset>/ablation/``) and
-    writes validation NDCG@10 per epoch next to the main runs' (``benchmarks/results/next_item_ablation.json``)."""
+def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None) -> dict:
+    """Trains the :data:`ABLATIONS` variants ``labels`` (default all) for ``epochs`` (resumable,
+    ``<work-dir>/<dataset>/ablation/``) and writes validation NDCG@10 per epoch next to the main runs'
+    (``benchmarks/results/next_item_ablation.json``; other variants keep their saved curves)."""
     from tfmoe.training import train
     from tfmoe.training.callbacks import TrainingState
 
@@ -195,6 +199,8 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int) -> dict:
             config = run_config(dataset, model, seed, work_dir, epochs, 1)
             section[model] = {"model_options": config["model"], "valid_ndcg@10": curve(config["output_dir"])}
         for label, (model, options) in ABLATIONS.items():
+            if labels is not None and label not in labels:
+                continue
             config = run_config(dataset, model, seed, work_dir, epochs, epochs, options)
             config["output_dir"] = os.path.join(work_dir, dataset, "ablation", label.replace(" ", "_"), f"seed{seed}")
             if len(curve(config["output_dir"])) < epochs:  # a run with the epochs already (or more) is not retrained
@@ -258,7 +264,7 @@ def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, p
         budget_left = not run["stopped_early"] and run["epochs"] < epochs  # stopped by a chunk, not done
         rows.append({"seed": seed, "partial": not run["finished"] or budget_left, "epochs": run["epochs"],
                      "best_epoch": run["best_epoch"], "stopped_early": run["stopped_early"], "test": run["test"],
-                     "valid": run["valid"],
+                     "valid": run["valid"], "device": run["device"],
                      "sequences_per_s": sequences_per_s(run["history"], train_records(config["data"]["dir"]), 0)})
     return rows
 
@@ -297,6 +303,7 @@ def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, r
                 "sequences_per_s_source": THROUGHPUT_SOURCE if measured else "median training epoch (models train "
                                                                              "in turns)",
                 "partial": any(r["partial"] for r in runs),
+                "trained_on": sorted({r["device"] or "unrecorded" for r in runs}),
                 "runs": runs,
                 "config": config,
             }
@@ -305,8 +312,8 @@ def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, r
             for entry in section.values():
                 entry["epoch_time_vs_sasrec"] = section["sasrec"]["sequences_per_s"] / entry["sequences_per_s"]
         payload[dataset] = section
-    payload["_meta"] = {"protocol": "leave-one-out, full ranking over all items, seen items filtered, test split at "
-                                    "the best validation NDCG@10 epoch",
+    payload["_meta"] = {"protocol": "leave-one-out, full ranking over all items, seen items (the whole history) "
+                                    "filtered, test split at the best validation NDCG@10 epoch",
                         "budget": {**BUDGET, "epochs": epochs, "patience": patience}, "machine": machine_info(),
                         "command": command_line("benchmarks/next_item.py")}
     write_json(RESULTS, payload)
@@ -338,6 +345,7 @@ def main(argv=None) -> int:
                         help="cost: HyMoERec cost ablation (COST_VARIANTS) -> results/next_item_cost.json; "
                              "ablation: ABLATIONS trained for --ablation-epochs -> results/next_item_ablation.json")
     parser.add_argument("--ablation-epochs", type=int, default=10)
+    parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), help="ablation: these variants only")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="prepared data and runs (outside the repo)")
     parser.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="max epochs per run")
     parser.add_argument("--patience", type=int, default=BUDGET["patience"])
@@ -360,7 +368,7 @@ def main(argv=None) -> int:
     if "cost" in args.phase:
         cost_ablation(args.datasets, args.work_dir, args.rounds, args.steps)
     if "ablation" in args.phase:
-        ablation(args.datasets, args.seeds[0], args.work_dir, args.ablation_epochs)
+        ablation(args.datasets, args.seeds[0], args.work_dir, args.ablation_epochs, args.ablations)
     if "report" in args.phase:
         report(args.datasets, args.models, args.seeds, args.work_dir, args.epochs, args.patience, rates)
     return 0

@@ -87,6 +87,30 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
     assert changed["sequences_per_s_source"] != next_item.THROUGHPUT_SOURCE
     assert changed["sequences_per_s"] == pytest.approx(changed["runs"][0]["sequences_per_s"])
 
+    # a finished run records its device and evaluation protocol; metrics of an older protocol are evaluated again
+    from tfmoe.training import evaluate_best
+
+    metrics_path = pathlib.Path(work) / "tiny" / "sasrec" / "seed0" / "metrics.json"
+    saved = json.loads(metrics_path.read_text())
+    assert saved["evaluation_protocol"] == 2 and saved["device"].startswith("CPU (")
+    assert again["tiny"]["sasrec"]["trained_on"] == [saved["device"]]
+    old = {k: x for k, x in saved.items() if k not in ("evaluation_protocol", "device")}
+    old["metrics"] = {split: {**m, "NDCG@10": -1.0} for split, m in saved["metrics"].items()}
+    metrics_path.write_text(json.dumps(old))
+    next_item.main(args + ["--models", "sasrec", "--phase", "report"])
+    rewritten = json.loads(metrics_path.read_text())
+    assert rewritten["evaluation_protocol"] == 2
+    assert rewritten["previous_metrics"]["evaluation_protocol"] == 1
+    assert rewritten["previous_metrics"]["test"]["NDCG@10"] == -1.0
+    assert rewritten["metrics"]["test"]["NDCG@10"] == pytest.approx(saved["metrics"]["test"]["NDCG@10"], abs=1e-6)
+    config = next_item.run_config("tiny", "sasrec", 0, work, 3, 5)
+    assert evaluate_best(config, ["test"])["test"] == pytest.approx(rewritten["metrics"]["test"], abs=1e-6)
+    reported = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
+    assert reported["ndcg@10"] == pytest.approx(saved["metrics"]["test"]["NDCG@10"], abs=1e-6)
+    assert reported["trained_on"] == ["unrecorded"]  # the rewritten file had no device
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+        evaluate_best(next_item.run_config("tiny", "sasrec", 5, work, 3, 5))
+
 
 def test_cost_phase_writes_every_variant_relative_to_sasrec(tiny_benchmark, tmp_path):
     next_item.main(["--datasets", "tiny", "--work-dir", str(tiny_benchmark), "--phase", "cost", "--rounds", "1",

@@ -110,3 +110,18 @@ def test_metric_reset_weights_and_validation():
         RankingMetrics(ties="random")
     with pytest.raises(ValueError, match="ks"):
         RankingMetrics(ks=(0,))
+
+
+def test_evaluate_ranking_filters_the_whole_seen_history_not_only_the_input_window():
+    # the model sees the last 2 items; "seen" holds all 6 (right-padded); items 1-4 seen before the window
+    scores = np.array([[0.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]], "float32")
+    features = {"history": np.array([[5, 6]], "int32"), "seen": np.array([[1, 2, 3, 4, 5, 6, 0]], "int32")}
+    ds = tf.data.Dataset.from_tensor_slices((features, np.array([7], "int32"))).batch(1)
+
+    def scores_fn(f):
+        return tf.constant(scores)
+
+    # target 7 (score 0.3): window-only filtering leaves 1-4 above it (rank 4); the whole history leaves none
+    assert evaluate_ranking(scores_fn, ds)["NDCG@5"] == pytest.approx(1.0)
+    window_only = ds.map(lambda f, y: ({"history": f["history"]}, y))
+    assert evaluate_ranking(scores_fn, window_only)["NDCG@5"] == pytest.approx(1 / np.log2(6))

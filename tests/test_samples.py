@@ -92,10 +92,13 @@ def test_next_item_train_matches_numpy_shift_pad_truncate(max_len):
 def test_next_item_eval_uses_all_items_and_target():
     feats, users = _records([3, 8, 1], with_targets=True)
     x, y = samples.next_item_eval(feats, 5, sequence_features=("session_ids",))
-    assert set(x) == {"history", "history_session_ids", "history_length", "user_id"}
+    assert set(x) == {"history", "history_session_ids", "history_length", "user_id", "seen"}
+    # seen: every history item (8 > max_len 5 for the second record), right-padded to the longest row
+    assert x["seen"].dtype == tf.int32 and x["seen"].shape == (3, 8)
     for b, r in enumerate(users):
         np.testing.assert_array_equal(x["history"].numpy()[b], pad_left(r["items"], 5))
         np.testing.assert_array_equal(x["history_session_ids"].numpy()[b], rebase(r["session_ids"], 5))
+        np.testing.assert_array_equal(x["seen"].numpy()[b], list(r["items"]) + [0] * (8 - len(r["items"])))
     np.testing.assert_array_equal(y.numpy(), [r["target"] for r in users])
 
 

@@ -19,6 +19,8 @@ feature                    shape      dtype   padding / meaning
 ``history_session_ids``    [R, L]     int32   -1; renumbered so the oldest kept session is 0
 ``history_behaviors``      [R, L]     int32   0 (only if requested)
 ``history_length``         [R]        int32   number of real (non-padding) positions
+``seen`` (next-item eval)  [R, N]     int32   0; the record's whole history (``N >= L``: the longest
+                                              in the batch), for filtering seen items in ranking
 ``user_id``                [R]        int32
 ``target_item`` (CTR)      [R]        int32   candidate item (positive or negative)
 ``target_category`` (CTR)  [R]        int32   ``item_categories[target_item]``, or 0 for all
@@ -58,6 +60,7 @@ from tfmoe.data import negatives, schema
 from tfmoe.utils import validation as v
 
 HISTORY = "history"
+SEEN = "seen"
 HISTORY_LENGTH = "history_length"
 USER_ID = "user_id"
 TARGET_ITEM = "target_item"
@@ -240,9 +243,12 @@ def next_item_train(features: dict, max_len, sequence_features=DEFAULT_SEQUENCE_
 def next_item_eval(features: dict, max_len, sequence_features=DEFAULT_SEQUENCE_FEATURES):
     """Next-item evaluation rows from ``valid``/``test`` records: history ``items``, label ``target``.
 
+    Besides the model inputs (the most recent ``max_len`` items) the rows carry ``seen``, every item of the
+    record's history, so ranking can filter what the user saw before the window too.
     Returns ``(features, labels [B] int32)``.
     """
     out = _record_history(features, max_len, sequence_features, skip_last=0)
+    out[SEEN] = tf.cast(features[schema.ITEMS].to_tensor(default_value=schema.PADDING_ID), tf.int32)
     return out, tf.cast(features[schema.TARGET], tf.int32)
 
 

@@ -8,6 +8,6 @@ Example:
 
 from tfmoe.training.config import TrainConfig
 from tfmoe.training.strategies import get_strategy
-from tfmoe.training.trainer import TrainResult, load_result, train
+from tfmoe.training.trainer import TrainResult, evaluate_best, load_result, train
 
-__all__ = ["TrainConfig", "TrainResult", "get_strategy", "load_result", "train"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate_best", "get_strategy", "load_result", "train"]

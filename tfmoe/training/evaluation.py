@@ -1,9 +1,13 @@
 """Per-task evaluation for the trainer: the datasets a split is scored on and the metrics computed.
 
 * ``next_item``: full-catalogue ranking (:func:`tfmoe.metrics.ranking.evaluate_ranking` on
-  ``model.last_scores``), seen items filtered by default; monitor ``NDCG@10`` (higher is better).
+  ``model.last_scores``), seen items (the user's whole history) filtered by default; monitor ``NDCG@10``
+  (higher is better).
 * ``ctr``: :func:`tfmoe.metrics.ctr.evaluate_ctr` on ``model.probabilities`` with the fixed seeded
   evaluation negatives of :class:`~tfmoe.data.samples.CTRSampling`; monitor ``AUC``.
+
+``protocol`` versions what a task's metrics mean, so saved metrics of an older protocol can be told apart and
+re-evaluated (next-item 1: seen items filtered over the model input window only; 2: over the whole history).
 
 Example:
     >>> from tfmoe.training.evaluation import task_evaluation
@@ -18,12 +22,17 @@ from dataclasses import dataclass
 from tfmoe.utils import validation as v
 
 LOWER_IS_BETTER = ("loss", "logloss")
+PROTOCOLS = {"next_item": 2, "ctr": 1}
 
 
 @dataclass(frozen=True)
 class TaskEvaluation:
     task: str
     monitor: str
+
+    @property
+    def protocol(self) -> int:
+        return PROTOCOLS[self.task]
 
     def dataset(self, config, split: str, *, ctr_context=None):
         """The evaluation batches of ``split`` (``valid`` or ``test``) for ``config``."""

@@ -12,12 +12,14 @@ Output directory (``config.output_dir``)::
     state.json         early-stopping state and per-epoch history (what a restart needs)
     logs/              TensorBoard: train/validation scalars, logs/routing: the MoE routing statistics
     model.keras        the best model (``keras.saving.load_model`` loads it; tfmoe models are registered)
-    metrics.json       config, best epoch, epochs run, valid/test metrics, sequences per second
+    metrics.json       config, best epoch, epochs run, valid/test metrics (and their evaluation protocol),
+                       sequences per second
 
 A run killed at any point and started again with the same config and ``output_dir`` resumes from its last
 backup (every epoch, or every ``backup_every_steps`` batches) and finishes; a finished run returns its
 saved result without training again, unless ``training.epochs`` was raised (and it did not stop early): then it
 continues from its last epoch, with its early-stopping state, up to the new number of epochs.
+``evaluate_best(config)`` scores a run's best checkpoint again (e.g. under a newer evaluation protocol).
 
 Example:
     >>> from tfmoe.training import TrainConfig, train
@@ -77,7 +79,7 @@ class TrainResult:
     def summary(self) -> dict:
         return {"task": self.task, "monitor": self.monitor, "best_epoch": self.best_epoch,
                 "epochs_run": self.epochs_run, "stopped_early": self.stopped_early, "metrics": self.metrics,
-                "sequences_per_s": self.sequences_per_s}
+                "evaluation_protocol": task_evaluation(self.task).protocol, "sequences_per_s": self.sequences_per_s}
 
 
 def _path(config: TrainConfig, name: str) -> str:
@@ -267,11 +269,45 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
         sequences_per_s=sequences_per_s(state.history, rows, config.data.batch_size),
         output_dir=config.output_dir, history=state.history,
     )
-    cb.write_atomic(_path(config, METRICS_FILE),
-                    json.dumps({**result.summary(), "config": config.to_dict(), "history": state.history}, indent=1))
+    cb.write_atomic(_path(config, METRICS_FILE), json.dumps(
+        {**result.summary(), "device": device_description(), "config": config.to_dict(), "history": state.history},
+        indent=1))
     state.finished = True
     state.save(_path(config, STATE_FILE))
     return result
+
+
+def device_description() -> str:
+    """What this process trains on, for the record in ``metrics.json``: ``"1 x NVIDIA H100 80GB HBM3"`` or
+    ``"CPU (16 cores)"``."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"CPU ({os.cpu_count()} cores)"
+    names = sorted({tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus})
+    return f"{len(gpus)} x {', '.join(names)}"
+
+
+def evaluate_best(config, splits=None) -> dict:
+    """``{split: metrics}`` of the run's best checkpoint (``best.weights.h5``) on ``splits`` (default: ``valid`` and
+    the configured evaluation splits), evaluated now with the current protocol.
+
+    Raises:
+        FileNotFoundError: the run has no best checkpoint yet.
+    """
+    config = _as_config(config)
+    weights = _path(config, BEST_WEIGHTS)
+    if not tf.io.gfile.exists(weights):
+        raise FileNotFoundError(f"evaluate_best: no best checkpoint {weights!r}; train the run first")
+    task = resolve_task(config)
+    evaluation = task_evaluation(task)
+    sizes = data_sizes(config.data.dir)
+    ctr_context = _ctr_context(config, task, sizes)
+    model = build_model(config, task, sizes)
+    model.load_weights(weights)
+    config = with_model_inputs(config, model)
+    evaluate = evaluation.evaluator(model, config)
+    splits = list(splits) if splits is not None else ["valid", *config.evaluation.splits]
+    return {split: _clean(evaluate(evaluation.dataset(config, split, ctr_context=ctr_context))) for split in splits}
 
 
 def load_result(output_dir: str) -> TrainResult:

@@ -5,8 +5,9 @@ Conventions (one held-out target per row, scores over the whole catalogue ``[B, 
 * **Candidates**: every item ``1..V-1``; the padding item 0 is never a candidate. With
   ``filter_seen=True`` the items the user has already seen are removed as well: the row's whole
   history ``seen`` when the features carry it (next-item evaluation rows do), else its model input
-  ``history``, which holds only the most recent ``max_len`` items; **except the target**: the target is always ranked against all non-history items, even if it also occurs in
-  the history (the convention of Klenitskiy & Vasilev / RecBole's history filter).
+  ``history``, which holds only the most recent ``max_len`` items; **except the target**: the target is
+  always ranked against all non-history items, even if it also occurs in the history (RecBole's history
+  filter; the same as dropping it on data without repeated items, such as ML-1M and Beauty).
 * **Rank** (0-based) = number of other candidates whose score is ``>=`` the target's score
   (``ties="pessimistic"``, default: a constant model ranks every target last) or ``>`` it
   (``ties="optimistic"``). A non-finite (NaN or ``-inf``) target score gets the worst rank.
@@ -134,7 +135,8 @@ def _history(features):
         for key in ("seen", "history", "items"):
             if key in features:
                 return features[key]
-        raise ValueError(f"evaluate_ranking: features need 'seen', 'history' or 'items' to filter, got {sorted(features)}")
+        raise ValueError(
+            f"evaluate_ranking: features need 'seen', 'history' or 'items' to filter, got {sorted(features)}")
     return features
 
 

@@ -251,6 +251,16 @@ def _throughput(datasets, variants: dict, work_dir: str, rounds: int, steps: int
     return out
 
 
+def _valid_curve(history: list) -> list[float]:
+    """Validation NDCG@10 after each epoch, in epoch order."""
+    return [round(h["val_NDCG@10"], 5) for h in sorted(history, key=lambda h: h["epoch"]) if "val_NDCG@10" in h]
+
+
+def _mean_curve(curves: list[list[float]]) -> list[float]:
+    """Mean over seeds, epoch by epoch, for the epochs every seed ran (equal-epoch comparisons)."""
+    return [round(statistics.fmean(values), 5) for values in zip(*curves)]
+
+
 def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, patience: int) -> list[dict]:
     """Test metrics per seed: finished runs from metrics.json, unfinished ones from their best checkpoint."""
     from tfmoe.training.trainer import sequences_per_s, train_records
@@ -265,6 +275,7 @@ def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, p
         rows.append({"seed": seed, "partial": not run["finished"] or budget_left, "epochs": run["epochs"],
                      "best_epoch": run["best_epoch"], "stopped_early": run["stopped_early"], "test": run["test"],
                      "valid": run["valid"], "device": run["device"],
+                     "valid_ndcg@10_curve": _valid_curve(run["history"]),
                      "sequences_per_s": sequences_per_s(run["history"], train_records(config["data"]["dir"]), 0)})
     return rows
 
@@ -304,6 +315,7 @@ def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, r
                                                                              "in turns)",
                 "partial": any(r["partial"] for r in runs),
                 "trained_on": sorted({r["device"] or "unrecorded" for r in runs}),
+                "valid_ndcg@10_mean_curve": _mean_curve([r["valid_ndcg@10_curve"] for r in runs]),
                 "runs": runs,
                 "config": config,
             }

@@ -15,7 +15,8 @@ Phases, each resumable and each selectable (``--phase``):
 5. ``ablation``: :data:`ABLATIONS` trained for ``--ablation-epochs`` (resumable) and their validation NDCG@10 per
    epoch next to the main runs' -> ``benchmarks/results/next_item_ablation.json``.
 6. ``report`` (always last): ``benchmarks/results/next_item.json`` shaped
-   ``{dataset: {model: {"ndcg@10", "hr@10", "ndcg@10_std", "seeds", "epochs", "sequences_per_s", ...}}}``.
+   ``{dataset: {model: {"ndcg@10", "hr@10", "ndcg@10_std", "seeds", "epochs", "sequences_per_s", ...}}}``
+   (``"unfiltered"``: the same test metrics without seen-item filtering).
    Unfinished runs are reported from their best checkpoint so far, marked ``"partial": true`` with the
    epochs actually run.
 
@@ -251,6 +252,24 @@ def _throughput(datasets, variants: dict, work_dir: str, rounds: int, steps: int
     return out
 
 
+UNFILTERED_FILE = "metrics_unfiltered.json"
+
+
+def _unfiltered_test(config: dict, run: dict) -> dict:
+    """Test metrics of the run's best checkpoint without seen-item filtering, cached in the run directory for the
+    checkpoint it was computed from."""
+    from tfmoe.training import evaluate_best
+
+    path = os.path.join(config["output_dir"], UNFILTERED_FILE)
+    checkpoint = {"best_epoch": run["best_epoch"], "epochs": run["epochs"]}
+    saved = read_json(path)
+    if saved.get("checkpoint") != checkpoint:
+        unfiltered = {**config, "evaluation": {**config["evaluation"], "filter_seen": False}}
+        saved = {"checkpoint": checkpoint, "test": evaluate_best(unfiltered, ["test"])["test"]}
+        write_json(path, saved)
+    return saved["test"]
+
+
 def _valid_curve(history: list) -> list[float]:
     """Validation NDCG@10 after each epoch, in epoch order."""
     return [round(h["val_NDCG@10"], 5) for h in sorted(history, key=lambda h: h["epoch"]) if "val_NDCG@10" in h]
@@ -274,6 +293,7 @@ def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, p
         budget_left = not run["stopped_early"] and run["epochs"] < epochs  # stopped by a chunk, not done
         rows.append({"seed": seed, "partial": not run["finished"] or budget_left, "epochs": run["epochs"],
                      "best_epoch": run["best_epoch"], "stopped_early": run["stopped_early"], "test": run["test"],
+                     "test_unfiltered": _unfiltered_test(config, run),
                      "valid": run["valid"], "device": run["device"],
                      "valid_ndcg@10_curve": _valid_curve(run["history"]),
                      "sequences_per_s": sequences_per_s(run["history"], train_records(config["data"]["dir"]), 0)})
@@ -308,6 +328,8 @@ def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, r
                 "ndcg@10": statistics.fmean(ndcg),
                 "hr@10": statistics.fmean(r["test"]["HR@10"] for r in runs),
                 "ndcg@10_std": statistics.pstdev(ndcg) if len(ndcg) > 1 else 0.0,
+                "unfiltered": {name: statistics.fmean(r["test_unfiltered"][metric] for r in runs)
+                               for name, metric in (("ndcg@10", "NDCG@10"), ("hr@10", "HR@10"))},
                 "seeds": len(runs),
                 "epochs": statistics.fmean(r["epochs"] for r in runs),
                 "sequences_per_s": measured or statistics.median(r["sequences_per_s"] for r in runs),

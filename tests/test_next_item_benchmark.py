@@ -67,6 +67,9 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
         assert 0.0 <= entry["ndcg@10"] <= entry["hr@10"] <= 1.0
         assert entry["runs"][0]["test"]["count"] == 80
         assert entry["sequences_per_s_source"] == next_item.THROUGHPUT_SOURCE
+        # filtering seen items only removes competitors of the target: never worse than the unfiltered ranking
+        assert entry["unfiltered"]["ndcg@10"] <= entry["ndcg@10"] + 1e-6
+        assert entry["unfiltered"]["hr@10"] <= entry["hr@10"] + 1e-6
     rate = payload["tiny"]["hymoerec"]["sequences_per_s"]
     assert payload["tiny"]["hymoerec"]["epoch_time_vs_sasrec"] == pytest.approx(
         payload["tiny"]["sasrec"]["sequences_per_s"] / rate)

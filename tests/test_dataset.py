@@ -78,7 +78,13 @@ def collect(ds):
     for x, y in ds:
         xs.append({k: v.numpy() for k, v in x.items()})
         ys.append(y.numpy())
-    return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}, np.concatenate(ys)
+    def stack(arrays):  # "seen" is as wide as each batch's longest history: right-pad to the widest
+        if arrays[0].ndim == 2:
+            width = max(a.shape[1] for a in arrays)
+            arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
+        return np.concatenate(arrays)
+
+    return {k: stack([x[k] for x in xs]) for k in xs[0]}, np.concatenate(ys)
 
 
 def test_next_item_train_round_trip(prepared, sequences):
@@ -97,9 +103,11 @@ def test_next_item_train_round_trip(prepared, sequences):
 
 def test_next_item_test_split_history_and_targets(prepared, sequences):
     x, y = collect(dataset.make_dataset(prepared, "test", max_len=6, batch_size=4, sequence_features=()))
-    assert set(x) == {"history", "history_length", "user_id"}
+    assert set(x) == {"history", "history_length", "user_id", "seen"}
     for row, user in enumerate(x["user_id"]):
         np.testing.assert_array_equal(x["history"][row], pad_left(sequences[user][:-1], 6))
+        seen = x["seen"][row]
+        np.testing.assert_array_equal(seen[seen != 0], sequences[user][:-1])  # the whole history, not 6
         assert y[row] == sequences[user][-1]
 
 

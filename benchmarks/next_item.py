@@ -105,7 +105,6 @@ ABLATIONS = {
     "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1}),
     # the original SASRec's dropout for sparse data (Beauty, Games, Steam)
     "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}),
-    "hymoerec dropout=0.5": ("hymoerec", {"dropout": 0.5}),
 }
 ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
 
@@ -184,7 +183,8 @@ def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
 def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None) -> dict:
     """Trains the :data:`ABLATIONS` variants ``labels`` (default all) for ``epochs`` (resumable,
     ``<work-dir>/<dataset>/ablation/``) and writes validation NDCG@10 per epoch next to the main runs'
-    (``benchmarks/results/next_item_ablation.json``; other variants keep their saved curves)."""
+    (``benchmarks/results/next_item_ablation.json``, with the test metrics of the variant's best epoch; other
+    variants keep their saved entries)."""
     from tfmoe.training import train
     from tfmoe.training.callbacks import TrainingState
 
@@ -207,7 +207,9 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None) -> di
             if len(curve(config["output_dir"])) < epochs:  # a run with the epochs already (or more) is not retrained
                 print(f"== ablation {dataset} {label} seed {seed} up to epoch {epochs}", flush=True)
                 train(config)
-            section[label] = {"model_options": config["model"], "valid_ndcg@10": curve(config["output_dir"])}
+            finished = read_json(os.path.join(config["output_dir"], "metrics.json"))
+            section[label] = {"model_options": config["model"], "valid_ndcg@10": curve(config["output_dir"]),
+                              "test": finished.get("metrics", {}).get("test")}
         print(f"{'dataset':8} {'variant':24} validation NDCG@10 by epoch")
         for label, entry in section.items():
             print(f"{dataset:8} {label:24} " + " ".join(f"{x:.4f}" for x in entry["valid_ndcg@10"]))

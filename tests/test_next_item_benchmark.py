@@ -139,6 +139,8 @@ def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchm
     state_path = tiny_benchmark / "tiny" / "ablation" / "hymoerec_k=2" / "seed0" / "state.json"
     state = json.load(open(state_path))
     assert [h["val_NDCG@10"] for h in state["history"]] == variant["valid_ndcg@10"]
+    saved = json.load(open(state_path.parent / "metrics.json"))
+    assert variant["test"] == saved["metrics"]["test"] and variant["test"]["count"] == 80
 
     # a variant that has the epochs already is not retrained (its state is left as it is)
     before = state_path.stat().st_mtime_ns

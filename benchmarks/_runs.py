@@ -42,12 +42,10 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
     weights, state_path = (os.path.join(config.output_dir, name) for name in ("best.weights.h5", "state.json"))
     if not (os.path.exists(weights) and os.path.exists(state_path)):
         return None
-    from tfmoe.training.trainer import build_model, data_sizes
+    from tfmoe.training.trainer import evaluate_best
 
     state = TrainingState.load(state_path, evaluation.monitor)
-    model = build_model(config, task, data_sizes(config.data.dir))
-    model.load_weights(weights)
-    test = evaluation.evaluator(model, config)(evaluation.dataset(config, "test"))
+    test = evaluate_best(config, ["test"])["test"]
     return {"finished": False, "epochs": len(state.history), "best_epoch": state.best_epoch, "stopped_early": False,
             "test": test, "valid": {evaluation.monitor: state.best}, "history": state.history, "device": None}
 

@@ -190,8 +190,7 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None) -> di
 
     def curve(output_dir):
         path = os.path.join(output_dir, "state.json")
-        history = TrainingState.load(path, "NDCG@10").history if os.path.exists(path) else []
-        return [h["val_NDCG@10"] for h in sorted(history, key=lambda h: h["epoch"])][:epochs]
+        return _valid_curve(TrainingState.load(path, "NDCG@10").history if os.path.exists(path) else [])[:epochs]
 
     payload = read_json(ABLATION_RESULTS)
     for dataset in datasets:
@@ -273,8 +272,8 @@ def _unfiltered_test(config: dict, run: dict) -> dict:
 
 
 def _valid_curve(history: list) -> list[float]:
-    """Validation NDCG@10 after each epoch, in epoch order."""
-    return [round(h["val_NDCG@10"], 5) for h in sorted(history, key=lambda h: h["epoch"]) if "val_NDCG@10" in h]
+    """Validation NDCG@10 after each validated epoch, in epoch order."""
+    return [h["val_NDCG@10"] for h in sorted(history, key=lambda h: h["epoch"]) if "val_NDCG@10" in h]
 
 
 def _mean_curve(curves: list[list[float]]) -> list[float]:
@@ -297,7 +296,7 @@ def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, p
                      "best_epoch": run["best_epoch"], "stopped_early": run["stopped_early"], "test": run["test"],
                      "test_unfiltered": _unfiltered_test(config, run),
                      "valid": run["valid"], "device": run["device"],
-                     "valid_ndcg@10_curve": _valid_curve(run["history"]),
+                     "valid_ndcg@10_curve": [round(x, 5) for x in _valid_curve(run["history"])],
                      "sequences_per_s": sequences_per_s(run["history"], train_records(config["data"]["dir"]), 0)})
     return rows
 

@@ -12,8 +12,9 @@ Phases, each resumable and each selectable (``--phase``):
    same cached batches (ratios comparable on a shared machine), and the epoch-time ratio to SASRec.
 4. ``cost``: HyMoERec's epoch time relative to SASRec for expert sizes and MoE depths (:data:`COST_VARIANTS`)
    -> ``benchmarks/results/next_item_cost.json``.
-5. ``ablation``: :data:`ABLATIONS` trained for ``--ablation-epochs`` (resumable) and their validation NDCG@10 per
-   epoch next to the main runs' -> ``benchmarks/results/next_item_ablation.json``.
+5. ``ablation``: :data:`ABLATIONS` trained for ``--ablation-epochs`` (resumable; early stopping with
+   ``--ablation-patience``), their validation NDCG@10 per epoch next to the main runs' and their test metrics
+   -> ``benchmarks/results/next_item_ablation.json``.
 6. ``report`` (always last): ``benchmarks/results/next_item.json`` shaped
    ``{dataset: {model: {"ndcg@10", "hr@10", "ndcg@10_std", "seeds", "epochs", "sequences_per_s", ...}}}``
    (``"unfiltered"``: the same test metrics without seen-item filtering).
@@ -90,33 +91,44 @@ COST_VARIANTS = {
     "hymoerec moe_blocks=1 expert_hidden_dim=64": {"moe_blocks": 1, "expert_hidden_dim": 64},
 }
 COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
-# Accuracy ablation (``--phase ablation``, run on Beauty): label -> (model, options on top of the benchmark's),
-# trained for ``--ablation-epochs`` and compared by validation NDCG@10 per epoch with the main runs at the same
-# epochs. ``hidden_dim=256``: the eSASRec benchmark's Beauty size (HyMoERec experts 2d). FAME: ``num_blocks=2``
-# puts an ordinary SASRec block under the facet block (with one block the facet block is the whole transformer),
+# Accuracy ablation (``--phase ablation``): label -> (model, model options, optimizer options, datasets), on top of
+# the benchmark's settings, trained for ``--ablation-epochs`` (early stopping with ``--ablation-patience``) and
+# compared by validation NDCG@10 per epoch with the main runs and by test metrics at the best epoch.
+# Beauty: ``hidden_dim=256`` is the eSASRec benchmark's size (HyMoERec experts 2d); FAME ``num_blocks=2`` puts an
+# ordinary SASRec block under the facet block (with one block the facet block is the whole transformer),
 # ``num_heads=1`` keeps one facet of size d (no split of the embedding), ``num_experts=1`` on top of it leaves the
-# facet block without its MoE query router.
+# facet block without its MoE query router; dropout 0.5 is the original SASRec's for sparse data.
+# ML-1M: one difference at a time between tfmoe's SASRec and the reference code of the published full-CE numbers
+# (Klenitskiy & Vasilev, RecSys'23), then all of them together.
+ORIGINAL_SASREC = {"initializer_range": 0.02, "inner_dim": 64, "activation": "relu", "norm": "sasrec",
+                   "positions": "absolute"}
 ABLATIONS = {
-    "sasrec hidden_dim=256": ("sasrec", {"hidden_dim": 256}),
-    "hymoerec hidden_dim=256": ("hymoerec", {"hidden_dim": 256, "expert_hidden_dim": 512}),
-    "fame hidden_dim=256": ("fame", {"hidden_dim": 256}),
-    "fame num_blocks=2": ("fame", {"num_blocks": 2}),
-    "fame num_heads=1": ("fame", {"num_heads": 1}),
-    "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1}),
-    # the original SASRec's dropout for sparse data (Beauty, Games, Steam)
-    "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}),
+    "sasrec hidden_dim=256": ("sasrec", {"hidden_dim": 256}, {}, ("beauty",)),
+    "hymoerec hidden_dim=256": ("hymoerec", {"hidden_dim": 256, "expert_hidden_dim": 512}, {}, ("beauty",)),
+    "fame hidden_dim=256": ("fame", {"hidden_dim": 256}, {}, ("beauty",)),
+    "fame num_blocks=2": ("fame", {"num_blocks": 2}, {}, ("beauty",)),
+    "fame num_heads=1": ("fame", {"num_heads": 1}, {}, ("beauty",)),
+    "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1}, {}, ("beauty",)),
+    "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}, {}, ("beauty",)),
+    "sasrec initializer_range=0.02": ("sasrec", {"initializer_range": 0.02}, {}, ("ml-1m",)),
+    "sasrec ffn=d relu": ("sasrec", {"inner_dim": 64, "activation": "relu"}, {}, ("ml-1m",)),
+    "sasrec norm=sasrec": ("sasrec", {"norm": "sasrec"}, {}, ("ml-1m",)),
+    "sasrec positions=absolute": ("sasrec", {"positions": "absolute"}, {}, ("ml-1m",)),
+    "sasrec beta_2=0.999": ("sasrec", {}, {"beta_2": 0.999}, ("ml-1m",)),
+    "sasrec original": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, ("ml-1m",)),
 }
 ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
 
 
 def run_config(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int,
-               model_overrides: dict | None = None) -> dict:
+               model_overrides: dict | None = None, optimizer_overrides: dict | None = None) -> dict:
     spec = DATASETS[dataset]
     return {
         "data": {"dir": os.path.join(work_dir, "data", dataset), **spec["data"]},
         "model": {"name": model, **spec["model"], **MODELS[model], **spec.get("model_overrides", {}).get(model, {}),
                   **(model_overrides or {})},
-        "optimizer": {"name": "adam", "learning_rate": BUDGET["learning_rate"], "beta_2": 0.98},
+        "optimizer": {"name": "adam", "learning_rate": BUDGET["learning_rate"], "beta_2": 0.98,
+                      **(optimizer_overrides or {})},
         "training": {"epochs": epochs, "seed": seed, "verbose": 2, "early_stopping": {"patience": patience}},
         "evaluation": {"filter_seen": True, "splits": ["test"]},
         "output_dir": os.path.join(work_dir, dataset, model, f"seed{seed}"),
@@ -180,15 +192,18 @@ def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
     return payload
 
 
-def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None) -> dict:
-    """Trains the :data:`ABLATIONS` variants ``labels`` (default all) for ``epochs`` (resumable,
-    ``<work-dir>/<dataset>/ablation/``) and writes validation NDCG@10 per epoch next to the main runs'
-    (``benchmarks/results/next_item_ablation.json``, with the test metrics of the variant's best epoch; other
-    variants keep their saved entries)."""
+def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patience: int | None = None,
+             train_missing: bool = True) -> dict:
+    """Trains the :data:`ABLATIONS` variants ``labels`` (default all) of each dataset for ``epochs`` (resumable,
+    ``<work-dir>/<dataset>/ablation/``; early stopping after ``patience`` epochs without gain, default none) and
+    writes their validation NDCG@10 per epoch next to the main runs' (``benchmarks/results/next_item_ablation.json``)
+    with the test metrics of each variant's best epoch; other variants keep their saved entries.
+    ``train_missing=False`` trains nothing: variants are reported as far as they ran (``"partial": true`` when cut
+    off; without a best checkpoint, validation curve only)."""
     from tfmoe.training import train
     from tfmoe.training.callbacks import TrainingState
 
-    def curve(output_dir):
+    def state_curve(output_dir):
         path = os.path.join(output_dir, "state.json")
         return _valid_curve(TrainingState.load(path, "NDCG@10").history if os.path.exists(path) else [])[:epochs]
 
@@ -197,22 +212,31 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None) -> di
         section = payload.setdefault(dataset, {})
         for model in MODELS:
             config = run_config(dataset, model, seed, work_dir, epochs, 1)
-            section[model] = {"model_options": config["model"], "valid_ndcg@10": curve(config["output_dir"])}
-        for label, (model, options) in ABLATIONS.items():
-            if labels is not None and label not in labels:
+            section[model] = {"model_options": config["model"], "valid_ndcg@10": state_curve(config["output_dir"])}
+        for label, (model, options, optimizer, where) in ABLATIONS.items():
+            if dataset not in where or (labels is not None and label not in labels):
                 continue
-            config = run_config(dataset, model, seed, work_dir, epochs, epochs, options)
+            config = run_config(dataset, model, seed, work_dir, epochs, patience or epochs, options, optimizer)
             config["output_dir"] = os.path.join(work_dir, dataset, "ablation", label.replace(" ", "_"), f"seed{seed}")
-            if len(curve(config["output_dir"])) < epochs:  # a run with the epochs already (or more) is not retrained
+            run = saved_run(config, "next_item")
+            done = run is not None and (run["stopped_early"] or run["epochs"] >= epochs)
+            if not done and train_missing:
                 print(f"== ablation {dataset} {label} seed {seed} up to epoch {epochs}", flush=True)
                 train(config)
-            finished = read_json(os.path.join(config["output_dir"], "metrics.json"))
-            section[label] = {"model_options": config["model"], "valid_ndcg@10": curve(config["output_dir"]),
-                              "test": finished.get("metrics", {}).get("test")}
-        print(f"{'dataset':8} {'variant':24} validation NDCG@10 by epoch")
+                run, done = saved_run(config, "next_item"), True
+            entry = {"model_options": config["model"], "optimizer": config["optimizer"],
+                     "valid_ndcg@10": state_curve(config["output_dir"]), "partial": not done}
+            if run is not None:
+                entry.update(epochs=run["epochs"], best_epoch=run["best_epoch"] + 1, stopped_early=run["stopped_early"],
+                             test=run["test"], device=run["device"])
+            if entry["valid_ndcg@10"] or run is not None:
+                section[label] = entry
+        print(f"{'dataset':8} {'variant':32} {'test NDCG@10':>12}  validation NDCG@10 by epoch")
         for label, entry in section.items():
-            print(f"{dataset:8} {label:24} " + " ".join(f"{x:.4f}" for x in entry["valid_ndcg@10"]))
-    payload["_meta"] = {"seed": seed, "epochs": epochs, "machine": machine_info(),
+            test = entry.get("test", {}).get("NDCG@10") if entry.get("test") else None
+            print(f"{dataset:8} {label:32} {'' if test is None else f'{test:.4f}':>12}  "
+                  + " ".join(f"{x:.4f}" for x in entry["valid_ndcg@10"][:40]))
+    payload["_meta"] = {"seed": seed, "epochs": epochs, "patience": patience, "machine": machine_info(),
                         "command": command_line("benchmarks/next_item.py")}
     write_json(ABLATION_RESULTS, payload)
     return payload
@@ -380,6 +404,9 @@ def main(argv=None) -> int:
                         help="cost: HyMoERec cost ablation (COST_VARIANTS) -> results/next_item_cost.json; "
                              "ablation: ABLATIONS trained for --ablation-epochs -> results/next_item_ablation.json")
     parser.add_argument("--ablation-epochs", type=int, default=10)
+    parser.add_argument("--ablation-patience", type=int, help="ablation: early stopping patience (default: none)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="ablation: train nothing, report the variants as far as they ran")
     parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), help="ablation: these variants only")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="prepared data and runs (outside the repo)")
     parser.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="max epochs per run")
@@ -403,7 +430,8 @@ def main(argv=None) -> int:
     if "cost" in args.phase:
         cost_ablation(args.datasets, args.work_dir, args.rounds, args.steps)
     if "ablation" in args.phase:
-        ablation(args.datasets, args.seeds[0], args.work_dir, args.ablation_epochs, args.ablations)
+        ablation(args.datasets, args.seeds[0], args.work_dir, args.ablation_epochs, args.ablations,
+                 args.ablation_patience, train_missing=not args.no_train)
     if "report" in args.phase:
         report(args.datasets, args.models, args.seeds, args.work_dir, args.epochs, args.patience, rates)
     return 0

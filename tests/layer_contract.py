@@ -150,3 +150,18 @@ def check_layer_contract(make_layer, args, tmp_path, kwargs=None, mirrored=True,
         assert_mixed_precision(make_layer, args, kwargs, policy=policy)
     if mirrored:
         assert_mirrored_strategy(make_layer, args, kwargs)
+
+
+def assert_independent_initial_weights(model_or_layer):
+    """No two randomly initialised weights start equal (nor share their leading values).
+
+    Catches one Keras initializer instance reused for several weights: an unseeded instance draws the
+    same values every time, so e.g. ``W_Q = W_K = W_V`` or item ``i`` = position ``i`` at step 0.
+    """
+    weights = [(w.path, np.asarray(w.numpy()).ravel()) for w in model_or_layer.weights]
+    random = [(path, values) for path, values in weights if values.size > 1 and np.std(values) > 0]
+    assert random, "no randomly initialised weights"
+    for i, (path, values) in enumerate(random):
+        for other_path, other in random[i + 1:]:
+            n = min(values.size, other.size, 8)
+            assert not np.array_equal(values[:n], other[:n]), f"{path} and {other_path} start with the same values"

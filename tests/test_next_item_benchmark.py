@@ -49,7 +49,9 @@ def tiny_benchmark(tmp_path, monkeypatch):
     monkeypatch.setattr(next_item, "RESULTS", str(tmp_path / "next_item.json"))
     monkeypatch.setattr(next_item, "COST_RESULTS", str(tmp_path / "next_item_cost.json"))
     monkeypatch.setattr(next_item, "ABLATION_RESULTS", str(tmp_path / "next_item_ablation.json"))
-    monkeypatch.setattr(next_item, "ABLATIONS", {"hymoerec k=2": ("hymoerec", {"k": 2})})
+    monkeypatch.setattr(next_item, "ABLATIONS", {"hymoerec k=2": ("hymoerec", {"k": 2}, {}, ("tiny",)),
+                                                 "sasrec beta_2=0.9": ("sasrec", {}, {"beta_2": 0.9}, ("tiny",)),
+                                                 "sasrec elsewhere": ("sasrec", {"dropout": 0.5}, {}, ("ml-1m",))})
     return work
 
 
@@ -141,6 +143,12 @@ def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchm
     assert [h["val_NDCG@10"] for h in state["history"]] == variant["valid_ndcg@10"]
     saved = json.load(open(state_path.parent / "metrics.json"))
     assert variant["test"] == saved["metrics"]["test"] and variant["test"]["count"] == 80
+    assert variant["epochs"] == 2 and 1 <= variant["best_epoch"] <= 2 and not variant["stopped_early"]
+    # optimizer overrides reach the run; variants of other datasets are not trained here
+    optimizer = section["sasrec beta_2=0.9"]["optimizer"]
+    assert optimizer["beta_2"] == 0.9 and optimizer["learning_rate"] == next_item.BUDGET["learning_rate"]
+    assert "sasrec elsewhere" not in section
+    assert not (tiny_benchmark / "tiny" / "ablation" / "sasrec_elsewhere").exists()
 
     # a variant that has the epochs already is not retrained (its state is left as it is)
     before = state_path.stat().st_mtime_ns
@@ -148,3 +156,10 @@ def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchm
     assert state_path.stat().st_mtime_ns == before
     short = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["hymoerec k=2"]
     assert short["valid_ndcg@10"] == variant["valid_ndcg@10"][:1]
+    # --no-train reports a run that has fewer epochs than asked as it is, marked partial
+    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "4",
+                    "--no-train"])
+    assert state_path.stat().st_mtime_ns == before
+    partial = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["hymoerec k=2"]
+    assert partial["partial"] and partial["epochs"] == 2 and partial["valid_ndcg@10"] == variant["valid_ndcg@10"]
+    assert not variant["partial"]

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfmoe.layers import losses, masking, routing_stats
 from tfmoe.utils import validation as v
+from tfmoe.utils.initializers import fresh_initializer
 
 
 @keras.saving.register_keras_serializable(package="tfmoe")
@@ -59,6 +60,9 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         inputs: ``[B, L, d]``.
         mask: optional padding mask ``[B, L]`` (``True`` = real item); propagated from an
             ``Embedding(mask_zero=True)``.
+        context: optional ``[B, L, d]`` the keys and values are projected from instead of ``inputs``
+            (same positions and mask; the original SASRec code queries with ``LayerNorm(x)`` and keys
+            ``x``).
         training: enables attention dropout.
 
     Returns:
@@ -135,11 +139,11 @@ class MultiHeadMoEAttention(keras.layers.Layer):
 
         def kernel(name, shape, autocast=True):
             return self.add_weight(
-                name=name, shape=shape, initializer=self.kernel_initializer, autocast=autocast
+                name=name, shape=shape, initializer=fresh_initializer(self.kernel_initializer, name), autocast=autocast
             )
 
         def bias(name, shape):
-            return self.add_weight(name=name, shape=shape, initializer=self.bias_initializer)
+            return self.add_weight(name=name, shape=shape, initializer=fresh_initializer(self.bias_initializer, name))
 
         self.query_kernel = kernel("query_kernel", (h, n, d, dk))
         self.key_kernel = kernel("key_kernel", (h, d, dk))
@@ -206,11 +210,12 @@ class MultiHeadMoEAttention(keras.layers.Layer):
             out += tf.cast(getattr(self, f"{name}_bias"), dtype)
         return out
 
-    def call(self, inputs, mask=None, training=None, last_query_only=False):
+    def call(self, inputs, mask=None, training=None, last_query_only=False, context=None):
         """``last_query_only=True`` computes the output of the last position only (``[B, 1, d_out]``), attending
         to every position as usual: what next-item scoring needs, at ``1 / L`` of the query-side work."""
         dtype = self.compute_dtype
         x = tf.cast(inputs, dtype)
+        source = x if context is None else tf.cast(context, dtype)
         h, n, dk = self.num_heads, self.num_experts, self._dk
         key_mask = masking.as_bool_mask(mask)
         query_x, query_mask = (x[:, -1:], None if key_mask is None else key_mask[:, -1:]) if last_query_only else (
@@ -219,8 +224,8 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         key_length = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
 
         queries = self._project(query_x, "query") * tf.cast(1.0 / math.sqrt(dk), dtype)  # [B, Lq, H, N, d']
-        keys = self._project(x, "key")  # [B, L, H, d']
-        values = self._project(x, "value")  # [B, L, H, d']
+        keys = self._project(source, "key")  # [B, L, H, d']
+        values = self._project(source, "value")  # [B, L, H, d']
 
         scores = tf.cast(tf.einsum("blhnk,bmhk->bhnlm", queries, keys), tf.float32)
         allowed = masking.attention_mask(query_mask, key_mask, causal=self.use_causal_mask, query_length=length,

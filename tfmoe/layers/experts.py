@@ -30,22 +30,17 @@ import keras
 import tensorflow as tf
 
 from tfmoe.layers.routers import flatten_tokens, leading_shape, unflatten_tokens
+from tfmoe.utils.initializers import fresh_initializer
 from tfmoe.utils.validation import check_bool, check_float, check_int, check_optional_int
 
 
-def clone_initializer(initializer):
-    """A fresh copy of a Keras initializer (unseeded copies draw independent values)."""
-    initializer = keras.initializers.get(initializer)
-    return initializer.__class__.from_config(initializer.get_config())
-
-
-def per_expert_initializer(initializer, num_experts: int):
+def per_expert_initializer(initializer, num_experts: int, salt: str = "kernel"):
     """Initializer for ``[E, d, h]`` kernels that gives each ``[d, h]`` slice the variance of a Dense kernel.
 
     Keras computes fans of a 3-D shape as ``E * d`` and ``E * h``; variance-scaling initializers are
     rescaled by ``E`` to undo that. Other initializers do not depend on fans and are returned as copies.
     """
-    initializer = clone_initializer(initializer)
+    initializer = fresh_initializer(initializer, salt)
     if isinstance(initializer, keras.initializers.VarianceScaling):
         return keras.initializers.VarianceScaling(
             scale=initializer.scale * num_experts,
@@ -140,21 +135,23 @@ class FeedForward(_FeedForwardBase):
         output_dim = self.output_dim or model_dim
         self.kernel_in = self.add_weight(
             shape=(model_dim, self.hidden_dim),
-            initializer=clone_initializer(self.kernel_initializer),
+            initializer=fresh_initializer(self.kernel_initializer, "kernel_in"),
             name="kernel_in",
         )
         self.kernel_out = self.add_weight(
             shape=(self.hidden_dim, output_dim),
-            initializer=clone_initializer(self.kernel_initializer),
+            initializer=fresh_initializer(self.kernel_initializer, "kernel_out"),
             name="kernel_out",
         )
         self.bias_in = self.bias_out = None
         if self.use_bias:
             self.bias_in = self.add_weight(
-                shape=(self.hidden_dim,), initializer=self.bias_initializer, name="bias_in"
+                shape=(self.hidden_dim,),
+                initializer=fresh_initializer(self.bias_initializer, "bias_in"),
+                name="bias_in",
             )
             self.bias_out = self.add_weight(
-                shape=(output_dim,), initializer=self.bias_initializer, name="bias_out"
+                shape=(output_dim,), initializer=fresh_initializer(self.bias_initializer, "bias_out"), name="bias_out"
             )
 
     def call(self, inputs, mask=None, training=None):
@@ -215,21 +212,25 @@ class ExpertBank(_FeedForwardBase):
         experts = self.num_experts
         self.kernel_in = self.add_weight(
             shape=(experts, model_dim, self.hidden_dim),
-            initializer=per_expert_initializer(self.kernel_initializer, experts),
+            initializer=per_expert_initializer(self.kernel_initializer, experts, "kernel_in"),
             name="kernel_in",
         )
         self.kernel_out = self.add_weight(
             shape=(experts, self.hidden_dim, output_dim),
-            initializer=per_expert_initializer(self.kernel_initializer, experts),
+            initializer=per_expert_initializer(self.kernel_initializer, experts, "kernel_out"),
             name="kernel_out",
         )
         self.bias_in = self.bias_out = None
         if self.use_bias:
             self.bias_in = self.add_weight(
-                shape=(experts, self.hidden_dim), initializer=self.bias_initializer, name="bias_in"
+                shape=(experts, self.hidden_dim),
+                initializer=fresh_initializer(self.bias_initializer, "bias_in"),
+                name="bias_in",
             )
             self.bias_out = self.add_weight(
-                shape=(experts, output_dim), initializer=self.bias_initializer, name="bias_out"
+                shape=(experts, output_dim),
+                initializer=fresh_initializer(self.bias_initializer, "bias_out"),
+                name="bias_out",
             )
 
     def call(self, inputs, gates=None, training=None):

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfmoe.layers import masking
 from tfmoe.utils import validation as v
+from tfmoe.utils.initializers import fresh_initializer
 
 
 @keras.saving.register_keras_serializable(package="tfmoe")
@@ -84,7 +85,7 @@ class MultiScaleFusion(keras.layers.Layer):
             keras.layers.Dense(
                 units,
                 activation=activation,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=fresh_initializer(self.kernel_initializer, f"gate_hidden_{i}"),
                 dtype=self.dtype_policy,
                 name=f"gate_hidden_{i}",
             )
@@ -124,7 +125,10 @@ class MultiScaleFusion(keras.layers.Layer):
             width = layer.units
         # Gate logits in float32 (routing math), whatever the policy.
         self._gate_layer = keras.layers.Dense(
-            num_gated, kernel_initializer=self.kernel_initializer, dtype="float32", name="gate_logits"
+            num_gated,
+            kernel_initializer=fresh_initializer(self.kernel_initializer, "gate_logits"),
+            dtype="float32",
+            name="gate_logits",
         )
         self._gate_layer.build((None, width))
         self.built = True

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfmoe.layers.experts import FeedForward
 from tfmoe.layers.moe import MixtureOfExperts
+from tfmoe.utils.initializers import fresh_initializer
 from tfmoe.utils.validation import check_choice, check_float, check_int, check_optional_int
 
 
@@ -103,11 +104,12 @@ class HybridMoEFeedForward(keras.layers.Layer):
         ):
             check_float(owner, name, value, minimum=0.0)
         try:  # the branches validate the arguments forwarded to them; errors name this layer too
+            self.kernel_initializer = keras.initializers.get(kernel_initializer)
             self.shared_ffn = FeedForward(
                 hidden_dim=self.hidden_dim,
                 activation=activation,
                 dropout=dropout,
-                kernel_initializer=kernel_initializer,
+                kernel_initializer=fresh_initializer(self.kernel_initializer, "shared_ffn"),
                 name="shared_ffn",
             )
             self.moe = MixtureOfExperts(
@@ -121,7 +123,7 @@ class HybridMoEFeedForward(keras.layers.Layer):
                 seed=seed,
                 activation=activation,
                 dropout=dropout,
-                kernel_initializer=kernel_initializer,
+                kernel_initializer=fresh_initializer(self.kernel_initializer, "moe"),
                 load_balance_weight=switch_loss_weight,
                 z_loss_weight=z_loss_weight,
                 entropy_loss_weight=load_balance_weight,
@@ -208,7 +210,7 @@ class HybridMoEFeedForward(keras.layers.Layer):
             z_loss_weight=moe["z_loss_weight"],
             noise_std=moe["noise_std"],
             seed=moe["seed"],
-            kernel_initializer=moe["kernel_initializer"],
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             track_statistics=moe["track_statistics"],
         )
         return config

@@ -40,6 +40,7 @@ from fractions import Fraction
 import keras
 import tensorflow as tf
 
+from tfmoe.utils.initializers import fresh_initializer
 from tfmoe.utils.validation import check_bool, check_choice, check_float, check_int, check_optional_int
 
 # Denominator bound used to read a capacity factor as an exact fraction (1.25 -> 5/4).
@@ -144,7 +145,7 @@ class _Router(keras.layers.Layer):
         # Router weights stay float32 inside call (autocast=False): routing is done in float32.
         self.kernel = self.add_weight(
             shape=(model_dim, self.num_experts),
-            initializer=self.kernel_initializer,
+            initializer=fresh_initializer(self.kernel_initializer, "kernel"),
             name="kernel",
             autocast=False,
         )

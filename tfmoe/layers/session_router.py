@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfmoe.layers import losses, masking, routing_stats
 from tfmoe.utils import validation as v
+from tfmoe.utils.initializers import fresh_initializer
 
 _MISSING = -1  # session index of an unused slot
 
@@ -228,18 +229,21 @@ class SessionThemeRouter(keras.layers.Layer):
         self.projection_kernel = self.add_weight(
             name="projection_kernel",
             shape=(d, projection_dim),
-            initializer=self.kernel_initializer,
+            initializer=fresh_initializer(self.kernel_initializer, "projection_kernel"),
             autocast=False,
         )
         self.prototypes = self.add_weight(
             name="prototypes",
             shape=(self.num_themes, projection_dim),
-            initializer=self.prototype_initializer,
+            initializer=fresh_initializer(self.prototype_initializer, "prototypes"),
             autocast=False,
         )
         if self.pooling == "attention":
             self.pooling_query = self.add_weight(
-                name="pooling_query", shape=(d,), initializer=self.kernel_initializer, autocast=False
+                name="pooling_query",
+                shape=(d,),
+                initializer=fresh_initializer(self.kernel_initializer, "pooling_query"),
+                autocast=False,
             )
         if self.track_statistics:
             self._build_statistics()

@@ -1,10 +1,11 @@
 """Shared building blocks of the next-item models: the item/position encoder and the transformer block.
 
 * :class:`ItemEncoder`: tied item embedding table ``[V, d]`` (``V = num_items + 1``, row 0 = padding)
-  plus **learned recency positions**: position ``i`` of a left-padded ``[B, L]`` sequence gets
-  embedding ``P[L - 1 - i]``, so the most recent item always uses ``P[0]``. Prepending padding
-  therefore never changes the representation of a sequence (padding invariance), for any ``L``.
-* :class:`TransformerBlock`: causal self-attention + position-wise FFN, pre- or post-LayerNorm,
+  plus learned positions, counted from the most recent item (``positions="recency"``, default: position
+  ``i`` of a left-padded ``[B, L]`` sequence gets ``P[L - 1 - i]``) or from the first real item
+  (``"absolute"``, the original SASRec with its right padding). Either way prepending padding never
+  changes the representation of a sequence (padding invariance), for any ``L``.
+* :class:`TransformerBlock`: causal self-attention + position-wise FFN, pre-, post- or SASRec-LayerNorm,
   the FFN pluggable (``"dense"``: :class:`~tfmoe.layers.FeedForward`, ``"hybrid_moe"``:
   :class:`~tfmoe.layers.HybridMoEFeedForward`). Attention is
   :class:`~tfmoe.layers.MultiHeadMoEAttention`; with ``attention_experts=1`` (default) it is
@@ -29,14 +30,16 @@ import tensorflow as tf
 
 from tfmoe.layers import FeedForward, HybridMoEFeedForward, MultiHeadMoEAttention, masking
 from tfmoe.utils import validation as v
+from tfmoe.utils.initializers import fresh_initializer
 
-NORMS = ("pre", "post")
+NORMS = ("pre", "post", "sasrec")
+POSITIONS = ("recency", "absolute")
 FFNS = ("dense", "hybrid_moe")
 
 
 @keras.saving.register_keras_serializable(package="tfmoe")
 class ItemEncoder(keras.layers.Layer):
-    """Item + learned recency-position embeddings, optional ``sqrt(d)`` scaling, dropout; zero at padding.
+    """Item + learned position embeddings, optional ``sqrt(d)`` scaling, dropout; zero at padding.
 
     Args:
         num_items: catalogue size without padding; the table has ``num_items + 1`` rows.
@@ -44,7 +47,11 @@ class ItemEncoder(keras.layers.Layer):
         hidden_dim: ``d``.
         dropout: embedding dropout rate in ``[0, 1)``.
         scale_embeddings: multiply item embeddings by ``sqrt(d)`` (original SASRec).
-        embeddings_initializer: initializer of both tables.
+        positions: ``"recency"`` (default; the most recent item has position 0) or ``"absolute"`` (the
+            first real item of the window has position 0; positions count real items, so padding
+            anywhere is skipped).
+        embeddings_initializer: initializer of both tables (each gets its own draw); default truncated
+            normal with standard deviation ``1 / sqrt(d)``.
 
     Call: ``encoder(items [B, L] int, training=None)`` -> ``(x [B, L, d], mask [B, L] bool)``,
     ``mask`` True at real items (``items != 0``). ``L <= max_len`` is required.
@@ -64,6 +71,7 @@ class ItemEncoder(keras.layers.Layer):
         hidden_dim=64,
         dropout=0.0,
         scale_embeddings=True,
+        positions="recency",
         embeddings_initializer=None,
         **kwargs,
     ):
@@ -74,6 +82,7 @@ class ItemEncoder(keras.layers.Layer):
         self.hidden_dim = v.check_int(owner, "hidden_dim", hidden_dim, minimum=1)
         self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.scale_embeddings = v.check_bool(owner, "scale_embeddings", scale_embeddings)
+        self.positions = v.check_choice(owner, "positions", positions, POSITIONS)
         if embeddings_initializer is None:
             embeddings_initializer = keras.initializers.TruncatedNormal(stddev=1.0 / math.sqrt(self.hidden_dim))
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
@@ -88,10 +97,12 @@ class ItemEncoder(keras.layers.Layer):
         self.item_embeddings = self.add_weight(
             name="item_embeddings",
             shape=(self.vocabulary_size, self.hidden_dim),
-            initializer=self.embeddings_initializer,
+            initializer=fresh_initializer(self.embeddings_initializer, "item_embeddings"),
         )
         self.position_embeddings = self.add_weight(
-            name="position_embeddings", shape=(self.max_len, self.hidden_dim), initializer=self.embeddings_initializer
+            name="position_embeddings",
+            shape=(self.max_len, self.hidden_dim),
+            initializer=fresh_initializer(self.embeddings_initializer, "position_embeddings"),
         )
         self.built = True
 
@@ -106,8 +117,11 @@ class ItemEncoder(keras.layers.Layer):
         x = tf.gather(tf.cast(self.item_embeddings, self.compute_dtype), items)
         if self.scale_embeddings:
             x = x * tf.cast(math.sqrt(self.hidden_dim), self.compute_dtype)
-        recency = tf.range(length - 1, -1, -1)  # position i -> L - 1 - i
-        x = x + tf.gather(tf.cast(self.position_embeddings, self.compute_dtype), recency)[None]
+        table = tf.cast(self.position_embeddings, self.compute_dtype)
+        if self.positions == "recency":
+            x = x + tf.gather(table, tf.range(length - 1, -1, -1))[None]  # position i -> L - 1 - i
+        else:  # the k-th real item -> k - 1
+            x = x + tf.gather(table, tf.maximum(tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1, 0))
         x = self.dropout(x, training=training)
         return masking.apply_mask(x, mask), mask
 
@@ -122,6 +136,7 @@ class ItemEncoder(keras.layers.Layer):
             hidden_dim=self.hidden_dim,
             dropout=self.dropout_rate,
             scale_embeddings=self.scale_embeddings,
+            positions=self.positions,
             embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
         )
         return config
@@ -129,11 +144,15 @@ class ItemEncoder(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfmoe")
 class TransformerBlock(keras.layers.Layer):
-    """Causal transformer block with a pluggable FFN, pre- or post-LayerNorm.
+    """Causal transformer block with a pluggable FFN, pre-, post- or SASRec-LayerNorm.
 
     ``norm="post"`` (RecBole/BERT): ``x = LN(x + Drop(Attn(x)))``, ``x = LN(x + Drop(FFN(x)))``.
-    ``norm="pre"`` (original SASRec): ``x = x + Drop(Attn(LN(x)))``, ``x = x + Drop(FFN(LN(x)))``; the
-    model then applies a final LayerNorm. Outputs are zero at padding positions.
+    ``norm="pre"``: ``x = x + Drop(Attn(LN(x)))``, ``x = x + Drop(FFN(LN(x)))``; the model then applies a
+    final LayerNorm.
+    ``norm="sasrec"`` (the original SASRec code): queries and the residual come from the normalised
+    input, keys and values from the input itself, ``q = LN(x)``, ``x = q + Drop(Attn(q, keys=x))``,
+    then ``x = LN(x) + Drop(FFN(LN(x)))``; also followed by a final LayerNorm.
+    Outputs are zero at padding positions.
 
     Args:
         num_heads: attention heads ``H`` (``d`` must be divisible by ``H``).
@@ -141,13 +160,14 @@ class TransformerBlock(keras.layers.Layer):
             ``ffn_options``).
         dropout: residual (and FFN hidden) dropout rate.
         attention_dropout: attention-probability dropout (default ``dropout``).
-        norm: ``"pre"`` or ``"post"``.
+        norm: ``"pre"``, ``"post"`` or ``"sasrec"``.
         activation: FFN activation.
         ffn: ``"dense"`` or ``"hybrid_moe"``.
         ffn_options: extra keyword arguments of :class:`~tfmoe.layers.HybridMoEFeedForward`
             (``num_experts``, ``k``, ``warmup_steps``, ``load_balance_weight``, ...).
         attention_experts: expert queries per head (FAME-style MoE attention with ``W_O``); 1 = plain.
         layer_norm_epsilon: LayerNorm epsilon.
+        kernel_initializer: initializer of the attention and FFN kernels (each gets its own draw).
 
     Call: ``block(x [B, L, d], mask=[B, L] bool, training=None)`` -> ``[B, L, d]``.
 
@@ -171,6 +191,7 @@ class TransformerBlock(keras.layers.Layer):
         ffn_options=None,
         attention_experts=1,
         layer_norm_epsilon=1e-6,
+        kernel_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -195,17 +216,22 @@ class TransformerBlock(keras.layers.Layer):
         self.layer_norm_epsilon = v.check_float(owner, "layer_norm_epsilon", layer_norm_epsilon, minimum=0.0)
         rate = self.dropout_rate if attention_dropout is None else attention_dropout
         try:
+            self.kernel_initializer = keras.initializers.get(kernel_initializer)
             self.attention = MultiHeadMoEAttention(
                 num_heads=self.num_heads,
                 num_experts=self.attention_experts,
                 dropout=rate,
                 track_statistics=self.attention_experts > 1,
+                kernel_initializer=fresh_initializer(self.kernel_initializer, "attention"),
                 name="attention",
             )
+            kernels = {"kernel_initializer": fresh_initializer(self.kernel_initializer, "ffn")}
             if self.ffn_type == "dense":
-                self.ffn = FeedForward(self.inner_dim, activation=activation, dropout=self.dropout_rate, name="ffn")
+                self.ffn = FeedForward(
+                    self.inner_dim, activation=activation, dropout=self.dropout_rate, name="ffn", **kernels
+                )
             else:
-                options = {"activation": activation, "dropout": self.dropout_rate, **self.ffn_options}
+                options = {"activation": activation, "dropout": self.dropout_rate, **kernels, **self.ffn_options}
                 self.ffn = HybridMoEFeedForward(hidden_dim=self.inner_dim, name="ffn", **options)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{owner}: {error}") from error
@@ -230,18 +256,19 @@ class TransformerBlock(keras.layers.Layer):
     def call(self, x, mask=None, training=None, last_only=False):
         """``last_only=True``: only the last position's output ``[B, 1, d]`` (it still attends to all positions)."""
         mask = masking.as_bool_mask(mask)
-        pre = self.norm == "pre"
-        h = self.attention_norm(x) if pre else x
-        h = self.attention(h, mask=mask, training=training, last_query_only=last_only)
+        post, sasrec = self.norm == "post", self.norm == "sasrec"
+        h = x if post else self.attention_norm(x)
+        a = self.attention(h, mask=mask, training=training, last_query_only=last_only, context=x if sasrec else None)
+        residual = h if sasrec else x
         if last_only:
-            x, mask = x[:, -1:], None if mask is None else mask[:, -1:]
-        x = x + self.attention_output_dropout(h, training=training)
-        if not pre:
+            residual, mask = residual[:, -1:], None if mask is None else mask[:, -1:]
+        x = residual + self.attention_output_dropout(a, training=training)
+        if post:
             x = self.attention_norm(x)
-        h = self.ffn_norm(x) if pre else x
-        h = self.ffn(h, mask=mask, training=training)
-        x = x + self.ffn_output_dropout(h, training=training)
-        if not pre:
+        h = x if post else self.ffn_norm(x)
+        residual = h if sasrec else x
+        x = residual + self.ffn_output_dropout(self.ffn(h, mask=mask, training=training), training=training)
+        if post:
             x = self.ffn_norm(x)
         return masking.apply_mask(x, mask)
 
@@ -261,5 +288,6 @@ class TransformerBlock(keras.layers.Layer):
             ffn_options=dict(self.ffn_options) or None,
             attention_experts=self.attention_experts,
             layer_norm_epsilon=self.layer_norm_epsilon,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config

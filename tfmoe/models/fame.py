@@ -39,6 +39,7 @@ from tfmoe.models import losses as next_item_losses
 from tfmoe.models import registry
 from tfmoe.models.sasrec import SASRec, item_ids
 from tfmoe.utils import validation as v
+from tfmoe.utils.initializers import fresh_initializer
 
 MIXES = ("logits", "probs")
 
@@ -51,6 +52,7 @@ class FacetBlock(keras.layers.Layer):
         num_heads: ``H``; ``num_experts``: ``N`` expert queries per head.
         dropout: residual/FFN' dropout; ``attention_dropout``: attention dropout (default ``dropout``).
         layer_norm_epsilon: LayerNorm epsilon.
+        kernel_initializer: initializer of every kernel (attention, FFN', gate, ``W_f``; each its own draw).
 
     Call: ``block(x [B, L, d], mask=[B, L], training=None)`` -> ``(F [B, L, H, d'], g [B, L, H] float32)``,
     both zero at padding. ``item_projection`` is ``W_f`` ``[H, d, d']``.
@@ -70,10 +72,15 @@ class FacetBlock(keras.layers.Layer):
         dropout=0.0,
         attention_dropout=None,
         layer_norm_epsilon=1e-6,
+        kernel_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
         owner = type(self).__name__
+        try:
+            self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{owner}: invalid `kernel_initializer` {kernel_initializer!r}: {error}") from error
         self.num_heads = v.check_int(owner, "num_heads", num_heads, minimum=1)
         self.num_experts = v.check_int(owner, "num_experts", num_experts, minimum=1)
         self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
@@ -87,6 +94,7 @@ class FacetBlock(keras.layers.Layer):
             use_output_projection=False,
             return_head_outputs=True,
             dropout=self.dropout_rate if attention_dropout is None else attention_dropout,
+            kernel_initializer=fresh_initializer(self.kernel_initializer, "attention"),
             name="attention",
         )
         eps = self.layer_norm_epsilon
@@ -105,15 +113,21 @@ class FacetBlock(keras.layers.Layer):
             )
         h, dk = self.num_heads, d // self.num_heads
         self.head_dim = dk
-        self.ffn = FeedForward(hidden_dim=dk, activation="relu", dropout=self.dropout_rate, name="head_ffn")
-        self.gate = keras.layers.Dense(h, name="head_gate", dtype="float32")
+        self.ffn = FeedForward(hidden_dim=dk, activation="relu", dropout=self.dropout_rate, name="head_ffn",
+                               kernel_initializer=fresh_initializer(self.kernel_initializer, "head_ffn"))
+        self.gate = keras.layers.Dense(h, name="head_gate", dtype="float32",
+                                       kernel_initializer=fresh_initializer(self.kernel_initializer, "head_gate"))
         head_shape = (None, input_shape[1], h, dk)
         self.attention.build(input_shape)
         self.attention_norm.build(head_shape)
         self.ffn.build(head_shape)
         self.ffn_norm.build(head_shape)
         self.gate.build((None, input_shape[1], h * dk))
-        self.item_projection = self.add_weight(name="item_projection", shape=(h, d, dk), initializer="glorot_uniform")
+        self.item_projection = self.add_weight(
+            name="item_projection",
+            shape=(h, d, dk),
+            initializer=fresh_initializer(self.kernel_initializer, "item_projection"),
+        )
         self.built = True
 
     def call(self, x, mask=None, training=None, last_only=False):
@@ -142,6 +156,7 @@ class FacetBlock(keras.layers.Layer):
             dropout=self.dropout_rate,
             attention_dropout=self.attention_dropout,
             layer_norm_epsilon=self.layer_norm_epsilon,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config
 
@@ -175,6 +190,7 @@ class FAME(SASRec):
             num_experts=self.num_experts,
             dropout=self.dropout_rate,
             attention_dropout=self.attention_dropout,
+            kernel_initializer=self._initializer("glorot_uniform"),
             name="facet_block",
         )
         self.facet_block.build((None, self.max_len, self.hidden_dim))

@@ -58,7 +58,7 @@ def mask_padding_column(scores):
 @registry.register_model("sasrec", task="next_item")
 @keras.saving.register_keras_serializable(package="tfmoe")
 class SASRec(keras.Model):
-    """SASRec with learned recency positions, tied item embeddings and a switchable loss.
+    """SASRec with learned positions, tied item embeddings and a switchable loss.
 
     Args:
         num_items: catalogue size without padding (item ids ``1..num_items``).
@@ -69,9 +69,16 @@ class SASRec(keras.Model):
         inner_dim: FFN inner size (default ``4 d``).
         dropout: embedding, residual and FFN dropout (default 0.2).
         attention_dropout: attention-probability dropout (default ``dropout``).
-        norm: ``"pre"`` (original SASRec, final LayerNorm after the blocks; default) or ``"post"``.
+        norm: ``"pre"`` (default), ``"sasrec"`` (the original code: queries and residual from the normalised
+            input) or ``"post"``; ``"pre"`` and ``"sasrec"`` end with a final LayerNorm. See
+            :class:`~tfmoe.models.blocks.TransformerBlock`.
         activation: FFN activation (default ``"gelu"``; the original uses ``"relu"``).
         scale_embeddings: multiply item embeddings by ``sqrt(d)`` (original SASRec; default True).
+        positions: ``"recency"`` (default) or ``"absolute"`` (original SASRec); see
+            :class:`~tfmoe.models.blocks.ItemEncoder`.
+        initializer_range: if given, every embedding table and kernel starts from ``N(0, initializer_range^2)``
+            (0.02 in the SASRec reference code of Klenitskiy & Vasilev and in RecBole); default None: the
+            layers' own initializers (embeddings ``N(0, 1/d)`` truncated, kernels Glorot uniform).
         loss: ``"softmax"`` (full CE, default), ``"sampled_softmax"`` or ``"bce"``; see
             :mod:`tfmoe.models.losses`.
         num_negatives, proposal, item_frequencies, remove_accidental_hits: sampled-softmax options.
@@ -93,6 +100,8 @@ class SASRec(keras.Model):
         norm="pre",
         activation="gelu",
         scale_embeddings=True,
+        positions="recency",
+        initializer_range=None,
         loss="softmax",
         num_negatives=256,
         proposal="uniform",
@@ -116,6 +125,12 @@ class SASRec(keras.Model):
         self.norm = v.check_choice(owner, "norm", norm, blocks.NORMS)
         self.activation = activation
         self.scale_embeddings = v.check_bool(owner, "scale_embeddings", scale_embeddings)
+        self.positions = v.check_choice(owner, "positions", positions, blocks.POSITIONS)
+        self.initializer_range = None
+        if initializer_range is not None:
+            self.initializer_range = v.check_float(
+                owner, "initializer_range", initializer_range, minimum=0.0, min_inclusive=False
+            )
         self.loss_options = {
             "kind": loss,
             "num_negatives": num_negatives,
@@ -129,14 +144,15 @@ class SASRec(keras.Model):
             )
             self.encoder = blocks.ItemEncoder(
                 self.num_items, self.max_len, self.hidden_dim, dropout=self.dropout_rate,
-                scale_embeddings=self.scale_embeddings, name="item_encoder",
+                scale_embeddings=self.scale_embeddings, positions=self.positions,
+                embeddings_initializer=self._initializer(None), name="item_encoder",
             )
             self.transformer_blocks = [
                 blocks.TransformerBlock(name=f"block_{i}", **self._block_options(i)) for i in range(self._num_plain())
             ]
         except ValueError as error:
             raise ValueError(f"{owner}: {error}") from error
-        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm") if norm == "pre" else None
+        self.final_norm = None if norm == "post" else keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
         self._build_layers()
 
     # ----- hooks for subclasses -------------------------------------------------------------------
@@ -147,6 +163,12 @@ class SASRec(keras.Model):
         """Number of :class:`TransformerBlock` s (FAME replaces the last one)."""
         return self.num_blocks
 
+    def _initializer(self, default):
+        """``N(0, initializer_range^2)`` if ``initializer_range`` is set, else ``default`` (a layer's own)."""
+        if self.initializer_range is None:
+            return default
+        return keras.initializers.RandomNormal(stddev=self.initializer_range)
+
     def _block_options(self, index: int) -> dict:
         return {
             "num_heads": self.num_heads,
@@ -155,6 +177,7 @@ class SASRec(keras.Model):
             "attention_dropout": self.attention_dropout,
             "norm": self.norm,
             "activation": self.activation,
+            "kernel_initializer": self._initializer("glorot_uniform"),
         }
 
     def _build_head(self):
@@ -246,6 +269,8 @@ class SASRec(keras.Model):
             norm=self.norm,
             activation=self.activation,
             scale_embeddings=self.scale_embeddings,
+            positions=self.positions,
+            initializer_range=self.initializer_range,
             loss=self.loss_options["kind"],
             num_negatives=self.loss_options["num_negatives"],
             proposal=self.loss_options["proposal"],

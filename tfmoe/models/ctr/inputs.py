@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from tfmoe.utils import validation as v
+from tfmoe.utils.initializers import fresh_initializer
 
 HISTORY = "history"
 HISTORY_LENGTH = "history_length"
@@ -96,14 +97,16 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def build(self, input_shape=None):
         self.item_embeddings = self.add_weight(
-            name="item_embeddings", shape=(self.num_items + 1, self.item_dim), initializer=self.embeddings_initializer
+            name="item_embeddings",
+            shape=(self.num_items + 1, self.item_dim),
+            initializer=fresh_initializer(self.embeddings_initializer, "item_embeddings"),
         )
         self.category_embeddings = None
         if self.num_categories:
             self.category_embeddings = self.add_weight(
                 name="category_embeddings",
                 shape=(self.num_categories + 1, self.category_dim),
-                initializer=self.embeddings_initializer,
+                initializer=fresh_initializer(self.embeddings_initializer, "category_embeddings"),
             )
         self.built = True
 

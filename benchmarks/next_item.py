@@ -110,12 +110,12 @@ ABLATIONS = {
     "fame num_heads=1": ("fame", {"num_heads": 1}, {}, ("beauty",)),
     "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1}, {}, ("beauty",)),
     "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}, {}, ("beauty",)),
-    "sasrec initializer_range=0.02": ("sasrec", {"initializer_range": 0.02}, {}, ("ml-1m",)),
+    "sasrec initializer_range=0.02": ("sasrec", {"initializer_range": 0.02}, {}, ("ml-1m", "beauty")),
     "sasrec ffn=d relu": ("sasrec", {"inner_dim": 64, "activation": "relu"}, {}, ("ml-1m",)),
     "sasrec norm=sasrec": ("sasrec", {"norm": "sasrec"}, {}, ("ml-1m",)),
     "sasrec positions=absolute": ("sasrec", {"positions": "absolute"}, {}, ("ml-1m",)),
     "sasrec beta_2=0.999": ("sasrec", {}, {"beta_2": 0.999}, ("ml-1m",)),
-    "sasrec original": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, ("ml-1m",)),
+    "sasrec original": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, ("ml-1m", "beauty")),
 }
 ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
 

@@ -22,8 +22,8 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
     ``previous_metrics``).
 
     Returns ``{"finished", "epochs", "best_epoch" (0-based), "stopped_early", "test", "valid", "history", "device"}``;
-    for an unfinished run ``valid`` holds only the monitored metric and ``device`` is ``None`` (also for runs saved
-    before the trainer recorded it).
+    for an unfinished run ``valid`` holds only the monitored metric. ``device`` names where the run trained (several
+    joined by " + " when it was resumed elsewhere); ``None`` for runs saved before the trainer recorded it.
     """
     from tfmoe.training import TrainConfig
     from tfmoe.training.callbacks import TrainingState
@@ -47,7 +47,8 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
     state = TrainingState.load(state_path, evaluation.monitor)
     test = evaluate_best(config, ["test"])["test"]
     return {"finished": False, "epochs": len(state.history), "best_epoch": state.best_epoch, "stopped_early": False,
-            "test": test, "valid": {evaluation.monitor: state.best}, "history": state.history, "device": None}
+            "test": test, "valid": {evaluation.monitor: state.best}, "history": state.history,
+            "device": " + ".join(state.devices) or None}
 
 
 def _reevaluated(config, saved: dict, protocol: int, metrics_path: str) -> dict:

@@ -68,6 +68,7 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
         assert entry["partial"] and entry["epochs"] == 1 and entry["seeds"] == 1  # 1 of 3 epochs
         assert 0.0 <= entry["ndcg@10"] <= entry["hr@10"] <= 1.0
         assert entry["runs"][0]["test"]["count"] == 80
+        assert entry["trained_on"][0].startswith("CPU (")  # a cut-off run knows its device too (state.json)
         assert entry["sequences_per_s_source"] == next_item.THROUGHPUT_SOURCE
         # filtering seen items only removes competitors of the target: never worse than the unfiltered ranking
         assert entry["unfiltered"]["ndcg@10"] <= entry["ndcg@10"] + 1e-6

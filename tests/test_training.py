@@ -111,6 +111,14 @@ def test_early_stopping_state_bookkeeping():
     assert state.wait == 0
 
 
+def test_state_lists_the_devices_a_resumed_run_trained_on(tmp_path):
+    state = TrainingState(monitor="NDCG@10")
+    for device in ("2 CPU cores", "2 CPU cores", "1 x H100", "1 x H100"):  # restarts on the same device add nothing
+        state.trained_on(device)
+    state.save(str(tmp_path / "state.json"))
+    assert TrainingState.load(str(tmp_path / "state.json"), "NDCG@10").devices == ["2 CPU cores", "1 x H100"]
+
+
 # ----- training ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["sasrec", "hymoerec", "fame"])
 def test_learns_planted_pattern_saves_and_reloads(prepared, tmp_path, model):
@@ -123,6 +131,7 @@ def test_learns_planted_pattern_saves_and_reloads(prepared, tmp_path, model):
     saved = json.load(open(tmp_path / "metrics.json"))
     assert saved["metrics"]["test"] == pytest.approx(result.test_metrics)
     assert [h["epoch"] for h in saved["history"]] == [0, 1, 2]
+    assert saved["devices"] == [saved["device"]] and saved["device"].startswith("CPU (")
     assert os.listdir(tmp_path / "logs" / "validation")  # TensorBoard validation scalars
     if model != "sasrec":
         assert os.listdir(tmp_path / "logs" / "routing")

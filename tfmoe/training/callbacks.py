@@ -39,6 +39,12 @@ class TrainingState:
     stopped_early: bool = False
     finished: bool = False
     history: list = field(default_factory=list)
+    devices: list = field(default_factory=list)  # where the run trained, one entry per change of device
+
+    def trained_on(self, device: str) -> None:
+        """Notes that training (re)starts on ``device`` (a run resumed on another machine lists both)."""
+        if not self.devices or self.devices[-1] != device:
+            self.devices.append(device)
 
     def improved(self, value: float, min_delta: float) -> bool:
         if value is None or not math.isfinite(value):

@@ -218,6 +218,7 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
     if state.finished and complete and tf.io.gfile.exists(_path(config, METRICS_FILE)):
         return load_result(config.output_dir)
     state.finished = False  # more epochs than last time: continue from the backup of the last epoch
+    state.trained_on(device_description())
 
     sizes = data_sizes(config.data.dir)
     ctr_context = _ctr_context(config, task, sizes)
@@ -270,7 +271,8 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
         output_dir=config.output_dir, history=state.history,
     )
     cb.write_atomic(_path(config, METRICS_FILE), json.dumps(
-        {**result.summary(), "device": device_description(), "config": config.to_dict(), "history": state.history},
+        {**result.summary(), "device": " + ".join(state.devices), "devices": state.devices, "config": config.to_dict(),
+         "history": state.history},
         indent=1))
     state.finished = True
     state.save(_path(config, STATE_FILE))

@@ -48,7 +48,7 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
     test = evaluate_best(config, ["test"])["test"]
     return {"finished": False, "epochs": len(state.history), "best_epoch": state.best_epoch, "stopped_early": False,
             "test": test, "valid": {evaluation.monitor: state.best}, "history": state.history,
-            "device": " + ".join(state.devices) or None}
+            "device": state.device}
 
 
 def _reevaluated(config, saved: dict, protocol: int, metrics_path: str) -> dict:

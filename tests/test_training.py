@@ -116,7 +116,9 @@ def test_state_lists_the_devices_a_resumed_run_trained_on(tmp_path):
     for device in ("2 CPU cores", "2 CPU cores", "1 x H100", "1 x H100"):  # restarts on the same device add nothing
         state.trained_on(device)
     state.save(str(tmp_path / "state.json"))
-    assert TrainingState.load(str(tmp_path / "state.json"), "NDCG@10").devices == ["2 CPU cores", "1 x H100"]
+    loaded = TrainingState.load(str(tmp_path / "state.json"), "NDCG@10")
+    assert loaded.devices == ["2 CPU cores", "1 x H100"] and loaded.device == "2 CPU cores + 1 x H100"
+    assert TrainingState(monitor="NDCG@10").device is None
 
 
 # ----- training ---------------------------------------------------------------------------------------

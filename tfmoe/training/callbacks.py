@@ -46,6 +46,11 @@ class TrainingState:
         if not self.devices or self.devices[-1] != device:
             self.devices.append(device)
 
+    @property
+    def device(self) -> str | None:
+        """Where the run trained, the devices joined by " + " in order; ``None`` before any training."""
+        return " + ".join(self.devices) or None
+
     def improved(self, value: float, min_delta: float) -> bool:
         if value is None or not math.isfinite(value):
             return False

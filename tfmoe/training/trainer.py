@@ -271,7 +271,7 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
         output_dir=config.output_dir, history=state.history,
     )
     cb.write_atomic(_path(config, METRICS_FILE), json.dumps(
-        {**result.summary(), "device": " + ".join(state.devices), "devices": state.devices, "config": config.to_dict(),
+        {**result.summary(), "device": state.device, "devices": state.devices, "config": config.to_dict(),
          "history": state.history},
         indent=1))
     state.finished = True

@@ -28,8 +28,10 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
     from tfmoe.training import TrainConfig
     from tfmoe.training.callbacks import TrainingState
     from tfmoe.training.evaluation import task_evaluation
+    from tfmoe.training.run_settings import check_same_run
 
     config = TrainConfig.from_dict(config_dict)
+    check_same_run(config.output_dir, config)
     evaluation = task_evaluation(task)
     metrics_path = os.path.join(config.output_dir, "metrics.json")
     saved = read_json(metrics_path)

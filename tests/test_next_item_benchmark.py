@@ -1,7 +1,9 @@
 """benchmarks/next_item.py: valid configs, chunked turns, partial labels, kept throughput rates, cost ablation."""
 
 import json
+import os
 import pathlib
+import shutil
 import sys
 
 import pytest
@@ -12,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import next_item  # noqa: E402
+from tfmoe.training.run_settings import RunSettingsError  # noqa: E402
 
 
 def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
@@ -86,8 +89,15 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
     assert again["tiny"]["hymoerec"]["partial"]
     assert again["_meta"]["budget"]["epochs"] == 3
 
-    # a changed model config drops the old rate: it falls back to the training epochs' rate
+    # a changed model config: the old run is not reported under it (nor resumed), and once retrained the old
+    # throughput rate is dropped for the training epochs' rate
     next_item.MODELS["hymoerec"] = {**next_item.MODELS["hymoerec"], "expert_hidden_dim": 4}
+    with pytest.raises(RunSettingsError, match="model.expert_hidden_dim: \\(unset\\) when the run started, 4 now"):
+        next_item.main(args + ["--models", "hymoerec", "--phase", "report"])
+    with pytest.raises(RunSettingsError):
+        next_item.train_all(["tiny"], ["hymoerec"], [0], work, epochs=3, patience=5, chunk=1)
+    shutil.move(os.path.join(work, "tiny", "hymoerec"), os.path.join(work, "hymoerec_before"))
+    next_item.train_all(["tiny"], ["hymoerec"], [0], work, epochs=1, patience=5, chunk=1)
     next_item.main(args + ["--models", "hymoerec", "--phase", "report"])
     changed = json.load(open(tmp_path / "next_item.json"))["tiny"]["hymoerec"]
     assert changed["sequences_per_s_source"] != next_item.THROUGHPUT_SOURCE

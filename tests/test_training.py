@@ -15,6 +15,7 @@ from test_dataset import write_prepared
 
 from tfmoe.training import TrainConfig, load_result, train
 from tfmoe.training.callbacks import TrainingState
+from tfmoe.training.run_settings import RunSettingsError
 
 NUM_ITEMS, MAX_LEN, USERS = 60, 12, 240
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,6 +180,11 @@ def test_resumes_after_an_interruption_mid_epoch(prepared, tmp_path):
     assert not os.path.exists(tmp_path / "metrics.json")
     meta = json.load(open(tmp_path / "backup" / "training_metadata.json"))
     assert meta["epoch"] == 2  # the last backup was taken inside epoch 2
+    other = config(prepared, tmp_path, model={"hidden_dim": 32}, training={**values["training"], "seed": 1})
+    with pytest.raises(RunSettingsError, match=r"(?s)model.hidden_dim: 16 when the run started, 32 now.*"
+                                               r"training.seed: 0 when the run started, 1 now"):
+        train(other)  # another model in the same directory: refused before anything is touched
+    assert json.load(open(tmp_path / "backup" / "training_metadata.json"))["epoch"] == 2
     result = train(values, callbacks=[Epochs()])
     assert Epochs.begun == [2, 3]  # continued with the interrupted epoch, not from scratch
     assert result.epochs_run == 4 and [h["epoch"] for h in result.history] == [0, 1, 2, 3]

@@ -14,9 +14,12 @@ Output directory (``config.output_dir``)::
     model.keras        the best model (``keras.saving.load_model`` loads it; tfmoe models are registered)
     metrics.json       config, best epoch, epochs run, valid/test metrics (and their evaluation protocol),
                        sequences per second
+    run_config.json    the config the run was started with
 
 A run killed at any point and started again with the same config and ``output_dir`` resumes from its last
-backup (every epoch, or every ``backup_every_steps`` batches) and finishes; a finished run returns its
+backup (every epoch, or every ``backup_every_steps`` batches) and finishes (a restart with other model, optimizer,
+data or seed settings raises :class:`~tfmoe.training.run_settings.RunSettingsError` instead of mixing two
+runs; see :mod:`tfmoe.training.run_settings` for what may change); a finished run returns its
 saved result without training again, unless ``training.epochs`` was raised (and it did not stop early): then it
 continues from its last epoch, with its early-stopping state, up to the new number of epochs.
 ``evaluate_best(config)`` scores a run's best checkpoint again (e.g. under a newer evaluation protocol).
@@ -41,12 +44,13 @@ import tensorflow as tf
 
 from tfmoe.models import registry
 from tfmoe.training import callbacks as cb
+from tfmoe.training import run_settings
 from tfmoe.training.config import TrainConfig
 from tfmoe.training.evaluation import task_evaluation
 from tfmoe.training.strategies import get_strategy
 
 BACKUP_DIR, BEST_WEIGHTS, STATE_FILE = "backup", "best.weights.h5", "state.json"
-LOG_DIR, MODEL_FILE, METRICS_FILE = "logs", "model.keras", "metrics.json"
+LOG_DIR, MODEL_FILE, METRICS_FILE = "logs", "model.keras", run_settings.METRICS_FILE
 
 
 @dataclass
@@ -213,6 +217,9 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
     evaluation = task_evaluation(task)
     monitor = config.training.early_stopping.monitor or evaluation.monitor
     os.makedirs(config.output_dir, exist_ok=True)
+    run_settings.check_same_run(config.output_dir, config)
+    if not tf.io.gfile.exists(_path(config, run_settings.RUN_CONFIG_FILE)):
+        run_settings.record_run(config.output_dir, config)
     state = cb.TrainingState.load(_path(config, STATE_FILE), monitor)
     complete = state.stopped_early or len(state.history) >= config.training.epochs
     if state.finished and complete and tf.io.gfile.exists(_path(config, METRICS_FILE)):

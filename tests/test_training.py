@@ -13,9 +13,8 @@ import pytest
 import yaml
 from test_dataset import write_prepared
 
-from tfmoe.training import TrainConfig, load_result, train
+from tfmoe.training import RunSettingsError, TrainConfig, load_result, train
 from tfmoe.training.callbacks import TrainingState
-from tfmoe.training.run_settings import RunSettingsError
 
 NUM_ITEMS, MAX_LEN, USERS = 60, 12, 240
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

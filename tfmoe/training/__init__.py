@@ -7,7 +7,8 @@ Example:
 """
 
 from tfmoe.training.config import TrainConfig
+from tfmoe.training.run_settings import RunSettingsError
 from tfmoe.training.strategies import get_strategy
 from tfmoe.training.trainer import TrainResult, evaluate_best, load_result, train
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate_best", "get_strategy", "load_result", "train"]
+__all__ = ["RunSettingsError", "TrainConfig", "TrainResult", "evaluate_best", "get_strategy", "load_result", "train"]

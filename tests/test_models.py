@@ -143,7 +143,7 @@ def test_hymoerec_blocks_warmup_and_load_balance_loss():
 def test_mixed_precision_scores_and_loss_are_float32():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = make("fame")
+        model = make("fame", item_dropout=0.1)
         items = batch(np.random.default_rng(6))
         assert model.last_scores(items).dtype == tf.float32
         labels = np.where(items > 0, items % N_ITEMS + 1, 0)
@@ -163,15 +163,47 @@ def test_jit_compiled_scoring_matches_eager():
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
 def test_trains_under_mirrored_strategy_with_gather_only_losses(loss, mirrored_strategy):
-    # Both losses only gather rows of the item table; the replicas' sparse gradients differ in size.
+    # Both losses only gather rows of the item table; the replicas' sparse gradients differ in size. Item dropout
+    # draws its masks from a seed generator inside the replicas.
     strategy = mirrored_strategy
     with strategy.scope():
-        model = make("hymoerec", loss=loss, num_negatives=8, seed=2)
+        model = make("hymoerec", loss=loss, num_negatives=8, seed=2, item_dropout=0.2)
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
     items = batch(np.random.default_rng(8), size=8)
     labels = np.where(items > 0, items % N_ITEMS + 1, 0)
     history = model.fit({"history": items}, labels, batch_size=8, epochs=2, verbose=0).history["loss"]
     assert all(np.isfinite(history))
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame", "fame_probs"])
+def test_item_dropout_drops_the_scoring_table_in_training_only(name):
+    rate = 0.5
+    model = make(name, item_dropout=rate, seed=3)
+    table = model.item_embeddings.numpy()
+    np.testing.assert_array_equal(model.scoring_table(training=False), table)
+    dropped = model.scoring_table(training=True).numpy()
+    kept = dropped != 0
+    assert 0.4 < kept.mean() < 0.6  # ~1 - rate of the entries survive, scaled by 1 / (1 - rate)
+    np.testing.assert_allclose(dropped[kept], table[kept] / (1 - rate), rtol=1e-6)
+    assert not np.array_equal(model.scoring_table(training=True).numpy(), dropped)  # a new mask every step
+
+    # the training loss is the loss of the dropped table (checked by handing the model a known table) ...
+    items = batch(np.random.default_rng(9))
+    labels = np.where(items > 0, items % N_ITEMS + 1, 0)
+    output = model(items, training=False)
+    plain = make(name, seed=3)  # same weights (same seed), no item dropout
+    plain(items, training=False)  # the same auxiliary (load-balance) losses as `model`'s last call
+    model.scoring_table = lambda training=False: dropped if training else table
+    plain.scoring_table = lambda training=False: dropped
+    np.testing.assert_allclose(float(model.compute_loss(items, labels, output, training=True)),
+                               float(plain.compute_loss(items, labels, output, training=False)), rtol=1e-5)
+    # ... and scoring, evaluation and the loss outside training use the table as it is
+    del model.scoring_table, plain.scoring_table
+    np.testing.assert_allclose(float(model.compute_loss(items, labels, output, training=False)),
+                               float(plain.compute_loss(items, labels, output, training=False)), rtol=1e-6)
+    np.testing.assert_array_equal(model.last_scores(items), plain.last_scores(items))
+    assert make(name).item_dropout_seed is None and make(name).get_config()["item_dropout"] == 0.0
+    assert type(model).from_config(model.get_config()).item_dropout == rate
 
 
 @pytest.mark.parametrize(
@@ -184,6 +216,8 @@ def test_trains_under_mirrored_strategy_with_gather_only_losses(loss, mirrored_s
         (SASRec, {"positions": "sinusoidal"}, "positions"),
         (SASRec, {"initializer_range": 0.0}, "initializer_range"),
         (SASRec, {"dropout": 1.0}, "dropout"),
+        (SASRec, {"item_dropout": -0.1}, "item_dropout"),
+        (HyMoERec, {"item_dropout": 1.0}, "item_dropout"),
         (SASRec, {"activation": max}, "activation"),
         (HyMoERec, {"num_experts": 2, "k": 3}, "`k`"),
         (HyMoERec, {"moe_blocks": 3}, "moe_blocks"),

@@ -226,8 +226,9 @@ class FAME(SASRec):
             raise ValueError(f"{type(self).__name__}: sequence_representation needs mix='logits', got {self.mix!r}")
         return self._query(self(features, training=training))
 
-    def output_scores(self, output):
-        table = tf.cast(self.item_embeddings, tf.float32)
+    def output_scores(self, output, table=None):
+        """Scores ``[..., V]`` of the model output; ``table`` replaces the item table (training's dropped one)."""
+        table = tf.cast(self.item_embeddings if table is None else table, tf.float32)
         if self.mix == "logits":
             return tf.matmul(self._query(output), table, transpose_b=True)
         heads = tf.cast(output["heads"], tf.float32)  # [..., H, d']
@@ -243,10 +244,11 @@ class FAME(SASRec):
         shape = tf.concat([tf.shape(heads)[: rank - 2], [self.num_items + 1]], 0)
         return tf.reshape(mixed, shape)
 
-    def _main_loss(self, output, labels):
+    def _main_loss(self, output, labels, training):
+        table = self.scoring_table(training)
         if self.mix == "logits":
-            return self.next_item_loss(self._query(output), self.item_embeddings, labels)
-        return next_item_losses.softmax_cross_entropy_from_logits(self.output_scores(output), labels)
+            return self.next_item_loss(self._query(output), table, labels)
+        return next_item_losses.softmax_cross_entropy_from_logits(self.output_scores(output, table), labels)
 
     def get_config(self):
         config = super().get_config()

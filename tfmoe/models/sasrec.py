@@ -68,6 +68,8 @@ class SASRec(keras.Model):
         num_heads: attention heads (default 1; ``d`` must be divisible by it).
         inner_dim: FFN inner size (default ``4 d``).
         dropout: embedding, residual and FFN dropout (default 0.2).
+        item_dropout: dropout on the tied item table where it scores items in training (one mask over the
+            ``[V, d]`` table per step, as RecTools' item-net dropout); the input lookups keep ``dropout``. Default 0.
         attention_dropout: attention-probability dropout (default ``dropout``).
         norm: ``"pre"`` (default), ``"sasrec"`` (the original code: queries and residual from the normalised
             input) or ``"post"``; ``"pre"`` and ``"sasrec"`` end with a final LayerNorm. See
@@ -96,6 +98,7 @@ class SASRec(keras.Model):
         num_heads=1,
         inner_dim=None,
         dropout=0.2,
+        item_dropout=0.0,
         attention_dropout=None,
         norm="pre",
         activation="gelu",
@@ -121,6 +124,8 @@ class SASRec(keras.Model):
             raise ValueError(f"{owner}: `hidden_dim` ({hidden_dim}) must be divisible by `num_heads` ({num_heads})")
         self.inner_dim = v.check_optional_int(owner, "inner_dim", inner_dim, minimum=1)
         self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
+        self.item_dropout = v.check_float(owner, "item_dropout", item_dropout, minimum=0.0, maximum=1.0,
+                                          max_inclusive=False)
         self.attention_dropout = attention_dropout
         self.norm = v.check_choice(owner, "norm", norm, blocks.NORMS)
         self.activation = activation
@@ -153,6 +158,8 @@ class SASRec(keras.Model):
         except ValueError as error:
             raise ValueError(f"{owner}: {error}") from error
         self.final_norm = None if norm == "post" else keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
+        # only with item_dropout: a seed generator is a variable, models without it keep their weight layout
+        self.item_dropout_seed = keras.random.SeedGenerator(seed) if self.item_dropout else None
         self._build_layers()
 
     # ----- hooks for subclasses -------------------------------------------------------------------
@@ -211,6 +218,12 @@ class SASRec(keras.Model):
         """The tied ``[V, d]`` item table (row 0 = padding)."""
         return self.encoder.item_embeddings
 
+    def scoring_table(self, training=False):
+        """The item table that scores items: ``item_embeddings``, in training with ``item_dropout`` applied."""
+        if not (training and self.item_dropout):
+            return self.item_embeddings
+        return keras.random.dropout(self.item_embeddings, self.item_dropout, seed=self.item_dropout_seed)
+
     def call(self, features, training=None):
         x, mask = self.encoder(item_ids(features), training=training)
         for block in self.transformer_blocks:
@@ -249,11 +262,11 @@ class SASRec(keras.Model):
         """Next-item loss on ``labels [B, L]`` (0 = ignored) plus the layers' auxiliary losses."""
         if y_pred is None:
             y_pred = self(x, training=training)
-        return next_item_losses.training_objective(self._main_loss(y_pred, y), self.losses)
+        return next_item_losses.training_objective(self._main_loss(y_pred, y, training), self.losses)
 
-    def _main_loss(self, output, labels):
+    def _main_loss(self, output, labels, training):
         """The next-item loss of the model output ``[B, L, d]`` (FAME overrides it)."""
-        return self.next_item_loss(tf.cast(output, tf.float32), self.item_embeddings, labels)
+        return self.next_item_loss(tf.cast(output, tf.float32), self.scoring_table(training), labels)
 
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable}
@@ -265,6 +278,7 @@ class SASRec(keras.Model):
             num_heads=self.num_heads,
             inner_dim=self.inner_dim,
             dropout=self.dropout_rate,
+            item_dropout=self.item_dropout,
             attention_dropout=self.attention_dropout,
             norm=self.norm,
             activation=self.activation,

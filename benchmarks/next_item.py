@@ -103,6 +103,7 @@ COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
 # Beauty ``sampled_softmax``: the eSASRec benchmark's SASRec (source of the 0.0531 target): d 256, one block, one
 # head, dropout 0.2, softmax over the positive and 256 uniform negatives (uniform Q: the logQ correction is a
 # constant and cancels), alone and with the reference code's other settings (FFN d -> d ReLU there too).
+# Beauty ``item_dropout=0.2``: RecTools' dropout on the item table that scores items (the benchmark's dropout rate).
 # Beauty ``hymoerec expert_hidden_dim=128``: experts of 2d as on ML-1M (the routed experts a token activates then
 # cost one dense FFN) instead of 4d: does HyMoERec trail SASRec there for its extra FFN capacity?
 ORIGINAL_SASREC = {"initializer_range": 0.02, "inner_dim": 64, "activation": "relu", "norm": "sasrec",
@@ -122,6 +123,7 @@ ABLATIONS = {
     "sasrec positions=absolute": ("sasrec", {"positions": "absolute"}, {}, ("ml-1m",)),
     "sasrec beta_2=0.999": ("sasrec", {}, {"beta_2": 0.999}, ("ml-1m",)),
     "sasrec original": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, ("ml-1m", "beauty")),
+    "sasrec item_dropout=0.2": ("sasrec", {"item_dropout": 0.2}, {}, ("beauty",)),
     "hymoerec expert_hidden_dim=128": ("hymoerec", {"expert_hidden_dim": 128}, {}, ("beauty",)),
     "sasrec d256 sampled_softmax": ("sasrec", {"hidden_dim": 256, **SAMPLED_SOFTMAX_256}, {}, ("beauty",)),
     "sasrec original d256 sampled_softmax": (

@@ -51,7 +51,8 @@ DEFAULT_WORK_DIR = os.path.join(os.path.dirname(REPO), "runs", "next_item")
 
 # dataset -> (prepare format, raw file, trainer settings); published settings of SASRec+ (Klenitskiy & Vasilev,
 # RecSys'23: d 64, 2 blocks, 1 head, dropout 0.1, lr 1e-3, batch 128, patience 10) and eSASRec for Beauty
-# (1 block, dropout 0.2, max length 50).
+# (1 block, dropout 0.2, max length 50). Optional keys: "model_overrides" (model -> options) and "optimizer"
+# (on top of Adam, lr BUDGET["learning_rate"], beta_2 0.98).
 DATASETS = {
     "ml-1m": {
         "format": "ml1m-sasrec", "input": os.path.join(SHARED, "ml-1m", "ml-1m.txt"),
@@ -141,7 +142,7 @@ def run_config(dataset: str, model: str, seed: int, work_dir: str, epochs: int, 
         "model": {"name": model, **spec["model"], **MODELS[model], **spec.get("model_overrides", {}).get(model, {}),
                   **(model_overrides or {})},
         "optimizer": {"name": "adam", "learning_rate": BUDGET["learning_rate"], "beta_2": 0.98,
-                      **(optimizer_overrides or {})},
+                      **spec.get("optimizer", {}), **(optimizer_overrides or {})},
         "training": {"epochs": epochs, "seed": seed, "verbose": 2, "early_stopping": {"patience": patience}},
         "evaluation": {"filter_seen": True, "splits": ["test"]},
         "output_dir": os.path.join(work_dir, dataset, model, f"seed{seed}"),

@@ -35,6 +35,13 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
     assert beauty["hidden_dim"] == 64 and "expert_hidden_dim" not in beauty
     assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1, {"expert_hidden_dim": None})["model"][
         "expert_hidden_dim"] is None
+    # a dataset's optimizer settings sit between the defaults and an ablation's overrides
+    spec = {**next_item.DATASETS["ml-1m"], "optimizer": {"beta_2": 0.999, "learning_rate": 5e-4}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(next_item.DATASETS, "ml-1m", spec)
+        optimizer = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1, None, {"learning_rate": 1e-4})["optimizer"]
+    assert optimizer == {"name": "adam", "learning_rate": 1e-4, "beta_2": 0.999}
+    assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["optimizer"]["beta_2"] == 0.98
 
 
 @pytest.fixture()

@@ -64,15 +64,14 @@ def run_identity(config: TrainConfig | dict, ignore=()) -> dict:
             path = f"{prefix}{key}"
             if any(path == s or path.startswith(s + ".") for s in skipped):
                 continue
-            if isinstance(value, dict) and not path.startswith("model.") and path != "model":
+            if path == "model":  # options one by one (a missing key is an unset option), each value whole
+                flat.update({f"model.{option}": setting for option, setting in value.items()})
+            elif isinstance(value, dict):
                 walk(path + ".", value)
             else:
                 flat[path] = value
 
     walk("", values)
-    model = flat.pop("model", None)
-    for key, value in (model or {}).items():  # model options one by one: a missing key is an unset option
-        flat[f"model.{key}"] = value
     return flat
 
 

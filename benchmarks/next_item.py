@@ -83,13 +83,16 @@ BUDGET = {"epochs": 200, "patience": 10, "learning_rate": 1e-3}
 
 
 # HyMoERec cost ablation (``--phase cost``): label -> model options on top of the benchmark's HyMoERec. Experts of
-# inner size 4d (the FFN's), 2d or d and/or the hybrid FFN in the last block only; capacity E/k (no token dropped).
+# inner size 4d (the FFN's), 2d or d and/or the hybrid FFN in the last block only; capacity E/k (no token dropped),
+# or ``routing="dropless"`` (each assignment computed once: k/E of the buffers' expert work, no XLA).
 COST_VARIANTS = {
     "hymoerec expert_hidden_dim=256 (4d)": {"expert_hidden_dim": None},
     "hymoerec expert_hidden_dim=128": {"expert_hidden_dim": 128},
     "hymoerec expert_hidden_dim=64": {"expert_hidden_dim": 64},
     "hymoerec moe_blocks=1": {"moe_blocks": 1},
     "hymoerec moe_blocks=1 expert_hidden_dim=64": {"moe_blocks": 1, "expert_hidden_dim": 64},
+    "hymoerec routing=dropless": {"routing": "dropless"},
+    "hymoerec routing=dropless expert_hidden_dim=256 (4d)": {"routing": "dropless", "expert_hidden_dim": None},
 }
 COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
 # Accuracy ablation (``--phase ablation``): label -> (model, model options, optimizer options, datasets), on top of

@@ -175,6 +175,24 @@ def test_trains_under_mirrored_strategy_with_gather_only_losses(loss, mirrored_s
     assert all(np.isfinite(history))
 
 
+def test_hymoerec_dropless_routing_trains_like_top_k_with_its_no_drop_capacity():
+    top_k, dropless = make("hymoerec"), make("hymoerec", routing="dropless")
+    dropless.set_weights(top_k.get_weights())
+    items = batch(np.random.default_rng(10), size=6)
+    labels = np.where(items > 0, items % N_ITEMS + 1, 0)
+    np.testing.assert_allclose(dropless.last_scores(items)[:, 1:], top_k.last_scores(items)[:, 1:], atol=1e-5)
+    grads = []
+    for model in (top_k, dropless):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(items, labels, model(items, training=True), training=True)
+        grads.append([float(loss)] + [tf.convert_to_tensor(g).numpy() for g in
+                                      tape.gradient(loss, model.trainable_variables)])
+    np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-6)
+    for got, expected in zip(grads[1][1:], grads[0][1:]):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert type(dropless).from_config(dropless.get_config()).routing == "dropless"
+
+
 @pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame", "fame_probs"])
 def test_item_dropout_drops_the_scoring_table_in_training_only(name):
     rate = 0.5

@@ -1,4 +1,4 @@
-"""MixtureOfExperts (dense, sparse top-k with capacity, expert choice), its losses, statistics and logger.
+"""MixtureOfExperts (dense, sparse top-k with capacity, dropless top-k, expert choice), losses, statistics, logger.
 
 Every numeric check compares against an independent numpy implementation written with plain loops.
 """
@@ -8,13 +8,22 @@ import math
 from fractions import Fraction
 
 import keras
+import layer_contract
 import numpy as np
 import pytest
 import tensorflow as tf
 from layer_contract import check_layer_contract
 
 from tfmoe.layers.experts import FeedForward
-from tfmoe.layers.moe import MixtureOfExperts, combine_top_k, dispatch_to_buffers, plan_top_k_dispatch
+from tfmoe.layers.moe import (
+    MixtureOfExperts,
+    combine_packed,
+    combine_top_k,
+    dispatch_packed,
+    dispatch_to_buffers,
+    plan_packed_dispatch,
+    plan_top_k_dispatch,
+)
 from tfmoe.layers.routing_stats import RoutingStatsLogger, collect_routing_statistics
 
 
@@ -284,6 +293,78 @@ def test_dispatch_and_combine_gradients_equal_plain_gather_gradients():
     assert np.abs(custom[1].numpy()).sum() > 0 and np.all(custom[1].numpy()[4] == 0)
 
 
+# ---------------------------------------------------------------- dropless top-k
+def test_dropless_equals_numpy_top_k_without_capacity_and_top_k_with_a_no_drop_capacity():
+    x = np.random.default_rng(3).normal(size=(5, 16, 6)).astype("float32")
+    mask = np.arange(16)[None, :] < np.array([[16], [11], [3], [16], [7]])
+    moe = MixtureOfExperts(num_experts=4, hidden_dim=7, k=2, routing="dropless", load_balance_weight=0.01)
+    moe.build(x.shape)
+    _randomize(moe, 21, scale=1.0)
+    buffered = MixtureOfExperts(num_experts=4, hidden_dim=7, k=2, capacity_factor=2.0, load_balance_weight=0.01)
+    buffered.build(x.shape)
+    buffered.set_weights(moe.get_weights())
+    expected, counts = numpy_top_k_moe(moe, x, mask, 2, 2.0)
+    assert counts["dropped_assignments"] == 0
+    with tf.GradientTape(persistent=True) as tape:
+        inputs = tf.constant(x)
+        tape.watch(inputs)
+        got = moe(inputs, mask=mask, training=True)
+        reference = buffered(inputs, mask=mask, training=True)
+        weights = tf.sin(tf.range(got.shape.num_elements(), dtype=tf.float32))
+        loss = tf.reduce_sum(tf.reshape(got, [-1]) * weights) + tf.add_n(moe.losses)
+        reference_loss = tf.reduce_sum(tf.reshape(reference, [-1]) * weights) + tf.add_n(buffered.losses)
+    np.testing.assert_allclose(got.numpy().reshape(-1, 6), expected, atol=1e-5)
+    np.testing.assert_allclose(got.numpy(), reference.numpy(), atol=1e-6)
+    stats, reference_stats = _stats(moe), _stats(buffered)
+    assert stats["dropped_assignments"] == 0 and stats["tokens"] == mask.sum()
+    for name, value in reference_stats.items():
+        np.testing.assert_allclose(stats[name], value, atol=1e-6, err_msg=name)
+    grads = tape.gradient(loss, [inputs, *moe.trainable_variables])
+    reference_grads = tape.gradient(reference_loss, [inputs, *buffered.trainable_variables])
+    for g, r in zip(grads, reference_grads):
+        np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(r).numpy(), atol=1e-5)
+    assert np.abs(grads[0].numpy()[~mask]).max() == 0  # masked tokens get no gradient
+
+
+def test_packed_dispatch_and_combine_gradients_equal_plain_gather_gradients():
+    rng = np.random.default_rng(13)
+    indices = np.stack([rng.permutation(5)[:2] for _ in range(9)]).astype("int32")
+    indices[4] = -1  # a masked token
+    plan = plan_packed_dispatch(indices, num_experts=5)
+    counts = plan.rows_per_expert.numpy()
+    assert counts.tolist() == [*np.bincount(indices[indices >= 0], minlength=5), 2]
+    # rows are sorted by expert: row j belongs to the expert whose segment holds j
+    row_expert = np.repeat(np.arange(6), counts)
+    flat = indices.T.reshape(-1)  # rank-major assignments
+    assert [flat[a] if flat[a] >= 0 else 5 for a in plan.row_assignment.numpy()] == row_expert.tolist()
+    x = tf.constant(rng.normal(size=(9, 4)), tf.float32)
+    gates = tf.constant(rng.random((9, 2)), tf.float32)
+    weights = tf.constant(rng.normal(size=(18, 4)), tf.float32)
+
+    def run(dispatch, combine):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gates, weights])
+            y = combine(tf.tanh(dispatch(x) * weights))
+            loss = tf.reduce_sum(y * tf.sin(tf.range(36, dtype=tf.float32)).numpy().reshape(9, 4))
+        return [tf.convert_to_tensor(t) for t in (y, *tape.gradient(loss, [x, gates, weights]))]
+
+    def plain_combine(rows):
+        per_assignment = tf.gather(rows, plan.assignment_row)
+        w = tf.where(plan.assignment_routed, tf.transpose(gates), 0.0)
+        return tf.einsum("kto,kt->to", per_assignment, w)
+
+    def plain_dispatch(t):  # masked assignments' rows carry no gradient to their token
+        rows = tf.gather(t, plan.row_token)
+        routed_row = tf.gather(tf.reshape(plan.assignment_routed, [-1]), plan.row_assignment)
+        return tf.where(routed_row[:, None], rows, tf.stop_gradient(rows))
+
+    custom = run(lambda t: dispatch_packed(t, plan), lambda rows: combine_packed(rows, plan, gates))
+    plain = run(plain_dispatch, plain_combine)
+    for got, expected in zip(custom, plain):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-6)
+    assert np.abs(custom[1].numpy()).sum() > 0 and np.all(custom[1].numpy()[4] == 0)
+
+
 # ---------------------------------------------------------------- expert choice
 def test_expert_choice_moe_equals_numpy():
     moe = MixtureOfExperts(num_experts=4, hidden_dim=7, routing="expert_choice", k=1, capacity_factor=1.5)
@@ -307,8 +388,9 @@ def test_expert_choice_moe_equals_numpy():
 
 
 # ---------------------------------------------------------------- masks
-@pytest.mark.parametrize("routing", ["top_k", "dense", "expert_choice"])
+@pytest.mark.parametrize("routing", ["top_k", "dense", "expert_choice", "dropless"])
 def test_masked_tokens_change_neither_outputs_nor_statistics(routing):
+    keras.utils.set_random_seed(0)  # initial weights independent of the tests run before
     moe = MixtureOfExperts(num_experts=4, hidden_dim=6, routing=routing, k=2, capacity_factor=0.5)
     mask = np.arange(8)[None, :] < np.array([[6], [5], [2]])
     base = moe(X, mask=mask).numpy()
@@ -383,7 +465,7 @@ def test_losses_equal_numpy_for_skewed_routing_and_zero_weights_add_nothing():
 
 
 # ---------------------------------------------------------------- gradients
-@pytest.mark.parametrize("routing", ["top_k", "dense", "expert_choice"])
+@pytest.mark.parametrize("routing", ["top_k", "dense", "expert_choice", "dropless"])
 def test_gradients_reach_router_and_every_used_expert(routing):
     moe = MixtureOfExperts(
         num_experts=4, hidden_dim=6, routing=routing, k=2, capacity_factor=2.0, load_balance_weight=0.0
@@ -470,7 +552,7 @@ def test_routing_stats_logger_arguments():
     [
         (
             dict(routing="switch"),
-            r"MixtureOfExperts: `routing` must be one of 'top_k', 'dense', 'expert_choice'; got 'switch'",
+            r"MixtureOfExperts: `routing` must be one of 'top_k', 'dense', 'expert_choice', 'dropless'; got 'switch'",
         ),
         (dict(k=9), r"MixtureOfExperts: `k` must be an integer in \[1, 8\], got 9"),
         (
@@ -525,3 +607,14 @@ MASK_CONTRACT = np.arange(5)[None, :] < np.array([[5], [3], [4], [2]])
 )
 def test_moe_contract(factory, tmp_path):
     check_layer_contract(_seeded(factory), (X_CONTRACT, MASK_CONTRACT), tmp_path)
+
+
+def test_dropless_contract_without_xla(tmp_path):
+    # everything but jit_compile: the experts' row counts are data-dependent shapes (documented)
+    make = _seeded(lambda: MixtureOfExperts(num_experts=4, hidden_dim=8, k=2, routing="dropless", dropout=0.1))
+    args = (X_CONTRACT, MASK_CONTRACT)
+    layer_contract.assert_config_round_trip(make, args)
+    layer_contract.assert_keras_save_load(make, args, tmp_path)
+    for policy in ("mixed_float16", "mixed_bfloat16"):
+        layer_contract.assert_mixed_precision(make, args, policy=policy)
+    layer_contract.assert_mirrored_strategy(make, args)

@@ -253,6 +253,25 @@ class ExpertBank(_FeedForwardBase):
             outputs = outputs + self.bias_out[:, None, :]
         return outputs
 
+    def run_packed(self, rows, rows_per_expert, training=None):
+        """Rows ``[N, d]`` packed by expert -> ``[N, d_out]``: the first ``rows_per_expert[0]`` rows through
+        expert 0, the next ``rows_per_expert[1]`` through expert 1, ...; rows after the ``E`` experts' (a last,
+        ``E + 1``-th count, e.g. masked assignments) get 0. Each row is computed once (the dropless path of a
+        MoE layer); the row counts are data-dependent shapes, so this does not compile under XLA.
+        """
+        experts = self.num_experts
+        pieces = tf.split(rows, rows_per_expert, axis=0, num=rows_per_expert.shape[0])
+        outputs = []
+        for e in range(experts):
+            hidden = tf.matmul(pieces[e], self.kernel_in[e])
+            if self.bias_in is not None:
+                hidden = hidden + self.bias_in[e]
+            out = tf.matmul(self._hidden(hidden, training), self.kernel_out[e])
+            outputs.append(out + self.bias_out[e] if self.bias_out is not None else out)
+        for rest in pieces[experts:]:
+            outputs.append(tf.zeros([tf.shape(rest)[0], self.kernel_out.shape[-1]], outputs[0].dtype))
+        return tf.concat(outputs, axis=0)
+
     def _run_mixture(self, inputs, gates, training):
         experts = self.num_experts
         if gates.shape[-1] != experts:

@@ -41,7 +41,8 @@ class HybridMoEFeedForward(keras.layers.Layer):
         hidden_dim: inner size of the shared FFN.
         num_experts: experts ``E`` of the specialised branch.
         k: experts per token (top-k), ``1 <= k <= E``.
-        routing: ``"top_k"`` (sparse, default) or ``"dense"``.
+        routing: ``"top_k"`` (sparse, default), ``"dense"`` or ``"dropless"`` (top-k computing each assignment
+            once, no capacity; not under XLA; see :mod:`tfmoe.layers.moe`).
         expert_hidden_dim: inner size of each expert (default ``hidden_dim``).
         capacity_factor: top-k capacity factor (see :class:`MixtureOfExperts`).
         normalize: top-k gate normalisation, ``"selected"`` (default) or ``"all"``.
@@ -94,7 +95,7 @@ class HybridMoEFeedForward(keras.layers.Layer):
         owner = type(self).__name__
         self.hidden_dim = check_int(owner, "hidden_dim", hidden_dim, minimum=1)
         self.expert_hidden_dim = check_optional_int(owner, "expert_hidden_dim", expert_hidden_dim, minimum=1)
-        self.routing = check_choice(owner, "routing", routing, ("top_k", "dense"))
+        self.routing = check_choice(owner, "routing", routing, ("top_k", "dense", "dropless"))
         self.alpha_logit_init = check_float(owner, "alpha_logit_init", alpha_logit_init)
         self.warmup_steps = check_int(owner, "warmup_steps", warmup_steps, minimum=0)
         for name, value in (

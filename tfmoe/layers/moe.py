@@ -8,6 +8,10 @@
   ``C = ceil(capacity_factor * k * T / E)``; cost grows with ``k * capacity_factor``, not with ``E``;
 * ``routing="expert_choice"``: each expert takes its top-``C`` tokens of each example
   (``C = ceil(capacity_factor * k * L / E)``, ``k`` = average experts per token).
+* ``routing="dropless"``: top-k without capacity: the ``k * T`` assignments, sorted by expert, are packed
+  without padding and each expert runs on exactly its own rows (``k * T`` rows in all, where top-k with a
+  no-drop capacity ``E / k`` computes ``E * T``). Same outputs as top-k without drops; the experts' row
+  counts are data-dependent shapes, so it does not compile under XLA (``jit_compile``): use ``top_k`` there.
 
 Sparse dispatch (``top_k``): the ``k * T`` token->expert assignments are ordered rank-major (every
 token's first choice before any second choice, earlier tokens first within a rank), sorted by expert
@@ -65,7 +69,7 @@ from tfmoe.layers.routers import (
 from tfmoe.layers.routing_stats import add_routing_statistics, assign_routing_statistics, routing_statistics
 from tfmoe.utils.validation import check_bool, check_choice, check_float, check_int, check_optional_int
 
-ROUTINGS = ("top_k", "dense", "expert_choice")
+ROUTINGS = ("top_k", "dense", "expert_choice", "dropless")
 
 
 class DispatchPlan(NamedTuple):
@@ -107,23 +111,10 @@ def plan_top_k_dispatch(expert_indices, num_experts: int, capacity, effective_ca
         >>> plan.assignment_kept.numpy().tolist()  # expert 0 is full after two tokens
         [[True, True, True, False]]
     """
-    expert_indices = tf.convert_to_tensor(expert_indices, tf.int32)
-    k = expert_indices.shape[-1]
-    tokens = tf.shape(expert_indices)[0] if expert_indices.shape[0] is None else expert_indices.shape[0]
     if effective_capacity is None:
         effective_capacity = capacity
-    assignments = tf.reshape(tf.transpose(expert_indices), [-1])  # rank-major [k * T]
-    routed = assignments >= 0
-    experts = tf.where(routed, assignments, num_experts)  # masked tokens sort after every expert
-    count = k * tokens if isinstance(tokens, int) else tf.size(experts)
-    # Unique keys make the sort order independent of the sort's stability.
-    small = isinstance(count, int) and (num_experts + 1) * count < 2**31
-    key_dtype = tf.int32 if small else tf.int64
-    keys = tf.cast(experts, key_dtype) * tf.cast(count, key_dtype) + tf.range(count, dtype=key_dtype)
-    order = tf.argsort(keys)  # assignment ids in buffer order
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(experts), experts, num_experts + 1)
+    k, tokens, count, routed, experts, order, counts, sorted_position = _sort_by_expert(expert_indices, num_experts)
     starts = tf.cumsum(counts, exclusive=True)
-    sorted_position = tf.scatter_nd(order[:, None], tf.range(count), [count])  # inverse permutation
     rank = sorted_position - tf.gather(starts, experts)
     kept = routed & (rank < effective_capacity)
     slot = tf.minimum(experts, num_experts - 1) * capacity + tf.minimum(rank, capacity - 1)
@@ -140,6 +131,102 @@ def plan_top_k_dispatch(expert_indices, num_experts: int, capacity, effective_ca
         assignment_kept=tf.reshape(kept, [k, -1]),
         assignment_routed=tf.reshape(routed, [k, -1]),
     )
+
+
+def _sort_by_expert(expert_indices, num_experts: int):
+    """The rank-major assignments of ``expert_indices [T, k]`` sorted by expert (masked ones last).
+
+    Returns ``(k, T, k * T, routed [kT], expert [kT] (E if masked), order [kT] (assignment ids in sorted
+    order), counts [E + 1] (assignments per expert, then masked), position [kT] (inverse of order))``.
+    """
+    expert_indices = tf.convert_to_tensor(expert_indices, tf.int32)
+    k = expert_indices.shape[-1]
+    tokens = tf.shape(expert_indices)[0] if expert_indices.shape[0] is None else expert_indices.shape[0]
+    assignments = tf.reshape(tf.transpose(expert_indices), [-1])  # rank-major [k * T]
+    routed = assignments >= 0
+    experts = tf.where(routed, assignments, num_experts)  # masked tokens sort after every expert
+    count = k * tokens if isinstance(tokens, int) else tf.size(experts)
+    # Unique keys make the sort order independent of the sort's stability.
+    small = isinstance(count, int) and (num_experts + 1) * count < 2**31
+    key_dtype = tf.int32 if small else tf.int64
+    keys = tf.cast(experts, key_dtype) * tf.cast(count, key_dtype) + tf.range(count, dtype=key_dtype)
+    order = tf.argsort(keys)  # assignment ids in buffer order
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(experts), experts, num_experts + 1)
+    position = tf.scatter_nd(order[:, None], tf.range(count), [count])  # inverse permutation
+    return k, tokens, count, routed, experts, order, counts, position
+
+
+class PackedPlan(NamedTuple):
+    """Dropless dispatch (see :func:`plan_packed_dispatch`): assignments packed by expert, no padding.
+
+    Attributes:
+        row_token: ``[k T]`` int32, token held by each packed row.
+        row_assignment: ``[k T]`` int32, flat assignment ``r * T + t`` held by each packed row.
+        rows_per_expert: ``[E + 1]`` int32, rows of each expert in packed order, then the masked assignments'.
+        assignment_row: ``[k, T]`` int32, packed row of each assignment.
+        assignment_routed: ``[k, T]`` bool, assignment exists (token unmasked).
+    """
+
+    row_token: tf.Tensor
+    row_assignment: tf.Tensor
+    rows_per_expert: tf.Tensor
+    assignment_row: tf.Tensor
+    assignment_routed: tf.Tensor
+
+
+def plan_packed_dispatch(expert_indices, num_experts: int) -> PackedPlan:
+    """Plans dropless dispatch of top-k choices ``[T, k]`` (``-1`` for masked tokens) with one sort.
+
+    Example:
+        >>> import numpy as np
+        >>> plan = plan_packed_dispatch(np.array([[1], [0], [1], [-1]], "int32"), num_experts=2)
+        >>> plan.row_token.numpy().tolist(), plan.rows_per_expert.numpy().tolist()
+        ([1, 0, 2, 3], [1, 2, 1])
+    """
+    k, tokens, _, routed, _, order, counts, position = _sort_by_expert(expert_indices, num_experts)
+    return PackedPlan(
+        row_token=tf.math.floormod(order, tokens),
+        row_assignment=order,
+        rows_per_expert=counts,
+        assignment_row=tf.reshape(position, [k, -1]),
+        assignment_routed=tf.reshape(routed, [k, -1]),
+    )
+
+
+def dispatch_packed(tokens, plan: PackedPlan):
+    """Copies tokens ``[T, d]`` into packed rows ``[k T, d]`` (``rows[j] = tokens[row_token[j]]``); like
+    :func:`dispatch_to_buffers`, the gradient is a gather (each token sums its routed rows' gradients)."""
+    routed = plan.assignment_routed
+
+    @tf.custom_gradient
+    def dispatch(x):
+        rows = tf.gather(x, plan.row_token)
+
+        def grad(d_rows):
+            per_assignment = tf.gather(d_rows, plan.assignment_row)  # [k, T, d]
+            return tf.reduce_sum(tf.where(routed[..., None], per_assignment, tf.zeros_like(per_assignment)), axis=0)
+
+        return rows, grad
+
+    return dispatch(tokens)
+
+
+def combine_packed(expert_rows, plan: PackedPlan, expert_gates):
+    """``y_t = sum_r gate[t, r] * rows[row(r, t)]`` over routed assignments: ``[k T, o]`` -> ``[T, o]``."""
+    out_dim = expert_rows.shape[-1]
+
+    @tf.custom_gradient
+    def gather_rows(rows):
+        per_assignment = tf.gather(rows, plan.assignment_row)  # [k, T, o]
+
+        def grad(d_per_assignment):  # each row holds exactly one assignment: the inverse permutation
+            return tf.gather(tf.reshape(d_per_assignment, [-1, out_dim]), plan.row_assignment)
+
+        return per_assignment, grad
+
+    per_assignment = gather_rows(expert_rows)
+    weights = tf.where(plan.assignment_routed, tf.transpose(expert_gates), 0.0)
+    return tf.reduce_sum(per_assignment * tf.cast(weights, per_assignment.dtype)[:, :, None], axis=0)
 
 
 def dispatch_to_buffers(tokens, plan: DispatchPlan):
@@ -203,7 +290,8 @@ class MixtureOfExperts(keras.layers.Layer):
         num_experts: ``E >= 1``.
         hidden_dim: inner size ``h`` of each expert.
         output_dim: ``d_out`` (default: input size ``d``).
-        routing: ``"top_k"`` (default), ``"dense"`` or ``"expert_choice"``.
+        routing: ``"top_k"`` (default), ``"dense"``, ``"expert_choice"`` or ``"dropless"`` (top-k without
+            capacity; not under XLA).
         k: experts per token (top-k) / average experts per token (expert choice), ``1 <= k <= E``.
         capacity_factor: ``> 0``; ``C = min(T, ceil(capacity_factor * k * T / E))``. ``E / k`` or more
             never drops.
@@ -278,7 +366,7 @@ class MixtureOfExperts(keras.layers.Layer):
         )
         if self.routing == "dense":
             self.router = SoftmaxRouter(**router_args)
-        elif self.routing == "top_k":
+        elif self.routing in ("top_k", "dropless"):
             self.router = TopKRouter(
                 k=self.k, normalize=normalize, noise_std=noise_std, seed=seed, **router_args
             )
@@ -373,6 +461,8 @@ class MixtureOfExperts(keras.layers.Layer):
             route = self.router(flat_inputs, mask=flat_mask, training=training)
             if self.routing == "dense":
                 outputs, counts = self._dense(flat_inputs, route, flat_mask, training)
+            elif self.routing == "dropless":
+                outputs, counts = self._dropless(flat_inputs, route, flat_mask, training)
             else:
                 outputs, counts = self._top_k(flat_inputs, route, flat_mask, num_tokens(lead), training)
             outputs = unflatten_tokens(outputs, lead)
@@ -384,6 +474,14 @@ class MixtureOfExperts(keras.layers.Layer):
         tokens = _count(flat_mask, tf.shape(flat_inputs)[0])
         counts = dict(routed_assignments=tokens * self.num_experts, dropped_assignments=0, dropped_tokens=0)
         return outputs, counts
+
+    def _dropless(self, flat_inputs, route, flat_mask, training):
+        plan = plan_packed_dispatch(route["expert_indices"], self.num_experts)
+        rows = dispatch_packed(flat_inputs, plan)  # [k T, d]
+        outputs = combine_packed(self.experts.run_packed(rows, plan.rows_per_expert, training), plan,
+                                 route["expert_gates"])
+        routed = tf.reduce_sum(tf.cast(plan.assignment_routed, tf.int32))
+        return outputs, dict(routed_assignments=routed, dropped_assignments=0, dropped_tokens=0)
 
     def _top_k(self, flat_inputs, route, flat_mask, total_tokens, training):
         capacity = self.capacity(total_tokens)

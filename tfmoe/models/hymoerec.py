@@ -43,7 +43,7 @@ class HyMoERec(SASRec):
         load_balance_weight: ``lambda_lb`` of the entropy regulariser (default 0.01).
         moe_blocks: number of last blocks with the hybrid FFN (``None`` = all).
         expert_hidden_dim: expert inner size (default: the FFN inner size).
-        routing: ``"top_k"`` or ``"dense"``.
+        routing: ``"top_k"``, ``"dense"`` or ``"dropless"``.
     """
 
     def __init__(
@@ -66,7 +66,7 @@ class HyMoERec(SASRec):
         self.load_balance_weight = v.check_float(owner, "load_balance_weight", load_balance_weight, minimum=0.0)
         self.moe_blocks = v.check_optional_int(owner, "moe_blocks", moe_blocks, minimum=1)
         self.expert_hidden_dim = v.check_optional_int(owner, "expert_hidden_dim", expert_hidden_dim, minimum=1)
-        self.routing = v.check_choice(owner, "routing", routing, ("top_k", "dense"))
+        self.routing = v.check_choice(owner, "routing", routing, ("top_k", "dense", "dropless"))
         num_blocks = kwargs.get("num_blocks", 2)
         if self.moe_blocks is not None and isinstance(num_blocks, int) and self.moe_blocks > num_blocks:
             raise ValueError(f"{owner}: `moe_blocks` must be <= num_blocks ({num_blocks}), got {moe_blocks!r}")

@@ -125,7 +125,8 @@ def test_state_lists_the_devices_a_resumed_run_trained_on(tmp_path):
 @pytest.mark.parametrize("model", ["sasrec", "hymoerec", "fame"])
 def test_learns_planted_pattern_saves_and_reloads(prepared, tmp_path, model):
     extra = {"num_experts": 2} if model != "sasrec" else {}
-    result = train(config(prepared, tmp_path, model={"name": model, "hidden_dim": 16, "dropout": 0.0, **extra}))
+    options = {"name": model, "hidden_dim": 16, "dropout": 0.0, **extra}
+    result = train(config(prepared, tmp_path, model=options))
     assert result.epochs_run == 3 and result.best_epoch is not None
     assert result.test_metrics["HR@10"] > 0.9, result.test_metrics  # chance: 10 / 60 unseen items ~ 0.2
     assert result.test_metrics["count"] == USERS
@@ -142,7 +143,7 @@ def test_learns_planted_pattern_saves_and_reloads(prepared, tmp_path, model):
     np.testing.assert_allclose(reloaded.last_scores({"history": history}),
                                result.model.last_scores({"history": history}), rtol=1e-5, atol=1e-5)
     assert int(np.argmax(result.model.last_scores({"history": history}))) == 9
-    again = train(config(prepared, tmp_path, model={"name": model}))  # finished: returns the saved result
+    again = train(config(prepared, tmp_path, model=options))  # finished: returns the saved result
     assert again.test_metrics == pytest.approx(result.test_metrics) and again.best_epoch == result.best_epoch
 
 

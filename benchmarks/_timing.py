@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -114,9 +116,37 @@ def command_line(script: str) -> str:
 
 
 def write_json(path: str, payload: dict) -> str:
-    """Writes ``payload`` as indented JSON (creating the folder); returns ``path``."""
+    """Writes ``payload`` as indented JSON (creating the folder; atomically: readers never see half a file);
+    returns ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
+    partial = f"{path}.tmp{os.getpid()}"
+    with open(partial, "w", encoding="utf-8") as out:
         json.dump(payload, out, indent=2, sort_keys=False)
         out.write("\n")
+    os.replace(partial, path)
     return path
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.lock", "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def merge_json(path: str, sections: dict, meta: dict | None = None) -> dict:
+    """Merges ``{section: {key: entry}}`` into the JSON object at ``path`` and returns the result: the file is
+    read again under a lock just before writing, so processes that run at the same time (e.g. two ablations)
+    each add their entries instead of writing back a stale copy; ``meta`` replaces ``"_meta"``."""
+    with _locked(path):
+        payload = read_json(path)
+        for name, entries in sections.items():
+            payload.setdefault(name, {}).update(entries)
+        if meta is not None:
+            payload["_meta"] = meta
+        write_json(path, payload)
+    return payload

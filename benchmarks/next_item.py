@@ -43,7 +43,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 from benchmarks._runs import saved_run  # noqa: E402
-from benchmarks._timing import command_line, machine_info, read_json, time_interleaved, write_json  # noqa: E402
+from benchmarks._timing import command_line, machine_info, merge_json, read_json, time_interleaved, write_json  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 RESULTS = os.path.join(HERE, "results", "next_item.json")
@@ -95,9 +95,10 @@ COST_VARIANTS = {
     "hymoerec routing=dropless expert_hidden_dim=256 (4d)": {"routing": "dropless", "expert_hidden_dim": None},
 }
 COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
-# Accuracy ablation (``--phase ablation``): label -> (model, model options, optimizer options, datasets), on top of
-# the benchmark's settings, trained for ``--ablation-epochs`` (early stopping with ``--ablation-patience``) and
-# compared by validation NDCG@10 per epoch with the main runs and by test metrics at the best epoch.
+# Accuracy ablation (``--phase ablation``): label -> (model, model options, optimizer options, datasets[, data
+# options]), on top of the benchmark's settings, trained for ``--ablation-epochs`` (early stopping with
+# ``--ablation-patience``) and compared by validation NDCG@10 per epoch with the main runs and by test metrics at the
+# best epoch.
 # Beauty: ``hidden_dim=256`` is the eSASRec benchmark's size (HyMoERec experts 2d); FAME ``num_blocks=2`` puts an
 # ordinary SASRec block under the facet block (with one block the facet block is the whole transformer),
 # ``num_heads=1`` keeps one facet of size d (no split of the embedding), ``num_experts=1`` on top of it leaves the
@@ -112,6 +113,11 @@ COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
 # cost one dense FFN) instead of 4d: does HyMoERec trail SASRec there for its extra FFN capacity?
 ORIGINAL_SASREC = {"initializer_range": 0.02, "inner_dim": 64, "activation": "relu", "norm": "sasrec",
                    "positions": "absolute"}
+# Batches of users drawn at random from the whole training set (shuffle buffer over every user) and padded to
+# max_len, as in the reference code, instead of length buckets: the loss is a mean over a batch's items, so
+# with buckets a batch of short histories weighs as much as one of long histories (ML-1M: histories <= 50 items
+# are 31% of users and 9% of training items but get 31% of the steps).
+RANDOM_BATCHES = {"bucket_boundaries": None, "shuffle_buffer": 32768}
 SAMPLED_SOFTMAX_256 = {"loss": "sampled_softmax", "num_negatives": 256, "proposal": "uniform"}
 ABLATIONS = {
     "sasrec hidden_dim=256": ("sasrec", {"hidden_dim": 256}, {}, ("beauty",)),
@@ -129,6 +135,11 @@ ABLATIONS = {
     "sasrec original": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, ("ml-1m", "beauty")),
     "sasrec item_dropout=0.2": ("sasrec", {"item_dropout": 0.2}, {}, ("beauty",)),
     "hymoerec expert_hidden_dim=128": ("hymoerec", {"expert_hidden_dim": 128}, {}, ("beauty",)),
+    "sasrec random batches": ("sasrec", {}, {}, ("beauty",), RANDOM_BATCHES),
+    "hymoerec random batches": ("hymoerec", {}, {}, ("beauty",), RANDOM_BATCHES),
+    "fame random batches": ("fame", {}, {}, ("beauty",), RANDOM_BATCHES),
+    "sasrec shuffle_buffer=32768": ("sasrec", {}, {}, ("beauty",), {"shuffle_buffer": 32768}),
+    "sasrec original random batches": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, ("ml-1m",), RANDOM_BATCHES),
     "sasrec d256 sampled_softmax": ("sasrec", {"hidden_dim": 256, **SAMPLED_SOFTMAX_256}, {}, ("beauty",)),
     "sasrec original d256 sampled_softmax": (
         "sasrec", {**ORIGINAL_SASREC, "hidden_dim": 256, "inner_dim": 256, **SAMPLED_SOFTMAX_256}, {"beta_2": 0.999},
@@ -138,10 +149,11 @@ ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
 
 
 def run_config(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int,
-               model_overrides: dict | None = None, optimizer_overrides: dict | None = None) -> dict:
+               model_overrides: dict | None = None, optimizer_overrides: dict | None = None,
+               data_overrides: dict | None = None) -> dict:
     spec = DATASETS[dataset]
     return {
-        "data": {"dir": os.path.join(work_dir, "data", dataset), **spec["data"]},
+        "data": {"dir": os.path.join(work_dir, "data", dataset), **spec["data"], **(data_overrides or {})},
         "model": {"name": model, **spec["model"], **MODELS[model], **spec.get("model_overrides", {}).get(model, {}),
                   **(model_overrides or {})},
         "optimizer": {"name": "adam", "learning_rate": BUDGET["learning_rate"], "beta_2": 0.98,
@@ -224,16 +236,20 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patie
         path = os.path.join(output_dir, "state.json")
         return _valid_curve(TrainingState.load(path, "NDCG@10").history if os.path.exists(path) else [])[:epochs]
 
-    payload = read_json(ABLATION_RESULTS)
+    payload, updates = read_json(ABLATION_RESULTS), {}
     for dataset in datasets:
         section = payload.setdefault(dataset, {})
+        updated = updates.setdefault(dataset, {})
         for model in MODELS:
             config = run_config(dataset, model, seed, work_dir, epochs, 1)
-            section[model] = {"model_options": config["model"], "valid_ndcg@10": state_curve(config["output_dir"])}
-        for label, (model, options, optimizer, where) in ABLATIONS.items():
+            curve = state_curve(config["output_dir"])
+            if curve or model not in section:  # main runs not on this machine: their saved curves stay
+                section[model] = updated[model] = {"model_options": config["model"], "valid_ndcg@10": curve}
+        for label, (model, options, optimizer, where, *data) in ABLATIONS.items():
             if dataset not in where or (labels is not None and label not in labels):
                 continue
-            config = run_config(dataset, model, seed, work_dir, epochs, patience or epochs, options, optimizer)
+            config = run_config(dataset, model, seed, work_dir, epochs, patience or epochs, options, optimizer,
+                                *data)
             config["output_dir"] = os.path.join(work_dir, dataset, "ablation", label.replace(" ", "_"), f"seed{seed}")
             run = saved_run(config, "next_item")
             done = run is not None and (run["stopped_early"] or run["epochs"] >= epochs)
@@ -242,21 +258,21 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patie
                 train(config)
                 run, done = saved_run(config, "next_item"), True
             entry = {"model_options": config["model"], "optimizer": config["optimizer"],
-                     "valid_ndcg@10": state_curve(config["output_dir"]), "partial": not done}
+                     **({"data": data[0]} if data else {}), "valid_ndcg@10": state_curve(config["output_dir"]),
+                     "partial": not done}
             if run is not None:
                 entry.update(epochs=run["epochs"], best_epoch=run["best_epoch"] + 1, stopped_early=run["stopped_early"],
                              test=run["test"], device=run["device"])
             if entry["valid_ndcg@10"] or run is not None:
-                section[label] = entry
+                section[label] = updated[label] = entry
         print(f"{'dataset':8} {'variant':32} {'test NDCG@10':>12}  validation NDCG@10 by epoch")
         for label, entry in section.items():
             test = entry.get("test", {}).get("NDCG@10") if entry.get("test") else None
             print(f"{dataset:8} {label:32} {'' if test is None else f'{test:.4f}':>12}  "
                   + " ".join(f"{x:.4f}" for x in entry["valid_ndcg@10"][:40]))
-    payload["_meta"] = {"seed": seed, "epochs": epochs, "patience": patience, "machine": machine_info(),
-                        "command": command_line("benchmarks/next_item.py")}
-    write_json(ABLATION_RESULTS, payload)
-    return payload
+    meta = {"seed": seed, "epochs": epochs, "patience": patience, "machine": machine_info(),
+            "command": command_line("benchmarks/next_item.py")}
+    return merge_json(ABLATION_RESULTS, updates, meta)
 
 
 def _throughput(datasets, variants: dict, work_dir: str, rounds: int, steps: int) -> dict:

@@ -609,6 +609,20 @@ def test_moe_contract(factory, tmp_path):
     check_layer_contract(_seeded(factory), (X_CONTRACT, MASK_CONTRACT), tmp_path)
 
 
+def test_dropless_under_xla_raises_a_clear_error():
+    """jit_compile=True (a tf.function or a compiled Keras model) gets tfmoe's message, not a compiler trace."""
+    layer = MixtureOfExperts(num_experts=4, hidden_dim=8, k=2, routing="dropless", name="moe")
+    layer(X_CONTRACT)  # eager works
+    with pytest.raises(ValueError, match=r"'moe': routing='dropless' cannot be compiled by XLA.*capacity_factor >= "
+                                         r"num_experts / k = 2"):
+        tf.function(lambda x: layer(x), jit_compile=True)(X_CONTRACT)
+    model = keras.Sequential([keras.Input(X_CONTRACT.shape[1:]), layer])
+    model.compile("sgd", "mse", jit_compile=True)
+    with pytest.raises(ValueError, match="cannot be compiled by XLA"):
+        model.fit(X_CONTRACT, np.zeros_like(X_CONTRACT), epochs=1, verbose=0)
+    assert tf.function(lambda x: layer(x))(X_CONTRACT).shape == X_CONTRACT.shape  # a plain graph works
+
+
 def test_dropless_contract_without_xla(tmp_path):
     # everything but jit_compile: the experts' row counts are data-dependent shapes (documented)
     make = _seeded(lambda: MixtureOfExperts(num_experts=4, hidden_dim=8, k=2, routing="dropless", dropout=0.1))

@@ -28,6 +28,13 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
         for options in next_item.COST_VARIANTS.values():
             config = TrainConfig.from_dict(next_item.run_config(dataset, "hymoerec", 0, str(tmp_path), 1, 1, options))
             assert all(config.model[k] == v for k, v in options.items())
+    for model, options, optimizer, datasets, *data in next_item.ABLATIONS.values():
+        for dataset in datasets:
+            settings = next_item.run_config(dataset, model, 0, "w", 1, 1, options, optimizer, *data)
+            config = TrainConfig.from_dict(settings)
+            assert all(getattr(config.data, k) == v for k, v in (data[0] if data else {}).items())
+    random_batches = next_item.run_config("beauty", "sasrec", 0, "w", 1, 1, None, None, next_item.RANDOM_BATCHES)
+    assert random_batches["data"]["bucket_boundaries"] is None and random_batches["data"]["max_len"] == 50
     assert next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 200
     assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 50
     assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1)["model"]["expert_hidden_dim"] == 128
@@ -61,7 +68,9 @@ def tiny_benchmark(tmp_path, monkeypatch):
     monkeypatch.setattr(next_item, "ABLATION_RESULTS", str(tmp_path / "next_item_ablation.json"))
     monkeypatch.setattr(next_item, "ABLATIONS", {"hymoerec k=2": ("hymoerec", {"k": 2}, {}, ("tiny",)),
                                                  "sasrec beta_2=0.9": ("sasrec", {}, {"beta_2": 0.9}, ("tiny",)),
-                                                 "sasrec elsewhere": ("sasrec", {"dropout": 0.5}, {}, ("ml-1m",))})
+                                                 "sasrec elsewhere": ("sasrec", {"dropout": 0.5}, {}, ("ml-1m",)),
+                                                 "sasrec shuffle_buffer=7": ("sasrec", {}, {}, ("tiny",),
+                                                                             {"shuffle_buffer": 7})})
     return work
 
 
@@ -99,7 +108,7 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
     # a changed model config: the old run is not reported under it (nor resumed), and once retrained the old
     # throughput rate is dropped for the training epochs' rate
     next_item.MODELS["hymoerec"] = {**next_item.MODELS["hymoerec"], "expert_hidden_dim": 4}
-    with pytest.raises(RunSettingsError, match="model.expert_hidden_dim: \\(unset\\) when the run started, 4 now"):
+    with pytest.raises(RunSettingsError, match="model.expert_hidden_dim: null when the run started, 4 now"):
         next_item.main(args + ["--models", "hymoerec", "--phase", "report"])
     with pytest.raises(RunSettingsError):
         next_item.train_all(["tiny"], ["hymoerec"], [0], work, epochs=3, patience=5, chunk=1)
@@ -166,6 +175,11 @@ def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchm
     optimizer = section["sasrec beta_2=0.9"]["optimizer"]
     assert optimizer["beta_2"] == 0.9 and optimizer["learning_rate"] == next_item.BUDGET["learning_rate"]
     assert "sasrec elsewhere" not in section
+    # data overrides reach the run (its recorded settings) and the entry
+    assert section["sasrec shuffle_buffer=7"]["data"] == {"shuffle_buffer": 7}
+    recorded = json.load(open(tiny_benchmark / "tiny" / "ablation" / "sasrec_shuffle_buffer=7" / "seed0" /
+                              "run_config.json"))
+    assert recorded["data"]["shuffle_buffer"] == 7 and "data" not in section["hymoerec k=2"]
     assert not (tiny_benchmark / "tiny" / "ablation" / "sasrec_elsewhere").exists()
 
     # a variant that has the epochs already is not retrained (its state is left as it is)
@@ -181,3 +195,35 @@ def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchm
     partial = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["hymoerec k=2"]
     assert partial["partial"] and partial["epochs"] == 2 and partial["valid_ndcg@10"] == variant["valid_ndcg@10"]
     assert not variant["partial"]
+    # on a machine without the main runs, their saved curves are kept, not overwritten by empty ones
+    main_curve = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["sasrec"]["valid_ndcg@10"]
+    assert len(main_curve) == 3
+    shutil.rmtree(tiny_benchmark / "tiny" / "sasrec")
+    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "4",
+                    "--no-train"])
+    assert json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["sasrec"]["valid_ndcg@10"] == main_curve
+
+
+def _merge_one(path, key):
+    from benchmarks._timing import merge_json
+
+    merge_json(path, {"section": {key: {"value": key}}})
+
+
+def test_merge_json_keeps_the_entries_of_processes_writing_at_the_same_time(tmp_path):
+    """Two ablations running at once each add their entries (no stale copy written back, no torn file)."""
+    import multiprocessing
+
+    from benchmarks._timing import merge_json
+
+    path = str(tmp_path / "results.json")
+    merge_json(path, {"section": {"old": {"value": 0}}, "other": {"kept": 1}}, meta={"run": 1})
+    keys = [f"k{i}" for i in range(12)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.starmap(_merge_one, [(path, key) for key in keys])
+    payload = json.load(open(path))
+    assert sorted(payload["section"]) == sorted(["old", *keys])
+    assert payload["other"] == {"kept": 1} and payload["_meta"] == {"run": 1}
+    merged = merge_json(path, {"section": {"old": {"value": 2}}}, meta={"run": 2})
+    assert merged["section"]["old"] == {"value": 2} and merged["_meta"] == {"run": 2}
+    assert json.load(open(path)) == merged and not list(tmp_path.glob("*.tmp*"))

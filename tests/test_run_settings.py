@@ -32,7 +32,7 @@ def test_resuming_may_change_how_long_where_and_what_is_reported(started, change
 
 @pytest.mark.parametrize("change, message", [
     ("model.hidden_dim=32", "model.hidden_dim: 64 when the run started, 32 now"),
-    ("model.initializer_range=0.02", "model.initializer_range: (unset) when the run started, 0.02 now"),
+    ("model.initializer_range=0.02", "model.initializer_range: null when the run started, 0.02 now"),
     ("model.name=hymoerec", 'model.name: "sasrec" when the run started, "hymoerec" now'),
     ("optimizer.beta_2=0.999", "optimizer.beta_2: 0.98 when the run started, 0.999 now"),
     ("optimizer.learning_rate=0.01", "optimizer.learning_rate: 0.001 when the run started, 0.01 now"),
@@ -52,16 +52,32 @@ def test_other_settings_are_another_run_and_the_error_names_them(started, change
     assert text.count(" when the run started, ") == 1  # only the changed setting is listed
 
 
-def test_removed_model_option_and_several_changes_are_all_listed(started):
+def test_unset_model_options_count_as_their_defaults_and_several_changes_are_all_listed(started):
     run_dir, config = started
     values = config.to_dict()
-    values["model"] = {"name": "sasrec", "hidden_dim": 64}  # dropout no longer set
+    values["model"] = {"name": "sasrec"}  # hidden_dim 64 and dropout 0.2 are SASRec's defaults: the same run
+    check_same_run(str(run_dir), TrainConfig.from_dict(values))
+    values["model"] = {"name": "sasrec", "hidden_dim": 64, "dropout": 0.2, "num_heads": 1, "norm": "pre"}
+    check_same_run(str(run_dir), TrainConfig.from_dict(values))  # defaults written out: the same run
+    values["model"] = {"name": "sasrec", "routing": "top_k"}  # no default (not a SASRec option)
     values["training"]["seed"] = 3
     with pytest.raises(RunSettingsError) as error:
         check_same_run(str(run_dir), TrainConfig.from_dict(values))
     lines = [line.strip() for line in str(error.value).splitlines() if " when the run started, " in line]
-    assert lines == ["model.dropout: 0.2 when the run started, (unset) now",
+    assert lines == ['model.routing: (unset) when the run started, "top_k" now',
                      "training.seed: 0 when the run started, 3 now"]
+    values["model"], values["training"]["seed"] = {"name": "sasrec", "dropout": 0.5}, 0
+    with pytest.raises(RunSettingsError, match="model.dropout: 0.2 when the run started, 0.5 now"):
+        check_same_run(str(run_dir), TrainConfig.from_dict(values))
+
+
+def test_model_option_defaults_follow_the_class_hierarchy():
+    from tfmoe.training.run_settings import model_option_defaults
+
+    sasrec, fame = model_option_defaults("sasrec"), model_option_defaults("fame")
+    assert sasrec["hidden_dim"] == 64 and sasrec["num_heads"] == 1 and sasrec["initializer_range"] is None
+    assert fame["num_heads"] == 2 and fame["num_experts"] == 4 and fame["hidden_dim"] == 64  # FAME's own default wins
+    assert model_option_defaults("no such model") == {}
 
 
 def test_runs_older_than_run_config_are_checked_against_metrics_json(tmp_path):

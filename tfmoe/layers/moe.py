@@ -68,6 +68,7 @@ from tfmoe.layers.routers import (
 )
 from tfmoe.layers.routing_stats import add_routing_statistics, assign_routing_statistics, routing_statistics
 from tfmoe.utils.validation import check_bool, check_choice, check_float, check_int, check_optional_int
+from tfmoe.utils.xla import in_xla_context
 
 ROUTINGS = ("top_k", "dense", "expert_choice", "dropless")
 
@@ -476,6 +477,13 @@ class MixtureOfExperts(keras.layers.Layer):
         return outputs, counts
 
     def _dropless(self, flat_inputs, route, flat_mask, training):
+        if in_xla_context():
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: routing='dropless' cannot be compiled by XLA "
+                "(jit_compile=True): each expert's row count depends on the data; use jit_compile=False, or "
+                f"routing='top_k' with capacity_factor >= num_experts / k = {self.num_experts / self.k:g} "
+                "(the same outputs, no token dropped)"
+            )
         plan = plan_packed_dispatch(route["expert_indices"], self.num_experts)
         rows = dispatch_packed(flat_inputs, plan)  # [k T, d]
         outputs = combine_packed(self.experts.run_packed(rows, plan.rows_per_expert, training), plan,

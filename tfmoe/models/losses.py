@@ -6,7 +6,7 @@ are ``s(v) = hidden . E[v]`` in float32, and the loss is the **mean over real po
 (``labels != 0``; 0 if there are none). The sampled losses never build ``[B, L, V]``.
 
 * ``"softmax"`` (default): full-catalogue cross-entropy ``-log softmax(s)[y]`` over items ``1..V-1``
-  (the padding column is excluded).
+  (the padding column is excluded), scored at real positions only.
 * ``"sampled_softmax"``: ``num_negatives`` items drawn **with replacement, shared by the whole batch**
   from a proposal ``Q`` (``"uniform"`` over ``1..V-1`` or ``"frequency"``: ``Q(v) ∝ count(v)``).
   Logits are corrected by ``log Q``: ``o_pos = s(y) - log Q(y)``, ``o_n = s(n) - log Q(n)``, and the
@@ -55,7 +55,7 @@ def _masked_mean(values, weights):
 
 
 def softmax_cross_entropy_from_logits(logits, labels):
-    """Full CE from ``logits [B, L, V]`` (column 0 excluded), mean over ``labels != 0``."""
+    """Full CE from ``logits [..., V]`` and ``labels [...]`` (column 0 excluded), mean over ``labels != 0``."""
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)
     weights = tf.cast(tf.not_equal(labels, 0), tf.float32)
@@ -66,10 +66,13 @@ def softmax_cross_entropy_from_logits(logits, labels):
 
 
 def softmax_cross_entropy(hidden, item_embeddings, labels):
-    """Full-catalogue softmax cross-entropy (materialises ``[B, L, V]`` float32 logits)."""
+    """Full-catalogue softmax cross-entropy, scored at the real positions only (``[N, V]`` float32 logits for the
+    ``N`` labels ``!= 0``), so padding costs no softmax: batches padded to ``max_len`` cost what their items do.
+    Under XLA ``N`` is a bounded dynamic size (padded to ``B L`` by the compiler)."""
     hidden, table, labels, _ = _prepare(hidden, item_embeddings, labels)
-    logits = tf.einsum("bld,vd->blv", hidden, table)
-    return softmax_cross_entropy_from_logits(logits, labels)
+    real = tf.where(tf.not_equal(labels, 0))  # [N, 2]
+    logits = tf.matmul(tf.gather_nd(hidden, real), table, transpose_b=True)
+    return softmax_cross_entropy_from_logits(logits, tf.gather_nd(labels, real))
 
 
 def sampled_softmax_cross_entropy(

@@ -24,11 +24,12 @@ Example:
     >>> check_same_run(run_dir, config.override(["model.hidden_dim=32"]))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tfmoe.training.run_settings.RunSettingsError: ...model.hidden_dim: (unset) when the run started, 32 now...
+    tfmoe.training.run_settings.RunSettingsError: ...model.hidden_dim: 64 when the run started, 32 now...
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -106,6 +107,8 @@ def check_same_run(output_dir: str, config: TrainConfig) -> None:
     saved, name = found
     ignore = _DERIVED if name == METRICS_FILE else ()
     before, now = run_identity(saved, ignore), run_identity(config, ignore)
+    if before.get("model.name") == now.get("model.name"):  # another model differs anyway: list what was written
+        before, now = _with_model_defaults(before), _with_model_defaults(now)
     differing = sorted(key for key in before.keys() | now.keys() if before.get(key, _UNSET) != now.get(key, _UNSET))
     if differing:
         lines = [f"  {key}: {_show(before.get(key, _UNSET))} when the run started, {_show(now.get(key, _UNSET))} now"
@@ -116,6 +119,31 @@ def check_same_run(output_dir: str, config: TrainConfig) -> None:
             + "\nResuming or reporting it under this config would mix two runs: use another output_dir, or move "
             "that directory away."
         )
+
+
+def model_option_defaults(name) -> dict:
+    """``{option: default}`` of model ``name``'s constructor (through its tfmoe base classes; the most derived
+    class's default wins), JSON-normalised; ``{}`` for an unknown name."""
+    from tfmoe.models import registry
+
+    try:
+        cls = registry.model_class(name)
+    except (ValueError, TypeError):
+        return {}
+    defaults = {}
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("tfmoe.") or "__init__" not in vars(klass):
+            continue
+        for parameter in inspect.signature(klass.__init__).parameters.values():
+            if parameter.default is not inspect.Parameter.empty:
+                defaults.setdefault(parameter.name, json.loads(json.dumps(parameter.default, default=repr)))
+    return defaults
+
+
+def _with_model_defaults(identity: dict) -> dict:
+    """An unset model option counts as its default: ``{}`` and ``{"hidden_dim": 64}`` are the same SASRec."""
+    defaults = model_option_defaults(identity.get("model.name"))
+    return {**{f"model.{option}": value for option, value in defaults.items()}, **identity}
 
 
 def _show(value) -> str:

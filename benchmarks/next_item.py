@@ -226,7 +226,8 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patie
     """Trains the :data:`ABLATIONS` variants ``labels`` (default all) of each dataset for ``epochs`` (resumable,
     ``<work-dir>/<dataset>/ablation/``; early stopping after ``patience`` epochs without gain, default none) and
     writes their validation NDCG@10 per epoch next to the main runs' (``benchmarks/results/next_item_ablation.json``)
-    with the test metrics of each variant's best epoch; other variants keep their saved entries.
+    with the test metrics of each variant's best epoch; other variants keep their saved entries. Seed 0's entries
+    are keyed by the variant's label, another seed's by ``"<label> (seed <k>)"``.
     ``train_missing=False`` trains nothing: variants are reported as far as they ran (``"partial": true`` when cut
     off; without a best checkpoint, validation curve only)."""
     from tfmoe.training import train
@@ -237,14 +238,16 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patie
         return _valid_curve(TrainingState.load(path, "NDCG@10").history if os.path.exists(path) else [])[:epochs]
 
     payload, updates = read_json(ABLATION_RESULTS), {}
+    suffix = "" if seed == 0 else f" (seed {seed})"
     for dataset in datasets:
         section = payload.setdefault(dataset, {})
         updated = updates.setdefault(dataset, {})
         for model in MODELS:
             config = run_config(dataset, model, seed, work_dir, epochs, 1)
             curve = state_curve(config["output_dir"])
-            if curve or model not in section:  # main runs not on this machine: their saved curves stay
-                section[model] = updated[model] = {"model_options": config["model"], "valid_ndcg@10": curve}
+            if curve or model + suffix not in section:  # main runs not on this machine: their saved curves stay
+                section[model + suffix] = updated[model + suffix] = {"model_options": config["model"], "seed": seed,
+                                                                     "valid_ndcg@10": curve}
         for label, (model, options, optimizer, where, *data) in ABLATIONS.items():
             if dataset not in where or (labels is not None and label not in labels):
                 continue
@@ -257,14 +260,14 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patie
                 print(f"== ablation {dataset} {label} seed {seed} up to epoch {epochs}", flush=True)
                 train(config)
                 run, done = saved_run(config, "next_item"), True
-            entry = {"model_options": config["model"], "optimizer": config["optimizer"],
+            entry = {"model_options": config["model"], "optimizer": config["optimizer"], "seed": seed,
                      **({"data": data[0]} if data else {}), "valid_ndcg@10": state_curve(config["output_dir"]),
                      "partial": not done}
             if run is not None:
                 entry.update(epochs=run["epochs"], best_epoch=run["best_epoch"] + 1, stopped_early=run["stopped_early"],
                              test=run["test"], device=run["device"])
             if entry["valid_ndcg@10"] or run is not None:
-                section[label] = updated[label] = entry
+                section[label + suffix] = updated[label + suffix] = entry
         print(f"{'dataset':8} {'variant':32} {'test NDCG@10':>12}  validation NDCG@10 by epoch")
         for label, entry in section.items():
             test = entry.get("test", {}).get("NDCG@10") if entry.get("test") else None
@@ -463,8 +466,9 @@ def main(argv=None) -> int:
     if "cost" in args.phase:
         cost_ablation(args.datasets, args.work_dir, args.rounds, args.steps)
     if "ablation" in args.phase:
-        ablation(args.datasets, args.seeds[0], args.work_dir, args.ablation_epochs, args.ablations,
-                 args.ablation_patience, train_missing=not args.no_train)
+        for seed in args.seeds:
+            ablation(args.datasets, seed, args.work_dir, args.ablation_epochs, args.ablations,
+                     args.ablation_patience, train_missing=not args.no_train)
     if "report" in args.phase:
         report(args.datasets, args.models, args.seeds, args.work_dir, args.epochs, args.patience, rates)
     return 0

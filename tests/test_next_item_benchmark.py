@@ -203,6 +203,16 @@ def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchm
                     "--no-train"])
     assert json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["sasrec"]["valid_ndcg@10"] == main_curve
 
+    # another seed is trained into its own directory and reported beside seed 0, which keeps its entry
+    before = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]
+    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "1",
+                    "--seeds", "1", "--ablations", "hymoerec k=2"])
+    after = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]
+    assert after["hymoerec k=2"] == before["hymoerec k=2"] and before["hymoerec k=2"]["seed"] == 0
+    seed1 = after["hymoerec k=2 (seed 1)"]
+    assert seed1["seed"] == 1 and seed1["epochs"] == 1 and len(seed1["valid_ndcg@10"]) == 1
+    assert (tiny_benchmark / "tiny" / "ablation" / "hymoerec_k=2" / "seed1" / "metrics.json").exists()
+
 
 def _merge_one(path, key):
     from benchmarks._timing import merge_json

@@ -28,11 +28,17 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
         for options in next_item.COST_VARIANTS.values():
             config = TrainConfig.from_dict(next_item.run_config(dataset, "hymoerec", 0, str(tmp_path), 1, 1, options))
             assert all(config.model[k] == v for k, v in options.items())
-    for model, options, optimizer, datasets, *data in next_item.ABLATIONS.values():
-        for dataset in datasets:
-            settings = next_item.run_config(dataset, model, 0, "w", 1, 1, options, optimizer, *data)
+    for model, options, optimizer, datasets_data in next_item.ABLATIONS.values():
+        for dataset, data in datasets_data.items():
+            settings = next_item.run_config(dataset, model, 0, "w", 1, 1, options, optimizer, data)
             config = TrainConfig.from_dict(settings)
-            assert all(getattr(config.data, k) == v for k, v in (data[0] if data else {}).items())
+            assert all(getattr(config.data, k) == v for k, v in data.items())
+    # Beauty's main runs draw random batches; its variants trained with length buckets keep them
+    assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["bucket_boundaries"] is None
+    _, _, _, item_dropout = next_item.ABLATIONS["sasrec item_dropout=0.2"]
+    assert item_dropout["beauty"]["bucket_boundaries"] == [10, 20, 30]
+    _, _, _, initializer = next_item.ABLATIONS["sasrec initializer_range=0.02"]
+    assert initializer["ml-1m"] == {} and initializer["beauty"]["shuffle_buffer"] == 10_000
     random_batches = next_item.run_config("beauty", "sasrec", 0, "w", 1, 1, None, None, next_item.RANDOM_BATCHES)
     assert random_batches["data"]["bucket_boundaries"] is None and random_batches["data"]["max_len"] == 50
     assert next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 200
@@ -66,11 +72,11 @@ def tiny_benchmark(tmp_path, monkeypatch):
     monkeypatch.setattr(next_item, "RESULTS", str(tmp_path / "next_item.json"))
     monkeypatch.setattr(next_item, "COST_RESULTS", str(tmp_path / "next_item_cost.json"))
     monkeypatch.setattr(next_item, "ABLATION_RESULTS", str(tmp_path / "next_item_ablation.json"))
-    monkeypatch.setattr(next_item, "ABLATIONS", {"hymoerec k=2": ("hymoerec", {"k": 2}, {}, ("tiny",)),
-                                                 "sasrec beta_2=0.9": ("sasrec", {}, {"beta_2": 0.9}, ("tiny",)),
-                                                 "sasrec elsewhere": ("sasrec", {"dropout": 0.5}, {}, ("ml-1m",)),
-                                                 "sasrec shuffle_buffer=7": ("sasrec", {}, {}, ("tiny",),
-                                                                             {"shuffle_buffer": 7})})
+    monkeypatch.setattr(next_item, "ABLATIONS", {"hymoerec k=2": ("hymoerec", {"k": 2}, {}, {"tiny": {}}),
+                                                 "sasrec beta_2=0.9": ("sasrec", {}, {"beta_2": 0.9}, {"tiny": {}}),
+                                                 "sasrec elsewhere": ("sasrec", {"dropout": 0.5}, {}, {"ml-1m": {}}),
+                                                 "sasrec shuffle_buffer=7": ("sasrec", {}, {},
+                                                                             {"tiny": {"shuffle_buffer": 7}})})
     return work
 
 
@@ -142,6 +148,29 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
     assert reported["trained_on"] == ["unrecorded"]  # the rewritten file had no device
     with pytest.raises(FileNotFoundError, match="no best checkpoint"):
         evaluate_best(next_item.run_config("tiny", "sasrec", 5, work, 3, 5))
+
+
+def test_a_report_keeps_the_seeds_of_earlier_reports_whose_runs_are_not_on_this_machine(tiny_benchmark, tmp_path):
+    work = str(tiny_benchmark)
+    report = ["--datasets", "tiny", "--work-dir", work, "--epochs", "1", "--models", "sasrec", "--phase", "report"]
+    next_item.train_all(["tiny"], ["sasrec"], [0, 1], work, epochs=1, patience=5, chunk=1)
+    next_item.main(report + ["--seeds", "0", "1"])
+    both = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
+    assert both["seeds"] == 2 and [r["seed"] for r in both["runs"]] == [0, 1]
+    shutil.rmtree(tiny_benchmark / "tiny" / "sasrec" / "seed1")  # trained on another machine
+    next_item.main(report + ["--seeds", "0", "1"])
+    kept = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
+    assert kept["seeds"] == 2 and kept["ndcg@10"] == pytest.approx(both["ndcg@10"])
+    assert kept["runs"][1] == {**both["runs"][1], "reported_earlier": True}
+    assert "reported_earlier" not in kept["runs"][0]
+    assert kept["ndcg@10_std"] == pytest.approx(both["ndcg@10_std"]) and both["ndcg@10_std"] > 0
+    next_item.main(report + ["--seeds", "0"])  # only the seeds asked for
+    assert json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]["seeds"] == 1
+    # runs of other settings are never mixed in
+    config = next_item.run_config("tiny", "sasrec", 0, "<work-dir>", 1, next_item.BUDGET["patience"])
+    assert len(next_item._earlier_runs(both, config, [0, 1], {0})) == 1
+    other = {**config, "model": {**config["model"], "dropout": 0.5}}
+    assert next_item._earlier_runs(both, other, [0, 1], {0}) == []
 
 
 def test_cost_phase_writes_every_variant_relative_to_sasrec(tiny_benchmark, tmp_path):

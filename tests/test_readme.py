@@ -21,3 +21,30 @@ def test_readme_two_commands_exist_and_ci_runs_the_test_command():
     for script in scripts:
         assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_next_item_tables_are_the_committed_results():
+    """The next-item main table and every ablation row of a variant in the results file are rendered from
+    benchmarks/results (benchmarks/next_item_tables.py), so the README cannot drift from the JSON."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import next_item_tables as tables
+
+    results, ablation = json.load(open(tables.RESULTS)), json.load(open(tables.ABLATION_RESULTS))
+    assert tables.main_table(results) in README
+    checked = 0
+    for dataset, header, body in re.findall(r"^\| (ml-1m|beauty), [^|]*variants, seed 0 (\|.*?)\n(.*?)\n\n", README,
+                                            flags=re.S | re.M):
+        epochs = [int(n) for n in re.findall(r"\| epoch (\d+) ", header)]
+        for row in body.splitlines()[1:]:  # after the |---| line
+            label = row.split(" | ")[0].lstrip("| ")
+            key = label.removesuffix(tables.MAIN_LABEL)
+            if key not in ablation[dataset]:
+                continue
+            entry = ablation[dataset][key]
+            test = tables.main_run_test(results, dataset, key, entry["valid_ndcg@10"]) if key != label else None
+            assert row == tables.ablation_row(label, entry, epochs, test), label
+            checked += 1
+    assert checked >= 15

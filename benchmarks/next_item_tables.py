@@ -1,0 +1,94 @@
+"""The README's next-item tables, rendered from the committed results (so the README shows what the JSON holds).
+
+    .venv/bin/python benchmarks/next_item_tables.py                       # the main table
+    .venv/bin/python benchmarks/next_item_tables.py --ablation beauty --epochs 2 5 10 20 25 \\
+        --labels sasrec "sasrec random batches"                           # rows of the ablation table
+
+Example:
+    >>> payload = {"toy": {"sasrec": {"ndcg@10": 0.05, "ndcg@10_std": 0.001, "hr@10": 0.08, "seeds": 3,
+    ...     "unfiltered": {"ndcg@10": 0.04, "hr@10": 0.07}, "epochs": 35.0, "partial": False,
+    ...     "sequences_per_s": 476.2, "epoch_time_vs_sasrec": 1.0}}}
+    >>> print(main_table(payload).splitlines()[-1])
+    | toy | sasrec | 0.0500 ± 0.0010 | 0.0800 | 0.0400 / 0.0700 | 3 | 35 | 476 | 1.00 |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "next_item.json")
+ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
+MODEL_ORDER = ("sasrec", "fame", "hymoerec")
+DATASET_ORDER = ("ml-1m", "beauty")
+MAIN_HEADER = ("| dataset | model | NDCG@10 | HR@10 | unfiltered NDCG@10 / HR@10 | seeds | epochs (mean) | "
+               "sequences/s (2 CPU cores) | epoch time / SASRec |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def main_table(payload: dict) -> str:
+    """The main results table: one row per dataset x model of ``benchmarks/results/next_item.json``."""
+    rows = [MAIN_HEADER]
+    for dataset in sorted((d for d in payload if not d.startswith("_")), key=lambda d: _rank(DATASET_ORDER, d)):
+        section = payload[dataset]
+        for model in sorted(section, key=lambda m: _rank(MODEL_ORDER, m)):
+            e = section[model]
+            epochs = f"{e['epochs']:.0f}" + (" (partial)" if e["partial"] else "")
+            rows.append(f"| {dataset} | {model} | {e['ndcg@10']:.4f} ± {e['ndcg@10_std']:.4f} | {e['hr@10']:.4f} | "
+                        f"{e['unfiltered']['ndcg@10']:.4f} / {e['unfiltered']['hr@10']:.4f} | {e['seeds']} | "
+                        f"{epochs} | {e['sequences_per_s']:.0f} | {e['epoch_time_vs_sasrec']:.2f} |")
+    return "\n".join(rows)
+
+
+MAIN_LABEL = " (benchmark settings)"
+
+
+def main_run_test(results: dict, dataset: str, model: str, curve: list) -> dict | None:
+    """The test metrics of the main run whose validation curve the ablation file holds for ``model`` (the
+    ablation phase records main runs' curves only): the report's run of the same curve, else ``None``."""
+    for run in results.get(dataset, {}).get(model, {}).get("runs", []):
+        if [round(x, 5) for x in curve] == run["valid_ndcg@10_curve"]:
+            return run["test"]
+    return None
+
+
+def _rank(order: tuple, name: str) -> tuple:
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def ablation_row(label: str, entry: dict, epochs, test: dict | None = None) -> str:
+    """``| label | validation NDCG@10 at epochs... | best validation (epoch b of n) | test NDCG@10 / HR@10 |``
+    (``test``: when the entry has none); a run without test metrics shows ``cut off`` (``partial`` when it has
+    some but was cut off)."""
+    curve = entry["valid_ndcg@10"]
+    cells = [f"{curve[e - 1]:.4f}" if e <= len(curve) else "" for e in epochs]
+    best = max(range(len(curve)), key=curve.__getitem__) if curve else None
+    best_cell = f"{curve[best]:.4f} (epoch {best + 1} of {len(curve)})" if curve else ""
+    test = entry.get("test") or test
+    result = f"{test['NDCG@10']:.4f} / {test['HR@10']:.4f}" if test else "cut off"
+    if test and entry.get("partial"):
+        result += " (partial)"
+    return f"| {label} | " + " | ".join(cells + [best_cell, result]) + " |"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ablation", metavar="DATASET", help="rows of this dataset's ablation table instead")
+    parser.add_argument("--epochs", nargs="+", type=int, default=[2, 5, 10, 20, 25])
+    parser.add_argument("--labels", nargs="+", help="ablation: these variants (default all)")
+    args = parser.parse_args(argv)
+    if args.ablation is None:
+        print(main_table(json.load(open(RESULTS))))
+        return 0
+    section, results = json.load(open(ABLATION_RESULTS))[args.ablation], json.load(open(RESULTS))
+    for key in args.labels or [k for k, e in section.items() if e["valid_ndcg@10"]]:
+        entry = section[key]
+        main_model = key in MODEL_ORDER
+        test = main_run_test(results, args.ablation, key, entry["valid_ndcg@10"]) if main_model else None
+        print(ablation_row(key + (MAIN_LABEL if main_model else ""), entry, args.epochs, test))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

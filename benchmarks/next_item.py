@@ -141,6 +141,10 @@ ABLATIONS = {
     "sasrec original": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, {"ml-1m": {}, **BUCKETED_BEAUTY}),
     "sasrec item_dropout=0.2": ("sasrec", {"item_dropout": 0.2}, {}, BUCKETED_BEAUTY),
     "hymoerec expert_hidden_dim=128": ("hymoerec", {"expert_hidden_dim": 128}, {}, BUCKETED_BEAUTY),
+    # Beauty's main settings before this release, for the variants above to be compared with
+    "sasrec length buckets": ("sasrec", {}, {}, BUCKETED_BEAUTY),
+    "fame length buckets": ("fame", {}, {}, BUCKETED_BEAUTY),
+    "hymoerec length buckets": ("hymoerec", {}, {}, BUCKETED_BEAUTY),
     "sasrec random batches": ("sasrec", {}, {}, {"beauty": RANDOM_BATCHES}),
     "hymoerec random batches": ("hymoerec", {}, {}, {"beauty": RANDOM_BATCHES}),
     "fame random batches": ("fame", {}, {}, {"beauty": RANDOM_BATCHES}),

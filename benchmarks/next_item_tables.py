@@ -35,7 +35,8 @@ def main_table(payload: dict) -> str:
         for model in sorted(section, key=lambda m: _rank(MODEL_ORDER, m)):
             e = section[model]
             epochs = f"{e['epochs']:.0f}" + (" (partial)" if e["partial"] else "")
-            rows.append(f"| {dataset} | {model} | {e['ndcg@10']:.4f} ± {e['ndcg@10_std']:.4f} | {e['hr@10']:.4f} | "
+            spread = f"± {e['ndcg@10_std']:.4f}" if e["seeds"] > 1 else "(1 seed)"
+            rows.append(f"| {dataset} | {model} | {e['ndcg@10']:.4f} {spread} | {e['hr@10']:.4f} | "
                         f"{e['unfiltered']['ndcg@10']:.4f} / {e['unfiltered']['hr@10']:.4f} | {e['seeds']} | "
                         f"{epochs} | {e['sequences_per_s']:.0f} | {e['epoch_time_vs_sasrec']:.2f} |")
     return "\n".join(rows)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results", "next_item.json")
-ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
-MODEL_ORDER = ("sasrec", "fame", "hymoerec")
-DATASET_ORDER = ("ml-1m", "beauty")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.next_item import ABLATION_RESULTS, DATASETS, MODELS, RESULTS  # light: imports no TensorFlow
+
+MODEL_ORDER, DATASET_ORDER = tuple(MODELS), tuple(DATASETS)
 MAIN_HEADER = ("| dataset | model | NDCG@10 | HR@10 | unfiltered NDCG@10 / HR@10 | seeds | epochs (mean) | "
                "sequences/s (2 CPU cores) | epoch time / SASRec |\n|---|---|---|---|---|---|---|---|---|")
 

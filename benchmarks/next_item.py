@@ -124,6 +124,7 @@ RANDOM_BATCHES = {"bucket_boundaries": None, "shuffle_buffer": 32768}
 # keep them, so that a label means the run its results came from.
 BEAUTY_LENGTH_BUCKETS = {"bucket_boundaries": [10, 20, 30], "shuffle_buffer": 10_000}
 BUCKETED_BEAUTY = {"beauty": BEAUTY_LENGTH_BUCKETS}
+MAIN_BEAUTY = {"beauty": {}}  # Beauty's main data settings (random batches)
 SAMPLED_SOFTMAX_256 = {"loss": "sampled_softmax", "num_negatives": 256, "proposal": "uniform"}
 ABLATIONS = {
     "sasrec hidden_dim=256": ("sasrec", {"hidden_dim": 256}, {}, BUCKETED_BEAUTY),
@@ -154,6 +155,13 @@ ABLATIONS = {
     "sasrec original d256 sampled_softmax": (
         "sasrec", {**ORIGINAL_SASREC, "hidden_dim": 256, "inner_dim": 256, **SAMPLED_SOFTMAX_256}, {"beta_2": 0.999},
         BUCKETED_BEAUTY),
+    # FAME's facet block against SASRec's block, one difference at a time, at Beauty's main settings (where the
+    # facet block is the whole transformer): FFN' of 4d' instead of d', pre-LN inside the block, item
+    # sub-embeddings as chunks of e_v instead of W_f projections, and a plain SASRec block under the facet block
+    "fame facet_inner_dim=128": ("fame", {"facet_inner_dim": 128}, {}, MAIN_BEAUTY),
+    "fame facet_norm=pre": ("fame", {"facet_norm": "pre"}, {}, MAIN_BEAUTY),
+    "fame item_projection=slice": ("fame", {"item_projection": "slice"}, {}, MAIN_BEAUTY),
+    "fame num_blocks=2 random batches": ("fame", {"num_blocks": 2}, {}, MAIN_BEAUTY),
 }
 ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
 

@@ -8,6 +8,7 @@ from layer_contract import assert_independent_initial_weights
 
 from tfmoe.metrics import evaluate_ranking
 from tfmoe.models import FAME, HyMoERec, SASRec, TransformerBlock
+from tfmoe.models.fame import FacetBlock
 
 N_ITEMS, MAX_LEN = 40, 10
 TINY = {"num_items": N_ITEMS, "max_len": MAX_LEN, "hidden_dim": 16, "num_heads": 2, "dropout": 0.0, "inner_dim": 32}
@@ -20,6 +21,7 @@ MODELS = {
     "hymoerec": (HyMoERec, {"num_experts": 4, "k": 2}),
     "fame": (FAME, {"num_experts": 3}),
     "fame_probs": (FAME, {"num_experts": 2, "mix": "probs", "norm": "post"}),
+    "fame_variant": (FAME, {"num_experts": 2, "facet_inner_dim": 12, "facet_norm": "pre", "item_projection": "slice"}),
 }
 
 
@@ -75,14 +77,21 @@ def test_sasrec_scores_are_hidden_dot_tied_embeddings():
 
 
 @pytest.mark.parametrize("mix", ["logits", "probs"])
-def test_fame_head_mixture_matches_numpy(mix):
-    model = make("fame", mix=mix)
+@pytest.mark.parametrize("item_projection", ["dense", "slice"])
+def test_fame_head_mixture_matches_numpy(mix, item_projection):
+    model = make("fame", mix=mix, item_projection=item_projection)
     items = batch(np.random.default_rng(3))
     out = model(items)
     heads, gates = out["heads"].numpy(), out["gates"].numpy()  # [B, L, H, d'], [B, L, H]
     assert heads.shape == (4, MAX_LEN, 2, 8)
     np.testing.assert_allclose(gates[items != 0].sum(-1), 1.0, rtol=1e-5)
-    sub = np.einsum("vd,hdk->hvk", model.item_embeddings.numpy(), model.facet_block.item_projection.numpy())
+    table = model.item_embeddings.numpy()
+    if item_projection == "dense":
+        sub = np.einsum("vd,hdk->hvk", table, model.facet_block.item_projection.numpy())
+    else:  # e_v^(h) = the h-th 8-wide chunk of e_v, no W_f
+        assert model.facet_block.item_projection is None
+        assert not any("item_projection" in w.path for w in model.weights)
+        sub = np.stack([table[:, :8], table[:, 8:]])
     per_head = np.einsum("blhk,hvk->blhv", heads, sub)  # s^(h)(v)
     if mix == "logits":
         expected = np.einsum("blh,blhv->blv", gates, per_head)
@@ -99,7 +108,7 @@ def test_fame_head_mixture_matches_numpy(mix):
         np.testing.assert_allclose(np.exp(got[real][:, 1:]).sum(-1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame", "fame_probs"])
+@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame", "fame_probs", "fame_variant"])
 def test_keras_save_load_and_config_round_trip(name, tmp_path):
     model = make(name)
     items = batch(np.random.default_rng(4))
@@ -242,6 +251,9 @@ def test_item_dropout_drops_the_scoring_table_in_training_only(name):
         (FAME, {"mix": "sum"}, "mix"),
         (FAME, {"mix": "probs", "loss": "bce"}, "probs"),
         (FAME, {"num_blocks": 0}, "num_blocks"),
+        (FAME, {"facet_norm": "sasrec"}, "facet_norm"),
+        (FAME, {"item_projection": "tied"}, "item_projection"),
+        (FAME, {"facet_inner_dim": 0}, "facet_inner_dim"),
         (TransformerBlock, {"ffn": "dense", "ffn_options": {"k": 1}}, "ffn_options"),
     ],
 )
@@ -254,6 +266,40 @@ def test_validated_arguments(cls, kwargs, match):
 def _layer_norm(x, eps=1e-6):
     mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
     return (x - mean) / np.sqrt(var + eps)  # gamma 1, beta 0 at initialisation
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_facet_block_matches_numpy(norm):
+    """post: a = LN(x_h + f_h), F = LN(a + FFN'(a)); pre: a = x_h + f_h, F = LN(a + FFN'(LN(a))); g = softmax(W_g F)."""
+    block = FacetBlock(num_heads=2, num_experts=3, inner_dim=5, norm=norm)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 6)).astype("float32")
+    mask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], bool)
+    block.build(x.shape)
+    for w in block.weights:
+        if "bias" in w.path:
+            w.assign(rng.normal(size=w.shape).astype("float32") * 0.1)
+    heads_out, gates_out = (t.numpy() for t in block(x, mask=mask))
+    _, f = block.attention(x, mask=mask)  # the MoE attention itself: tests/test_attention.py
+    a = x.reshape(2, 4, 2, 3) + f.numpy()
+    ffn = block.ffn
+
+    def ffn_np(z):
+        return np.maximum(z @ ffn.kernel_in.numpy() + ffn.bias_in.numpy(), 0.0) @ ffn.kernel_out.numpy() + \
+            ffn.bias_out.numpy()
+
+    assert ffn.kernel_in.shape == (3, 5)  # d' -> inner_dim, shared by the heads
+    if norm == "post":
+        a = _layer_norm(a)
+        expected = _layer_norm(a + ffn_np(a))
+    else:
+        expected = _layer_norm(a + ffn_np(_layer_norm(a)))
+    expected *= mask[..., None, None]
+    np.testing.assert_allclose(heads_out, expected, rtol=1e-4, atol=1e-5)
+    logits = expected.reshape(2, 4, 6) @ block.gate.kernel.numpy() + block.gate.bias.numpy()
+    gates = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(gates_out, gates / gates.sum(-1, keepdims=True) * mask[..., None], rtol=1e-4,
+                               atol=1e-6)
 
 
 def test_sasrec_norm_block_matches_numpy():

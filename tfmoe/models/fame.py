@@ -17,9 +17,10 @@ of the switch (full, sampled softmax, BCE) applies unchanged. ``mix="probs"`` su
 full softmax loss (CE on the log mixture = ``-log P(target)``) and costs ``[B, L, H, V]`` in training.
 
 Options the paper leaves open, with the defaults chosen here: residual of the attention = the
-split block input (as in reimplementation B); post-LayerNorm inside the facet block; with
-``norm="pre"`` the blocks' output first goes through SASRec's final LayerNorm;
-no auxiliary routing loss (none is described).
+split block input (as in reimplementation B); post-LayerNorm inside the facet block (``facet_norm``);
+FFN' of inner size ``d'`` (``facet_inner_dim``); item sub-embeddings by ``W_f`` (``item_projection="dense"``,
+or ``"slice"``: the ``h``-th chunk of ``e_v``, no extra weights); with ``norm="pre"`` the blocks' output
+first goes through SASRec's final LayerNorm; no auxiliary routing loss (none is described).
 
 Example:
     >>> import numpy as np
@@ -42,6 +43,8 @@ from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer
 
 MIXES = ("logits", "probs")
+FACET_NORMS = ("post", "pre")
+ITEM_PROJECTIONS = ("dense", "slice")
 
 
 @keras.saving.register_keras_serializable(package="tfmoe")
@@ -51,11 +54,18 @@ class FacetBlock(keras.layers.Layer):
     Args:
         num_heads: ``H``; ``num_experts``: ``N`` expert queries per head.
         dropout: residual/FFN' dropout; ``attention_dropout``: attention dropout (default ``dropout``).
+        inner_dim: inner size of the shared FFN' (default ``d'``, the paper's ``d' -> d' -> d'``).
+        norm: ``"post"`` (default): ``a = LN_a(x + Drop(f))``, ``F = LN_f(a + Drop(FFN'(a)))``; ``"pre"``:
+            ``a = x + Drop(f)``, ``F = LN_f(a + Drop(FFN'(LN_a(a))))``.
+        item_projection: ``"dense"`` (default): item sub-embeddings ``e_v W_f^(h)`` with ``W_f`` ``[H, d, d']``;
+            ``"slice"``: the ``h``-th ``d'``-chunk of ``e_v`` (no extra weights; then ``q`` is the concatenation
+            of the gated heads).
         layer_norm_epsilon: LayerNorm epsilon.
         kernel_initializer: initializer of every kernel (attention, FFN', gate, ``W_f``; each its own draw).
 
     Call: ``block(x [B, L, d], mask=[B, L], training=None)`` -> ``(F [B, L, H, d'], g [B, L, H] float32)``,
-    both zero at padding. ``item_projection`` is ``W_f`` ``[H, d, d']``.
+    both zero at padding. ``item_projection`` is ``W_f`` ``[H, d, d']`` (None with ``"slice"``);
+    :meth:`sub_embeddings` and :meth:`gated_query` apply it.
 
     Example:
         >>> import numpy as np
@@ -71,6 +81,9 @@ class FacetBlock(keras.layers.Layer):
         num_experts=4,
         dropout=0.0,
         attention_dropout=None,
+        inner_dim=None,
+        norm="post",
+        item_projection="dense",
         layer_norm_epsilon=1e-6,
         kernel_initializer="glorot_uniform",
         **kwargs,
@@ -87,6 +100,9 @@ class FacetBlock(keras.layers.Layer):
         if attention_dropout is not None:
             v.check_float(owner, "attention_dropout", attention_dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.attention_dropout = attention_dropout
+        self.inner_dim = v.check_optional_int(owner, "inner_dim", inner_dim, minimum=1)
+        self.norm = v.check_choice(owner, "norm", norm, FACET_NORMS)
+        self.item_projection_kind = v.check_choice(owner, "item_projection", item_projection, ITEM_PROJECTIONS)
         self.layer_norm_epsilon = v.check_float(owner, "layer_norm_epsilon", layer_norm_epsilon, minimum=0.0)
         self.attention = MultiHeadMoEAttention(
             num_heads=self.num_heads,
@@ -113,7 +129,8 @@ class FacetBlock(keras.layers.Layer):
             )
         h, dk = self.num_heads, d // self.num_heads
         self.head_dim = dk
-        self.ffn = FeedForward(hidden_dim=dk, activation="relu", dropout=self.dropout_rate, name="head_ffn",
+        self.ffn = FeedForward(hidden_dim=self.inner_dim or dk, activation="relu", dropout=self.dropout_rate,
+                               name="head_ffn",
                                kernel_initializer=fresh_initializer(self.kernel_initializer, "head_ffn"))
         self.gate = keras.layers.Dense(h, name="head_gate", dtype="float32",
                                        kernel_initializer=fresh_initializer(self.kernel_initializer, "head_gate"))
@@ -123,12 +140,30 @@ class FacetBlock(keras.layers.Layer):
         self.ffn.build(head_shape)
         self.ffn_norm.build(head_shape)
         self.gate.build((None, input_shape[1], h * dk))
-        self.item_projection = self.add_weight(
-            name="item_projection",
-            shape=(h, d, dk),
-            initializer=fresh_initializer(self.kernel_initializer, "item_projection"),
-        )
+        self.item_projection = None
+        if self.item_projection_kind == "dense":
+            self.item_projection = self.add_weight(
+                name="item_projection",
+                shape=(h, d, dk),
+                initializer=fresh_initializer(self.kernel_initializer, "item_projection"),
+            )
         self.built = True
+
+    def sub_embeddings(self, table):
+        """Item sub-embeddings ``e_v^(h)`` ``[H, V, d']`` float32 of an item table ``[V, d]``."""
+        table = tf.cast(table, tf.float32)
+        if self.item_projection is None:
+            return tf.transpose(tf.reshape(table, [-1, self.num_heads, self.head_dim]), [1, 0, 2])
+        return tf.einsum("vd,hdk->hvk", table, tf.cast(self.item_projection, tf.float32))
+
+    def gated_query(self, weighted):
+        """``q = sum_h W_f^(h) (g_h F^(h))`` ``[n, d]`` of gated heads ``[n, H, d']`` (float32), so that
+        ``sum_h g_h s^(h)(v) = q . e_v``."""
+        flat = tf.reshape(tf.cast(weighted, tf.float32), [-1, self.num_heads * self.head_dim])
+        if self.item_projection is None:
+            return flat
+        projection = tf.cast(self.item_projection, tf.float32)  # [H, d, d']
+        return tf.matmul(flat, tf.reshape(tf.transpose(projection, [0, 2, 1]), [self.num_heads * self.head_dim, -1]))
 
     def call(self, x, mask=None, training=None, last_only=False):
         """``last_only=True``: the last position only (``[B, 1, H, d']`` and ``[B, 1, H]``)."""
@@ -139,8 +174,13 @@ class FacetBlock(keras.layers.Layer):
             x, mask = x[:, -1:], None if mask is None else mask[:, -1:]
         length = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]  # dynamic with length buckets
         residual = tf.reshape(x, [-1, length, h, dk])
-        a = self.attention_norm(residual + self.attention_output_dropout(heads, training=training))
-        f = self.ffn_norm(a + self.ffn_output_dropout(self.ffn(a, training=training), training=training))
+        a = residual + self.attention_output_dropout(heads, training=training)
+        if self.norm == "post":
+            a = self.attention_norm(a)
+            f = self.ffn_norm(a + self.ffn_output_dropout(self.ffn(a, training=training), training=training))
+        else:
+            inner = self.ffn(self.attention_norm(a), training=training)
+            f = self.ffn_norm(a + self.ffn_output_dropout(inner, training=training))
         f = masking.apply_mask(f, mask)
         gates = tf.nn.softmax(self.gate(tf.cast(tf.reshape(f, [-1, length, h * dk]), tf.float32)), axis=-1)
         return f, masking.apply_mask(gates, mask)
@@ -155,6 +195,9 @@ class FacetBlock(keras.layers.Layer):
             num_experts=self.num_experts,
             dropout=self.dropout_rate,
             attention_dropout=self.attention_dropout,
+            inner_dim=self.inner_dim,
+            norm=self.norm,
+            item_projection=self.item_projection_kind,
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
@@ -171,12 +214,19 @@ class FAME(SASRec):
     Args (on top of :class:`~tfmoe.models.SASRec`'s; ``num_heads`` defaults to 2 here):
         num_experts: expert queries per head ``N`` (default 4).
         mix: ``"logits"`` (default) or ``"probs"`` (needs ``loss="softmax"``).
+        facet_inner_dim: inner size of the facet block's shared FFN' (default ``d' = d / H``).
+        facet_norm: ``"post"`` (default) or ``"pre"`` LayerNorm inside the facet block (:class:`FacetBlock`).
+        item_projection: ``"dense"`` (default, ``W_f``) or ``"slice"`` item sub-embeddings (:class:`FacetBlock`).
     """
 
-    def __init__(self, num_items, max_len, num_experts=4, mix="logits", num_heads=2, **kwargs):
+    def __init__(self, num_items, max_len, num_experts=4, mix="logits", num_heads=2, facet_inner_dim=None,
+                 facet_norm="post", item_projection="dense", **kwargs):
         owner = type(self).__name__
         self.num_experts = v.check_int(owner, "num_experts", num_experts, minimum=1)
         self.mix = v.check_choice(owner, "mix", mix, MIXES)
+        self.facet_inner_dim = v.check_optional_int(owner, "facet_inner_dim", facet_inner_dim, minimum=1)
+        self.facet_norm = v.check_choice(owner, "facet_norm", facet_norm, FACET_NORMS)
+        self.item_projection = v.check_choice(owner, "item_projection", item_projection, ITEM_PROJECTIONS)
         if mix == "probs" and kwargs.get("loss", "softmax") != "softmax":
             raise ValueError(f"{owner}: mix='probs' supports only loss='softmax', got loss={kwargs['loss']!r}")
         super().__init__(num_items, max_len, num_heads=num_heads, **kwargs)
@@ -190,6 +240,9 @@ class FAME(SASRec):
             num_experts=self.num_experts,
             dropout=self.dropout_rate,
             attention_dropout=self.attention_dropout,
+            inner_dim=self.facet_inner_dim,
+            norm=self.facet_norm,
+            item_projection=self.item_projection,
             kernel_initializer=self._initializer("glorot_uniform"),
             name="facet_block",
         )
@@ -213,11 +266,7 @@ class FAME(SASRec):
     def _query(self, output):
         """``q = sum_h g_h W_f^(h) F^(h)`` ``[..., d]`` float32 (the logits-mix query vector)."""
         heads = tf.cast(output["heads"], tf.float32)
-        projection = tf.cast(self.facet_block.item_projection, tf.float32)  # [H, d, d']
-        weighted = heads * output["gates"][..., None]  # [..., H, d']
-        flat = tf.reshape(weighted, [-1, self.num_heads * self.facet_block.head_dim])
-        kernel = tf.reshape(tf.transpose(projection, [0, 2, 1]), [-1, self.hidden_dim])  # [H d', d]
-        query = tf.matmul(flat, kernel)
+        query = self.facet_block.gated_query(heads * output["gates"][..., None])  # [n, d]
         return tf.reshape(query, tf.concat([tf.shape(heads)[:-2], [self.hidden_dim]], 0))
 
     def sequence_representation(self, features, training=False):
@@ -232,7 +281,7 @@ class FAME(SASRec):
         if self.mix == "logits":
             return tf.matmul(self._query(output), table, transpose_b=True)
         heads = tf.cast(output["heads"], tf.float32)  # [..., H, d']
-        sub = tf.einsum("vd,hdk->hvk", table, tf.cast(self.facet_block.item_projection, tf.float32))  # [H, V, d']
+        sub = self.facet_block.sub_embeddings(table)  # [H, V, d']
         rank = heads.shape.rank
         flat = tf.reshape(heads, [-1, self.num_heads, self.facet_block.head_dim])
         per_head = tf.einsum("nhk,hvk->nhv", flat, sub)  # [n, H, V]
@@ -252,5 +301,6 @@ class FAME(SASRec):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_experts=self.num_experts, mix=self.mix)
+        config.update(num_experts=self.num_experts, mix=self.mix, facet_inner_dim=self.facet_inner_dim,
+                      facet_norm=self.facet_norm, item_projection=self.item_projection)
         return config

@@ -54,8 +54,8 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
 
 
 def _reevaluated(config, saved: dict, protocol: int, metrics_path: str) -> dict:
-    from tfmoe.training.callbacks import write_atomic
     from tfmoe.training.trainer import evaluate_best
+    from tfmoe.utils.files import write_atomic
 
     updated = {**saved, "metrics": evaluate_best(config, list(saved["metrics"])), "evaluation_protocol": protocol,
                "previous_metrics": {"evaluation_protocol": saved.get("evaluation_protocol", 1), **saved["metrics"]}}

@@ -27,6 +27,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from tfmoe.utils.files import write_atomic
+
 
 def _summary(times: list[float]) -> dict:
     return {
@@ -118,13 +120,7 @@ def command_line(script: str) -> str:
 def write_json(path: str, payload: dict) -> str:
     """Writes ``payload`` as indented JSON (creating the folder; atomically: readers never see half a file);
     returns ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.tmp{os.getpid()}"
-    with open(partial, "w", encoding="utf-8") as out:
-        json.dump(payload, out, indent=2, sort_keys=False)
-        out.write("\n")
-    os.replace(partial, path)
-    return path
+    return write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tfmoe.utils import validation as v
+from tfmoe.utils.files import write_atomic
 
 VERSION_POLICIES = ("latest", "all", "specific")
 MODEL_CONFIG_FILE = "models.config"
@@ -280,10 +281,7 @@ def write_server_configs(models_root, models: Sequence[ModelEntry], batching: Ba
     if monitoring:
         contents[MONITORING_CONFIG_FILE] = render_monitoring_config()
     for name, text in contents.items():
-        tmp = os.path.join(host_dir, f".{name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(host_dir, name))  # a polling server never reads a half-written file
+        write_atomic(os.path.join(host_dir, name), text)  # a polling server never reads a half-written file
 
     def server_path(name):
         return _server_path(os.path.join(host_dir, name), host_dir, mount_point) if name in contents else None

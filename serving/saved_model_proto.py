@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from tfmoe.utils.files import write_atomic
+
 SAVED_MODEL_PB = "saved_model.pb"
 SERVE_TAG = "serve"
 
@@ -61,7 +63,4 @@ def set_method_names(export_dir, method_names: dict) -> None:
                              f"{sorted(meta_graph.signature_def)}")
         meta_graph.signature_def[name].method_name = method
     path = os.path.join(export_dir, SAVED_MODEL_PB)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(proto.SerializeToString(deterministic=True))
-    os.replace(tmp, path)
+    write_atomic(path, proto.SerializeToString(deterministic=True))

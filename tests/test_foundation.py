@@ -94,3 +94,18 @@ def test_validation_returns_normalised_values():
     assert v.check_int("L", "n", np.int64(3)) == 3 and isinstance(v.check_int("L", "n", np.int64(3)), int)
     assert v.check_float("L", "x", 2) == 2.0
     assert v.check_int_sequence("L", "u", (1, 2)) == [1, 2]
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_nothing_behind(tmp_path):
+    from tfmoe.utils.files import write_atomic
+
+    path = tmp_path / "models" / "models.config"
+    assert write_atomic(str(path), "first") == str(path)  # creates the folder
+    write_atomic(path, b"\x00second")
+    assert path.read_bytes() == b"\x00second"
+    write_atomic(str(path), "dritte \u00fc")
+    assert path.read_text(encoding="utf-8") == "dritte \u00fc"
+    with pytest.raises(TypeError):  # fails after the temporary file was opened
+        write_atomic(str(path), 3)
+    assert path.read_text(encoding="utf-8") == "dritte \u00fc"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["models.config"]

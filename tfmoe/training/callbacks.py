@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -26,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from tfmoe.training.evaluation import higher_is_better
+from tfmoe.utils.files import write_atomic
 
 
 @dataclass
@@ -93,14 +93,6 @@ class TrainingState:
             raise ValueError(f"{path}: the saved run monitors {values.get('monitor')!r}, this config {monitor!r}; "
                              "use another output_dir")
         return cls(**values)
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename (local paths and object stores)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _to_float(value):

@@ -78,7 +78,7 @@ def run_identity(config: TrainConfig | dict, ignore=()) -> dict:
 
 def record_run(output_dir: str, config: TrainConfig) -> None:
     """Writes ``run_config.json``: the settings this run directory was started with."""
-    from tfmoe.training.callbacks import write_atomic
+    from tfmoe.utils.files import write_atomic
 
     write_atomic(os.path.join(output_dir, RUN_CONFIG_FILE), json.dumps(config.to_dict(), indent=1))
 

@@ -48,6 +48,7 @@ from tfmoe.training import run_settings
 from tfmoe.training.config import TrainConfig
 from tfmoe.training.evaluation import task_evaluation
 from tfmoe.training.strategies import get_strategy
+from tfmoe.utils.files import write_atomic
 
 BACKUP_DIR, BEST_WEIGHTS, STATE_FILE = "backup", "best.weights.h5", "state.json"
 LOG_DIR, MODEL_FILE, METRICS_FILE = "logs", "model.keras", run_settings.METRICS_FILE
@@ -277,7 +278,7 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
         sequences_per_s=sequences_per_s(state.history, rows, config.data.batch_size),
         output_dir=config.output_dir, history=state.history,
     )
-    cb.write_atomic(_path(config, METRICS_FILE), json.dumps(
+    write_atomic(_path(config, METRICS_FILE), json.dumps(
         {**result.summary(), "device": state.device, "devices": state.devices, "config": config.to_dict(),
          "history": state.history},
         indent=1))

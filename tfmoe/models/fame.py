@@ -177,10 +177,10 @@ class FacetBlock(keras.layers.Layer):
         a = residual + self.attention_output_dropout(heads, training=training)
         if self.norm == "post":
             a = self.attention_norm(a)
-            f = self.ffn_norm(a + self.ffn_output_dropout(self.ffn(a, training=training), training=training))
+            inner = self.ffn(a, training=training)
         else:
             inner = self.ffn(self.attention_norm(a), training=training)
-            f = self.ffn_norm(a + self.ffn_output_dropout(inner, training=training))
+        f = self.ffn_norm(a + self.ffn_output_dropout(inner, training=training))
         f = masking.apply_mask(f, mask)
         gates = tf.nn.softmax(self.gate(tf.cast(tf.reshape(f, [-1, length, h * dk]), tf.float32)), axis=-1)
         return f, masking.apply_mask(gates, mask)

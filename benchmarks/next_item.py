@@ -115,6 +115,9 @@ COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
 # cost one dense FFN) instead of 4d: does HyMoERec trail SASRec there for its extra FFN capacity?
 ORIGINAL_SASREC = {"initializer_range": 0.02, "inner_dim": 64, "activation": "relu", "norm": "sasrec",
                    "positions": "absolute"}
+# ORIGINAL_SASREC without dropout on the attention output (the reference code drops attention probabilities, FFN
+# hidden units and FFN outputs, not the attention output); the runs labelled "original" predate this option.
+REFERENCE_SASREC = {**ORIGINAL_SASREC, "attention_output_dropout": 0.0}
 # Batches of users drawn at random from the whole training set (shuffle buffer over every user) and padded to
 # max_len, as in the reference code, instead of length buckets: the loss is a mean over a batch's items, so
 # with buckets a batch of short histories weighs as much as one of long histories (ML-1M: histories <= 50 items
@@ -151,6 +154,7 @@ ABLATIONS = {
     "fame random batches": ("fame", {}, {}, {"beauty": RANDOM_BATCHES}),
     "sasrec shuffle_buffer=32768": ("sasrec", {}, {}, {"beauty": {**BEAUTY_LENGTH_BUCKETS, "shuffle_buffer": 32768}}),
     "sasrec original random batches": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
+    "sasrec reference random batches": ("sasrec", REFERENCE_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
     "sasrec d256 sampled_softmax": ("sasrec", {"hidden_dim": 256, **SAMPLED_SOFTMAX_256}, {}, BUCKETED_BEAUTY),
     "sasrec original d256 sampled_softmax": (
         "sasrec", {**ORIGINAL_SASREC, "hidden_dim": 256, "inner_dim": 256, **SAMPLED_SOFTMAX_256}, {"beta_2": 0.999},

@@ -255,6 +255,9 @@ def test_item_dropout_drops_the_scoring_table_in_training_only(name):
         (FAME, {"item_projection": "tied"}, "item_projection"),
         (FAME, {"facet_inner_dim": 0}, "facet_inner_dim"),
         (TransformerBlock, {"ffn": "dense", "ffn_options": {"k": 1}}, "ffn_options"),
+        (TransformerBlock, {"attention_output_dropout": 1.0}, "attention_output_dropout"),
+        (SASRec, {"attention_output_dropout": "none"}, "attention_output_dropout"),
+        (FAME, {"attention_output_dropout": -0.5}, "attention_output_dropout"),
     ],
 )
 def test_validated_arguments(cls, kwargs, match):
@@ -329,6 +332,41 @@ def test_sasrec_norm_block_matches_numpy():
     expected = (z + hidden @ f.kernel_out.numpy() + f.bias_out.numpy()) * mask[..., None]
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(block(x, mask=mask, last_only=True)[:, 0], out[:, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["transformer", "facet"])
+def test_attention_output_dropout_acts_on_the_attention_output_only(layer):
+    """With the FFN's kernels at zero the FFN adds nothing, so in training the block's output differs from
+    inference only through the attention-output dropout: none at rate 0, some at the default (``dropout``)."""
+    x = np.random.default_rng(0).normal(size=(4, 6, 8)).astype("float32")
+
+    def outputs(**rates):
+        keras.utils.set_random_seed(0)
+        if layer == "transformer":
+            block = TransformerBlock(num_heads=2, inner_dim=6, dropout=0.5, attention_dropout=0.0, **rates)
+        else:
+            block = FacetBlock(num_heads=2, num_experts=2, dropout=0.5, attention_dropout=0.0, **rates)
+        block.build(x.shape)
+        for w in block.ffn.weights:
+            w.assign(np.zeros(w.shape, "float32"))
+        first = lambda out: out[0] if isinstance(out, tuple) else out  # FacetBlock: (heads, gates)
+        return first(block(x, training=True)).numpy(), first(block(x, training=False)).numpy(), block
+
+    trained, inferred, block = outputs(attention_output_dropout=0.0)
+    np.testing.assert_allclose(trained, inferred, rtol=1e-5, atol=1e-6)
+    assert block.get_config()["attention_output_dropout"] == 0.0
+    trained, inferred, block = outputs()
+    assert np.abs(trained - inferred).max() > 1e-2
+    assert block.get_config()["attention_output_dropout"] is None
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame"])
+def test_model_attention_output_dropout_reaches_every_block(name):
+    model = make(name, dropout=0.3, attention_output_dropout=0.0)
+    blocks_ = list(model.transformer_blocks) + ([model.facet_block] if name == "fame" else [])
+    assert blocks_ and all(b.attention_output_dropout.rate == 0.0 for b in blocks_)
+    assert type(model).from_config(model.get_config()).get_config()["attention_output_dropout"] == 0.0
+    assert all(b.attention_output_dropout.rate == 0.3 for b in make(name, dropout=0.3).transformer_blocks)
 
 
 def test_absolute_positions_count_real_items():

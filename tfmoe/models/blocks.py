@@ -160,6 +160,8 @@ class TransformerBlock(keras.layers.Layer):
             ``ffn_options``).
         dropout: residual (and FFN hidden) dropout rate.
         attention_dropout: attention-probability dropout (default ``dropout``).
+        attention_output_dropout: dropout on the attention output before the residual sum (default
+            ``dropout``; the original SASRec code has none there: 0).
         norm: ``"pre"``, ``"post"`` or ``"sasrec"``.
         activation: FFN activation.
         ffn: ``"dense"`` or ``"hybrid_moe"``.
@@ -185,6 +187,7 @@ class TransformerBlock(keras.layers.Layer):
         inner_dim=256,
         dropout=0.0,
         attention_dropout=None,
+        attention_output_dropout=None,
         norm="pre",
         activation="gelu",
         ffn="dense",
@@ -202,6 +205,9 @@ class TransformerBlock(keras.layers.Layer):
         if attention_dropout is not None:
             v.check_float(owner, "attention_dropout", attention_dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.attention_dropout = attention_dropout
+        self.attention_output_dropout_rate = v.check_optional_float(
+            owner, "attention_output_dropout", attention_output_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
+        )
         self.norm = v.check_choice(owner, "norm", norm, NORMS)
         if not isinstance(activation, str):
             raise ValueError(f"{owner}: `activation` must be a Keras activation name, got {activation!r}")
@@ -237,7 +243,9 @@ class TransformerBlock(keras.layers.Layer):
             raise ValueError(f"{owner}: {error}") from error
         self.attention_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="attention_norm")
         self.ffn_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="ffn_norm")
-        self.attention_output_dropout = keras.layers.Dropout(self.dropout_rate)
+        self.attention_output_dropout = keras.layers.Dropout(
+            self.dropout_rate if attention_output_dropout is None else attention_output_dropout
+        )
         self.ffn_output_dropout = keras.layers.Dropout(self.dropout_rate)
         self.supports_masking = True
 
@@ -282,6 +290,7 @@ class TransformerBlock(keras.layers.Layer):
             inner_dim=self.inner_dim,
             dropout=self.dropout_rate,
             attention_dropout=self.attention_dropout,
+            attention_output_dropout=self.attention_output_dropout_rate,
             norm=self.norm,
             activation=self.activation,
             ffn=self.ffn_type,

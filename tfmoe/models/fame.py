@@ -53,7 +53,8 @@ class FacetBlock(keras.layers.Layer):
 
     Args:
         num_heads: ``H``; ``num_experts``: ``N`` expert queries per head.
-        dropout: residual/FFN' dropout; ``attention_dropout``: attention dropout (default ``dropout``).
+        dropout: residual/FFN' dropout; ``attention_dropout``: attention dropout, ``attention_output_dropout``:
+            dropout on the head outputs before the residual sum (both default ``dropout``).
         inner_dim: inner size of the shared FFN' (default ``d'``, the paper's ``d' -> d' -> d'``).
         norm: ``"post"`` (default): ``a = LN_a(x + Drop(f))``, ``F = LN_f(a + Drop(FFN'(a)))``; ``"pre"``:
             ``a = x + Drop(f)``, ``F = LN_f(a + Drop(FFN'(LN_a(a))))``.
@@ -81,6 +82,7 @@ class FacetBlock(keras.layers.Layer):
         num_experts=4,
         dropout=0.0,
         attention_dropout=None,
+        attention_output_dropout=None,
         inner_dim=None,
         norm="post",
         item_projection="dense",
@@ -100,6 +102,9 @@ class FacetBlock(keras.layers.Layer):
         if attention_dropout is not None:
             v.check_float(owner, "attention_dropout", attention_dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.attention_dropout = attention_dropout
+        self.attention_output_dropout_rate = v.check_optional_float(
+            owner, "attention_output_dropout", attention_output_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
+        )
         self.inner_dim = v.check_optional_int(owner, "inner_dim", inner_dim, minimum=1)
         self.norm = v.check_choice(owner, "norm", norm, FACET_NORMS)
         self.item_projection_kind = v.check_choice(owner, "item_projection", item_projection, ITEM_PROJECTIONS)
@@ -116,7 +121,9 @@ class FacetBlock(keras.layers.Layer):
         eps = self.layer_norm_epsilon
         self.attention_norm = keras.layers.LayerNormalization(epsilon=eps, name="attention_norm")
         self.ffn_norm = keras.layers.LayerNormalization(epsilon=eps, name="ffn_norm")
-        self.attention_output_dropout = keras.layers.Dropout(self.dropout_rate)
+        self.attention_output_dropout = keras.layers.Dropout(
+            self.dropout_rate if attention_output_dropout is None else attention_output_dropout
+        )
         self.ffn_output_dropout = keras.layers.Dropout(self.dropout_rate)
         self.ffn = None
         self.gate = None
@@ -195,6 +202,7 @@ class FacetBlock(keras.layers.Layer):
             num_experts=self.num_experts,
             dropout=self.dropout_rate,
             attention_dropout=self.attention_dropout,
+            attention_output_dropout=self.attention_output_dropout_rate,
             inner_dim=self.inner_dim,
             norm=self.norm,
             item_projection=self.item_projection_kind,
@@ -240,6 +248,7 @@ class FAME(SASRec):
             num_experts=self.num_experts,
             dropout=self.dropout_rate,
             attention_dropout=self.attention_dropout,
+            attention_output_dropout=self.attention_output_dropout,
             inner_dim=self.facet_inner_dim,
             norm=self.facet_norm,
             item_projection=self.item_projection,

@@ -71,6 +71,8 @@ class SASRec(keras.Model):
         item_dropout: dropout on the tied item table where it scores items in training (one mask over the
             ``[V, d]`` table per step, as RecTools' item-net dropout); the input lookups keep ``dropout``. Default 0.
         attention_dropout: attention-probability dropout (default ``dropout``).
+        attention_output_dropout: dropout on each attention output before its residual sum (default
+            ``dropout``; 0 in the original SASRec code).
         norm: ``"pre"`` (default), ``"sasrec"`` (the original code: queries and residual from the normalised
             input) or ``"post"``; ``"pre"`` and ``"sasrec"`` end with a final LayerNorm. See
             :class:`~tfmoe.models.blocks.TransformerBlock`.
@@ -100,6 +102,7 @@ class SASRec(keras.Model):
         dropout=0.2,
         item_dropout=0.0,
         attention_dropout=None,
+        attention_output_dropout=None,
         norm="pre",
         activation="gelu",
         scale_embeddings=True,
@@ -127,6 +130,9 @@ class SASRec(keras.Model):
         self.item_dropout = v.check_float(owner, "item_dropout", item_dropout, minimum=0.0, maximum=1.0,
                                           max_inclusive=False)
         self.attention_dropout = attention_dropout
+        self.attention_output_dropout = v.check_optional_float(
+            owner, "attention_output_dropout", attention_output_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
+        )
         self.norm = v.check_choice(owner, "norm", norm, blocks.NORMS)
         self.activation = activation
         self.scale_embeddings = v.check_bool(owner, "scale_embeddings", scale_embeddings)
@@ -182,6 +188,7 @@ class SASRec(keras.Model):
             "inner_dim": self.inner_dim or 4 * self.hidden_dim,
             "dropout": self.dropout_rate,
             "attention_dropout": self.attention_dropout,
+            "attention_output_dropout": self.attention_output_dropout,
             "norm": self.norm,
             "activation": self.activation,
             "kernel_initializer": self._initializer("glorot_uniform"),
@@ -280,6 +287,7 @@ class SASRec(keras.Model):
             dropout=self.dropout_rate,
             item_dropout=self.item_dropout,
             attention_dropout=self.attention_dropout,
+            attention_output_dropout=self.attention_output_dropout,
             norm=self.norm,
             activation=self.activation,
             scale_embeddings=self.scale_embeddings,

@@ -74,6 +74,11 @@ def check_float(
     return value
 
 
+def check_optional_float(owner: str, name: str, value, **limits):
+    """Like :func:`check_float` but accepts ``None``."""
+    return None if value is None else check_float(owner, name, value, **limits)
+
+
 def check_bool(owner: str, name: str, value) -> bool:
     """Returns ``value`` if it is a ``bool``, else raises ``ValueError``."""
     if not isinstance(value, bool):

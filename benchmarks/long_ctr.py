@@ -58,17 +58,16 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._runs import saved_run  # noqa: E402
-from benchmarks._timing import command_line, machine_info, read_json, write_json  # noqa: E402
+from benchmarks import _paths as paths
+from benchmarks._runs import saved_run
+from benchmarks._timing import command_line, machine_info, read_json, write_json
 
-SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
-RESULTS = os.path.join(HERE, "results", "long_ctr.json")
-DEFAULT_WORK_DIR = os.path.join(os.path.dirname(REPO), "runs", "long_ctr")
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO), "runs", "data")
+SHARED = paths.SHARED_DATA
+RESULTS = os.path.join(paths.RESULTS, "long_ctr.json")
+DEFAULT_WORK_DIR = os.path.join(paths.RUNS, "long_ctr")
+DEFAULT_DATA_DIR = os.path.join(paths.RUNS, "data")
 
 DATASETS = {  # name -> tfmoe prepare arguments
     "ml-1m": ["--format", "ml1m-sasrec", "--input", os.path.join(SHARED, "ml-1m", "ml-1m.txt")],

@@ -38,16 +38,15 @@ import statistics
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._runs import saved_run  # noqa: E402
-from benchmarks._timing import command_line, machine_info, merge_json, read_json, time_interleaved, write_json  # noqa: E402
+from benchmarks import _paths as paths
+from benchmarks._runs import saved_run
+from benchmarks._timing import command_line, machine_info, merge_json, read_json, time_interleaved, write_json
 
-SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
-RESULTS = os.path.join(HERE, "results", "next_item.json")
-DEFAULT_WORK_DIR = os.path.join(os.path.dirname(REPO), "runs", "next_item")
+SHARED = paths.SHARED_DATA
+RESULTS = os.path.join(paths.RESULTS, "next_item.json")
+DEFAULT_WORK_DIR = os.path.join(paths.RUNS, "next_item")
 
 # dataset -> (prepare format, raw file, trainer settings); published settings of SASRec+ (Klenitskiy & Vasilev,
 # RecSys'23: d 64, 2 blocks, 1 head, dropout 0.1, lr 1e-3, batch 128, patience 10) and eSASRec for Beauty
@@ -96,7 +95,7 @@ COST_VARIANTS = {
     "hymoerec routing=dropless": {"routing": "dropless"},
     "hymoerec routing=dropless expert_hidden_dim=256 (4d)": {"routing": "dropless", "expert_hidden_dim": None},
 }
-COST_RESULTS = os.path.join(HERE, "results", "next_item_cost.json")
+COST_RESULTS = os.path.join(paths.RESULTS, "next_item_cost.json")
 # Accuracy ablation (``--phase ablation``): label -> (model, model options, optimizer options, {dataset: data
 # options}) for the datasets it runs on, on top of the benchmark's settings, trained for ``--ablation-epochs``
 # (early stopping with ``--ablation-patience``) and compared by validation NDCG@10 per epoch with the main runs and
@@ -167,7 +166,7 @@ ABLATIONS = {
     "fame item_projection=slice": ("fame", {"item_projection": "slice"}, {}, MAIN_BEAUTY),
     "fame num_blocks=2 random batches": ("fame", {"num_blocks": 2}, {}, MAIN_BEAUTY),
 }
-ABLATION_RESULTS = os.path.join(HERE, "results", "next_item_ablation.json")
+ABLATION_RESULTS = os.path.join(paths.RESULTS, "next_item_ablation.json")
 
 
 def run_config(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int,

@@ -48,3 +48,13 @@ def test_readme_next_item_tables_are_the_committed_results():
             assert row == tables.ablation_row(label, entry, epochs, test), label
             checked += 1
     assert checked >= 15
+
+
+def test_readme_tables_have_a_header():
+    """Every Markdown table starts with a header and its |---| line (rows without one would escape the checks
+    above, which find tables by their header)."""
+    tables = re.findall(r"(?:^\|.*\n)+", README + "\n", flags=re.M)
+    assert len(tables) >= 10
+    for table in tables:
+        lines = table.splitlines()
+        assert len(lines) >= 2 and re.fullmatch(r"\|(-+\|)+", lines[1].replace(" ", "")), lines[0]

@@ -266,7 +266,7 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patie
         for model in MODELS:
             config = run_config(dataset, model, seed, work_dir, epochs, 1)
             curve = state_curve(config["output_dir"])
-            if curve or model + suffix not in section:  # main runs not on this machine: their saved curves stay
+            if curve:  # main runs not on this machine (or never trained for this seed): saved curves stay, none added
                 section[model + suffix] = updated[model + suffix] = {"model_options": config["model"], "seed": seed,
                                                                      "valid_ndcg@10": curve}
         for label, (model, options, optimizer, datasets_data) in ABLATIONS.items():

@@ -256,12 +256,14 @@ def test_item_dropout_drops_the_scoring_table_in_training_only(name):
         (FAME, {"facet_inner_dim": 0}, "facet_inner_dim"),
         (TransformerBlock, {"ffn": "dense", "ffn_options": {"k": 1}}, "ffn_options"),
         (TransformerBlock, {"attention_output_dropout": 1.0}, "attention_output_dropout"),
+        (SASRec, {"attention_dropout": 1.0}, "attention_dropout"),
+        (FacetBlock, {"attention_dropout": -0.1}, "attention_dropout"),
         (SASRec, {"attention_output_dropout": "none"}, "attention_output_dropout"),
         (FAME, {"attention_output_dropout": -0.5}, "attention_output_dropout"),
     ],
 )
 def test_validated_arguments(cls, kwargs, match):
-    base = {} if cls is TransformerBlock else {"num_items": 10, "max_len": 4, "hidden_dim": 8}
+    base = {} if cls in (TransformerBlock, FacetBlock) else {"num_items": 10, "max_len": 4, "hidden_dim": 8}
     with pytest.raises(ValueError, match=match):
         cls(**{**base, **kwargs})
 

@@ -202,9 +202,9 @@ class TransformerBlock(keras.layers.Layer):
         self.num_heads = v.check_int(owner, "num_heads", num_heads, minimum=1)
         self.inner_dim = v.check_int(owner, "inner_dim", inner_dim, minimum=1)
         self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
-        if attention_dropout is not None:
-            v.check_float(owner, "attention_dropout", attention_dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
-        self.attention_dropout = attention_dropout
+        self.attention_dropout = v.check_optional_float(
+            owner, "attention_dropout", attention_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
+        )
         self.attention_output_dropout_rate = v.check_optional_float(
             owner, "attention_output_dropout", attention_output_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
         )

@@ -129,7 +129,9 @@ class SASRec(keras.Model):
         self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.item_dropout = v.check_float(owner, "item_dropout", item_dropout, minimum=0.0, maximum=1.0,
                                           max_inclusive=False)
-        self.attention_dropout = attention_dropout
+        self.attention_dropout = v.check_optional_float(
+            owner, "attention_dropout", attention_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
+        )
         self.attention_output_dropout = v.check_optional_float(
             owner, "attention_output_dropout", attention_output_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
         )

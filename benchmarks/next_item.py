@@ -117,6 +117,13 @@ ORIGINAL_SASREC = {"initializer_range": 0.02, "inner_dim": 64, "activation": "re
 # ORIGINAL_SASREC without dropout on the attention output (the reference code drops attention probabilities, FFN
 # hidden units and FFN outputs, not the attention output); the runs labelled "original" predate this option.
 REFERENCE_SASREC = {**ORIGINAL_SASREC, "attention_output_dropout": 0.0}
+# ORIGINAL_SASREC with the reference code's attention initialization: its N(0, 0.02^2) reaches nn.Linear and
+# embeddings only, so the query/key/value in-projection of nn.MultiheadAttention keeps PyTorch's Glorot uniform
+# over [3d, d] (both datasets' d is 64); tfmoe.utils.initializers.torch_in_projection(64), written out so that the
+# benchmark's settings import no TensorFlow
+TORCH_IN_PROJECTION_64 = {"class_name": "RandomUniform", "config": {"minval": -(6 / 256) ** 0.5,
+                                                                    "maxval": (6 / 256) ** 0.5, "seed": None}}
+TORCH_ATTENTION_SASREC = {**ORIGINAL_SASREC, "attention_initializer": TORCH_IN_PROJECTION_64}
 # Batches of users drawn at random from the whole training set (shuffle buffer over every user) and padded to
 # max_len, as in the reference code, instead of length buckets: the loss is a mean over a batch's items, so
 # with buckets a batch of short histories weighs as much as one of long histories (ML-1M: histories <= 50 items
@@ -154,6 +161,8 @@ ABLATIONS = {
     "sasrec shuffle_buffer=32768": ("sasrec", {}, {}, {"beauty": {**BEAUTY_LENGTH_BUCKETS, "shuffle_buffer": 32768}}),
     "sasrec original random batches": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
     "sasrec reference random batches": ("sasrec", REFERENCE_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
+    "sasrec original torch attention init random batches": (
+        "sasrec", TORCH_ATTENTION_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
     "sasrec d256 sampled_softmax": ("sasrec", {"hidden_dim": 256, **SAMPLED_SOFTMAX_256}, {}, BUCKETED_BEAUTY),
     "sasrec original d256 sampled_softmax": (
         "sasrec", {**ORIGINAL_SASREC, "hidden_dim": 256, "inner_dim": 256, **SAMPLED_SOFTMAX_256}, {"beta_2": 0.999},

@@ -293,6 +293,20 @@ def test_invalid_arguments(kwargs, message):
         MultiHeadMoEAttention(**kwargs)
 
 
+def test_query_key_value_initializer_reaches_those_kernels_only():
+    layer = MultiHeadMoEAttention(num_heads=2, num_experts=2, query_key_value_initializer="zeros")
+    layer(np.ones((1, 3, 8), "float32"))
+    for kernel in (layer.query_kernel, layer.key_kernel, layer.value_kernel):
+        assert not np.any(kernel.numpy()), kernel.path
+    assert np.any(layer.output_kernel.numpy()) and np.any(layer.router_kernel.numpy())
+    config = layer.get_config()
+    assert config["query_key_value_initializer"]["class_name"] == "Zeros"
+    assert MultiHeadMoEAttention.from_config(config).get_config() == config
+    assert MultiHeadMoEAttention(num_heads=2, num_experts=1).get_config()["query_key_value_initializer"] is None
+    with pytest.raises(ValueError, match=r"MultiHeadMoEAttention: invalid `query_key_value_initializer` 'nope'"):
+        MultiHeadMoEAttention(num_heads=2, num_experts=1, query_key_value_initializer="nope")
+
+
 def test_features_must_divide_into_heads():
     with pytest.raises(ValueError, match=r"input features \(7\) must be divisible by `num_heads` \(2\)"):
         MultiHeadMoEAttention(num_heads=2, num_experts=2)(np.zeros((1, 3, 7), "float32"))

@@ -9,6 +9,7 @@ from layer_contract import assert_independent_initial_weights
 from tfmoe.metrics import evaluate_ranking
 from tfmoe.models import FAME, HyMoERec, SASRec, TransformerBlock
 from tfmoe.models.fame import FacetBlock
+from tfmoe.utils.initializers import torch_in_projection
 
 N_ITEMS, MAX_LEN = 40, 10
 TINY = {"num_items": N_ITEMS, "max_len": MAX_LEN, "hidden_dim": 16, "num_heads": 2, "dropout": 0.0, "inner_dim": 32}
@@ -260,6 +261,8 @@ def test_item_dropout_drops_the_scoring_table_in_training_only(name):
         (FacetBlock, {"attention_dropout": -0.1}, "attention_dropout"),
         (SASRec, {"attention_output_dropout": "none"}, "attention_output_dropout"),
         (FAME, {"attention_output_dropout": -0.5}, "attention_output_dropout"),
+        (SASRec, {"attention_initializer": "nope"}, "SASRec: invalid `attention_initializer` 'nope'"),
+        (FacetBlock, {"kernel_initializer": 3.5}, "FacetBlock: invalid `kernel_initializer` 3.5"),
     ],
 )
 def test_validated_arguments(cls, kwargs, match):
@@ -397,6 +400,41 @@ def test_initializer_range_draws_every_weight_from_one_normal():
             assert abs(values.std() - 0.02) < 0.002, weight.path
     assert_independent_initial_weights(model)
     assert SASRec.from_config(model.get_config()).initializer_range == 0.02
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame"])
+def test_attention_initializer_reaches_query_key_value_kernels_only(name):
+    limit = torch_in_projection(64)["config"]["maxval"]
+    model = make(name, hidden_dim=64, inner_dim=64, num_blocks=2, initializer_range=0.02,
+                 attention_initializer=torch_in_projection(64))
+    qkv = [w for w in model.weights if w.path.rsplit("/", 1)[-1] in ("query_kernel", "key_kernel", "value_kernel")]
+    assert len(qkv) == 6  # two blocks (FAME: one block and the facet block) x query, key, value
+    for weight in qkv:  # U(-a, a): |w| <= a, std a / sqrt(3)
+        values = weight.numpy()
+        assert np.abs(values).max() <= limit and abs(values.std() - limit / np.sqrt(3)) < 0.1 * limit, weight.path
+    for weight in model.weights:
+        if weight.path.endswith(("output_kernel", "kernel_in", "kernel_out")) and weight.numpy().size >= 1000:
+            assert abs(weight.numpy().std() - 0.02) < 0.003, weight.path
+    assert_independent_initial_weights(model)  # every block its own draw, though all share one config
+    config = model.get_config()
+    assert config["attention_initializer"]["config"]["maxval"] == limit
+    keras.utils.set_random_seed(0)
+    restored = type(model).from_config(config)
+    assert restored.get_config() == config
+    assert make(name).get_config()["attention_initializer"] is None
+
+
+@pytest.mark.parametrize("layer", [TransformerBlock, FacetBlock])
+def test_blocks_pass_the_attention_initializer_to_their_attention(layer):
+    block = layer(num_heads=2, attention_initializer="zeros")
+    block(np.ones((1, 3, 8), "float32"))
+    assert not np.any(block.attention.key_kernel.numpy()) and np.any(block.attention.output_kernel.numpy()
+                                                                      if layer is TransformerBlock
+                                                                      else block.attention.router_kernel.numpy())
+    config = block.get_config()
+    assert layer.from_config(config).get_config() == config
+    with pytest.raises(ValueError, match=rf"{layer.__name__}: invalid `attention_initializer` 'nope'"):
+        layer(num_heads=2, attention_initializer="nope")
 
 
 def successor_data(rng, n_items, rows, length):

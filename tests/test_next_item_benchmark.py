@@ -55,6 +55,11 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
         optimizer = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1, None, {"learning_rate": 1e-4})["optimizer"]
     assert optimizer == {"name": "adam", "learning_rate": 1e-4, "beta_2": 0.999}
     assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["optimizer"]["beta_2"] == 0.98
+    # the written-out PyTorch in-projection initializer is tfmoe's, at both datasets' d 64
+    from tfmoe.utils.initializers import torch_in_projection
+
+    assert next_item.TORCH_IN_PROJECTION_64 == torch_in_projection(64)
+    assert all(next_item.DATASETS[name]["model"]["hidden_dim"] == 64 for name in next_item.DATASETS)
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tfmoe.layers import losses, masking, routing_stats
 from tfmoe.utils import validation as v
-from tfmoe.utils.initializers import fresh_initializer
+from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
 
 
 @keras.saving.register_keras_serializable(package="tfmoe")
@@ -55,6 +55,9 @@ class MultiHeadMoEAttention(keras.layers.Layer):
             pairs, head-major; ``expert_load`` is the mean ``beta`` over real positions; the loss
             entries are per-head values averaged over heads; FAME itself adds no auxiliary loss).
         kernel_initializer, bias_initializer: initializers of every projection.
+        query_key_value_initializer: initializer of the query, key and value kernels only (default
+            ``kernel_initializer``), e.g. PyTorch's Glorot-uniform over the stacked ``[3d, d]``
+            in-projection of ``nn.MultiheadAttention`` next to ``N(0, 0.02^2)`` everywhere else.
 
     Call arguments:
         inputs: ``[B, L, d]``.
@@ -94,6 +97,7 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         track_statistics: bool = True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        query_key_value_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -117,6 +121,9 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         self._statistic_names = ()
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.query_key_value_initializer = optional_initializer(
+            owner, "query_key_value_initializer", query_key_value_initializer
+        )
         self.supports_masking = True
         self._dropout_layer = keras.layers.Dropout(self.dropout, seed=self.seed, dtype=self.dtype_policy)
 
@@ -137,17 +144,17 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         dk = self.head_dim or d // h
         self._dk = dk
 
-        def kernel(name, shape, autocast=True):
-            return self.add_weight(
-                name=name, shape=shape, initializer=fresh_initializer(self.kernel_initializer, name), autocast=autocast
-            )
+        def kernel(name, shape, autocast=True, initializer=None):
+            initializer = fresh_initializer(self.kernel_initializer if initializer is None else initializer, name)
+            return self.add_weight(name=name, shape=shape, initializer=initializer, autocast=autocast)
 
         def bias(name, shape):
             return self.add_weight(name=name, shape=shape, initializer=fresh_initializer(self.bias_initializer, name))
 
-        self.query_kernel = kernel("query_kernel", (h, n, d, dk))
-        self.key_kernel = kernel("key_kernel", (h, d, dk))
-        self.value_kernel = kernel("value_kernel", (h, d, dk))
+        qkv = self.query_key_value_initializer
+        self.query_kernel = kernel("query_kernel", (h, n, d, dk), initializer=qkv)
+        self.key_kernel = kernel("key_kernel", (h, d, dk), initializer=qkv)
+        self.value_kernel = kernel("value_kernel", (h, d, dk), initializer=qkv)
         if self.use_bias:
             self.query_bias = bias("query_bias", (h, n, dk))
             self.key_bias = bias("key_bias", (h, dk))
@@ -284,5 +291,6 @@ class MultiHeadMoEAttention(keras.layers.Layer):
             track_statistics=self.track_statistics,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            query_key_value_initializer=serialize_optional(self.query_key_value_initializer),
         )
         return config

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from tfmoe.layers import FeedForward, HybridMoEFeedForward, MultiHeadMoEAttention, masking
 from tfmoe.utils import validation as v
-from tfmoe.utils.initializers import fresh_initializer
+from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
 
 NORMS = ("pre", "post", "sasrec")
 POSITIONS = ("recency", "absolute")
@@ -170,6 +170,8 @@ class TransformerBlock(keras.layers.Layer):
         attention_experts: expert queries per head (FAME-style MoE attention with ``W_O``); 1 = plain.
         layer_norm_epsilon: LayerNorm epsilon.
         kernel_initializer: initializer of the attention and FFN kernels (each gets its own draw).
+        attention_initializer: initializer of the attention's query, key and value kernels only (default
+            ``kernel_initializer``).
 
     Call: ``block(x [B, L, d], mask=[B, L] bool, training=None)`` -> ``[B, L, d]``.
 
@@ -195,12 +197,14 @@ class TransformerBlock(keras.layers.Layer):
         attention_experts=1,
         layer_norm_epsilon=1e-6,
         kernel_initializer="glorot_uniform",
+        attention_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         owner = type(self).__name__
         self.num_heads = v.check_int(owner, "num_heads", num_heads, minimum=1)
         self.inner_dim = v.check_int(owner, "inner_dim", inner_dim, minimum=1)
+        self.attention_initializer = optional_initializer(owner, "attention_initializer", attention_initializer)
         self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.attention_dropout = v.check_optional_float(
             owner, "attention_dropout", attention_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
@@ -229,6 +233,7 @@ class TransformerBlock(keras.layers.Layer):
                 dropout=rate,
                 track_statistics=self.attention_experts > 1,
                 kernel_initializer=fresh_initializer(self.kernel_initializer, "attention"),
+                query_key_value_initializer=fresh_initializer(self.attention_initializer, "attention_qkv"),
                 name="attention",
             )
             kernels = {"kernel_initializer": fresh_initializer(self.kernel_initializer, "ffn")}
@@ -298,5 +303,6 @@ class TransformerBlock(keras.layers.Layer):
             attention_experts=self.attention_experts,
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            attention_initializer=serialize_optional(self.attention_initializer),
         )
         return config

@@ -40,7 +40,7 @@ from tfmoe.models import losses as next_item_losses
 from tfmoe.models import registry
 from tfmoe.models.sasrec import SASRec, item_ids
 from tfmoe.utils import validation as v
-from tfmoe.utils.initializers import fresh_initializer
+from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
 
 MIXES = ("logits", "probs")
 FACET_NORMS = ("post", "pre")
@@ -63,6 +63,8 @@ class FacetBlock(keras.layers.Layer):
             of the gated heads).
         layer_norm_epsilon: LayerNorm epsilon.
         kernel_initializer: initializer of every kernel (attention, FFN', gate, ``W_f``; each its own draw).
+        attention_initializer: initializer of the attention's query, key and value kernels only (default
+            ``kernel_initializer``).
 
     Call: ``block(x [B, L, d], mask=[B, L], training=None)`` -> ``(F [B, L, H, d'], g [B, L, H] float32)``,
     both zero at padding. ``item_projection`` is ``W_f`` ``[H, d, d']`` (None with ``"slice"``);
@@ -88,14 +90,13 @@ class FacetBlock(keras.layers.Layer):
         item_projection="dense",
         layer_norm_epsilon=1e-6,
         kernel_initializer="glorot_uniform",
+        attention_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         owner = type(self).__name__
-        try:
-            self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{owner}: invalid `kernel_initializer` {kernel_initializer!r}: {error}") from error
+        self.kernel_initializer = optional_initializer(owner, "kernel_initializer", kernel_initializer)
+        self.attention_initializer = optional_initializer(owner, "attention_initializer", attention_initializer)
         self.num_heads = v.check_int(owner, "num_heads", num_heads, minimum=1)
         self.num_experts = v.check_int(owner, "num_experts", num_experts, minimum=1)
         self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
@@ -116,6 +117,7 @@ class FacetBlock(keras.layers.Layer):
             return_head_outputs=True,
             dropout=self.dropout_rate if attention_dropout is None else attention_dropout,
             kernel_initializer=fresh_initializer(self.kernel_initializer, "attention"),
+            query_key_value_initializer=fresh_initializer(self.attention_initializer, "attention_qkv"),
             name="attention",
         )
         eps = self.layer_norm_epsilon
@@ -208,6 +210,7 @@ class FacetBlock(keras.layers.Layer):
             item_projection=self.item_projection_kind,
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            attention_initializer=serialize_optional(self.attention_initializer),
         )
         return config
 
@@ -253,6 +256,7 @@ class FAME(SASRec):
             norm=self.facet_norm,
             item_projection=self.item_projection,
             kernel_initializer=self._initializer("glorot_uniform"),
+            attention_initializer=fresh_initializer(self.attention_initializer, "facet_block_attention"),
             name="facet_block",
         )
         self.facet_block.build((None, self.max_len, self.hidden_dim))

@@ -35,6 +35,7 @@ import tensorflow as tf
 from tfmoe.models import blocks, registry
 from tfmoe.models import losses as next_item_losses
 from tfmoe.utils import validation as v
+from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
 
 ITEM_KEYS = ("history", "items")
 
@@ -83,6 +84,11 @@ class SASRec(keras.Model):
         initializer_range: if given, every embedding table and kernel starts from ``N(0, initializer_range^2)``
             (0.02 in the SASRec reference code of Klenitskiy & Vasilev and in RecBole); default None: the
             layers' own initializers (embeddings ``N(0, 1/d)`` truncated, kernels Glorot uniform).
+        attention_initializer: initializer of every block's attention query, key and value kernels (a Keras
+            initializer name, config or instance); default None: as the other kernels. That reference code
+            leaves those three at PyTorch's Glorot uniform over the stacked ``[3d, d]`` in-projection, limit
+            ``sqrt(6 / 4d)`` (:func:`tfmoe.utils.initializers.torch_in_projection`); ``initializer_range`` sets
+            the rest.
         loss: ``"softmax"`` (full CE, default), ``"sampled_softmax"`` or ``"bce"``; see
             :mod:`tfmoe.models.losses`.
         num_negatives, proposal, item_frequencies, remove_accidental_hits: sampled-softmax options.
@@ -108,6 +114,7 @@ class SASRec(keras.Model):
         scale_embeddings=True,
         positions="recency",
         initializer_range=None,
+        attention_initializer=None,
         loss="softmax",
         num_negatives=256,
         proposal="uniform",
@@ -144,6 +151,7 @@ class SASRec(keras.Model):
             self.initializer_range = v.check_float(
                 owner, "initializer_range", initializer_range, minimum=0.0, min_inclusive=False
             )
+        self.attention_initializer = optional_initializer(owner, "attention_initializer", attention_initializer)
         self.loss_options = {
             "kind": loss,
             "num_negatives": num_negatives,
@@ -194,6 +202,7 @@ class SASRec(keras.Model):
             "norm": self.norm,
             "activation": self.activation,
             "kernel_initializer": self._initializer("glorot_uniform"),
+            "attention_initializer": fresh_initializer(self.attention_initializer, f"block_{index}_attention"),
         }
 
     def _build_head(self):
@@ -295,6 +304,7 @@ class SASRec(keras.Model):
             scale_embeddings=self.scale_embeddings,
             positions=self.positions,
             initializer_range=self.initializer_range,
+            attention_initializer=serialize_optional(self.attention_initializer),
             loss=self.loss_options["kind"],
             num_negatives=self.loss_options["num_negatives"],
             proposal=self.loss_options["proposal"],

@@ -45,3 +45,37 @@ def fresh_initializer(initializer, salt: str):
     config = initializer.get_config()
     config["seed"] = (seed + zlib.crc32(salt.encode())) % _SEED_RANGE
     return initializer.__class__.from_config(config)
+
+
+def torch_in_projection(hidden_dim: int, seed: int | None = None) -> dict:
+    """Config of PyTorch's ``nn.MultiheadAttention`` query/key/value initialization at model size ``d``.
+
+    PyTorch draws its stacked ``[3d, d]`` in-projection from Glorot uniform, ``U(-a, a)`` with
+    ``a = sqrt(6 / (d + 3d))``; a Keras ``[d, d]`` kernel with Glorot uniform would get ``sqrt(6 / 2d)``.
+
+    Example:
+        >>> import keras
+        >>> from tfmoe.utils.initializers import torch_in_projection
+        >>> config = torch_in_projection(64, seed=0)
+        >>> round(config["config"]["maxval"], 4)
+        0.1531
+        >>> float(keras.ops.max(keras.initializers.get(config)((64, 64)))) <= 0.1531
+        True
+    """
+    limit = (6.0 / (4 * hidden_dim)) ** 0.5
+    return {"class_name": "RandomUniform", "config": {"minval": -limit, "maxval": limit, "seed": seed}}
+
+
+def optional_initializer(owner: str, name: str, identifier):
+    """``keras.initializers.get(identifier)``, None kept as None; a bad identifier is a ValueError naming it."""
+    if identifier is None:
+        return None
+    try:
+        return keras.initializers.get(identifier)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{owner}: invalid `{name}` {identifier!r}: {error}") from error
+
+
+def serialize_optional(initializer):
+    """The config of an initializer, None for None (the counterpart of :func:`optional_initializer`)."""
+    return None if initializer is None else keras.initializers.serialize(initializer)

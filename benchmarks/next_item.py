@@ -124,6 +124,10 @@ REFERENCE_SASREC = {**ORIGINAL_SASREC, "attention_output_dropout": 0.0}
 TORCH_IN_PROJECTION_64 = {"class_name": "RandomUniform", "config": {"minval": -(6 / 256) ** 0.5,
                                                                     "maxval": (6 / 256) ** 0.5, "seed": None}}
 TORCH_ATTENTION_SASREC = {**ORIGINAL_SASREC, "attention_initializer": TORCH_IN_PROJECTION_64}
+# ... and PyTorch's epsilons as well: LayerNorm 1e-8 (the reference code's) and Adam 1e-8 (torch.optim.Adam's; Keras'
+# is 1e-7): every setting of the reference code that tfmoe can express, with its optimizer options
+PYTORCH_SASREC = {**TORCH_ATTENTION_SASREC, "layer_norm_epsilon": 1e-8}
+PYTORCH_ADAM = {"beta_2": 0.999, "epsilon": 1e-8}
 # Batches of users drawn at random from the whole training set (shuffle buffer over every user) and padded to
 # max_len, as in the reference code, instead of length buckets: the loss is a mean over a batch's items, so
 # with buckets a batch of short histories weighs as much as one of long histories (ML-1M: histories <= 50 items
@@ -163,6 +167,7 @@ ABLATIONS = {
     "sasrec reference random batches": ("sasrec", REFERENCE_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
     "sasrec original torch attention init random batches": (
         "sasrec", TORCH_ATTENTION_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
+    "sasrec pytorch settings random batches": ("sasrec", PYTORCH_SASREC, PYTORCH_ADAM, {"ml-1m": RANDOM_BATCHES}),
     "sasrec d256 sampled_softmax": ("sasrec", {"hidden_dim": 256, **SAMPLED_SOFTMAX_256}, {}, BUCKETED_BEAUTY),
     "sasrec original d256 sampled_softmax": (
         "sasrec", {**ORIGINAL_SASREC, "hidden_dim": 256, "inner_dim": 256, **SAMPLED_SOFTMAX_256}, {"beta_2": 0.999},

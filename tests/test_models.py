@@ -261,6 +261,7 @@ def test_item_dropout_drops_the_scoring_table_in_training_only(name):
         (FacetBlock, {"attention_dropout": -0.1}, "attention_dropout"),
         (SASRec, {"attention_output_dropout": "none"}, "attention_output_dropout"),
         (FAME, {"attention_output_dropout": -0.5}, "attention_output_dropout"),
+        (SASRec, {"layer_norm_epsilon": 0.0}, "layer_norm_epsilon"),
         (SASRec, {"attention_initializer": "nope"}, "SASRec: invalid `attention_initializer` 'nope'"),
         (FacetBlock, {"kernel_initializer": 3.5}, "FacetBlock: invalid `kernel_initializer` 3.5"),
     ],
@@ -422,6 +423,17 @@ def test_attention_initializer_reaches_query_key_value_kernels_only(name):
     restored = type(model).from_config(config)
     assert restored.get_config() == config
     assert make(name).get_config()["attention_initializer"] is None
+
+
+@pytest.mark.parametrize("name", ["sasrec", "sasrec_original", "hymoerec", "fame"])
+def test_layer_norm_epsilon_reaches_every_layer_norm(name):
+    model = make(name, layer_norm_epsilon=1e-8)
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.LayerNormalization)]
+    # two per block (FAME: its facet block too) and the final one
+    assert len(norms) == 2 * model.num_blocks + 1 and {norm.epsilon for norm in norms} == {1e-8}
+    assert type(model).from_config(model.get_config()).get_config()["layer_norm_epsilon"] == 1e-8
+    assert {n.epsilon for n in make(name)._flatten_layers() if isinstance(n, keras.layers.LayerNormalization)} == {
+        1e-6}
 
 
 @pytest.mark.parametrize("layer", [TransformerBlock, FacetBlock])

@@ -36,6 +36,7 @@ def test_resuming_may_change_how_long_where_and_what_is_reported(started, change
     ("model.name=hymoerec", 'model.name: "sasrec" when the run started, "hymoerec" now'),
     ("optimizer.beta_2=0.999", "optimizer.beta_2: 0.98 when the run started, 0.999 now"),
     ("optimizer.learning_rate=0.01", "optimizer.learning_rate: 0.001 when the run started, 0.01 now"),
+    ("optimizer.epsilon=1.0e-8", "optimizer.epsilon: 1e-07 when the run started, 1e-08 now"),
     ("training.seed=1", "training.seed: 0 when the run started, 1 now"),
     ("training.steps_per_epoch=10", "training.steps_per_epoch: null when the run started, 10 now"),
     ("data.max_len=200", "data.max_len: 50 when the run started, 200 now"),
@@ -50,6 +51,17 @@ def test_other_settings_are_another_run_and_the_error_names_them(started, change
     text = str(error.value)
     assert message in text and str(run_dir / "run_config.json") in text
     assert text.count(" when the run started, ") == 1  # only the changed setting is listed
+
+
+def test_a_setting_added_after_the_run_started_counts_as_its_default(started):
+    """A run recorded before TrainConfig had ``optimizer.epsilon`` resumes under the default, not another."""
+    run_dir, config = started
+    saved = json.loads((run_dir / "run_config.json").read_text())
+    del saved["optimizer"]["epsilon"]
+    (run_dir / "run_config.json").write_text(json.dumps(saved))
+    check_same_run(str(run_dir), config)
+    with pytest.raises(RunSettingsError, match="optimizer.epsilon: 1e-07 when the run started, 1e-08 now"):
+        check_same_run(str(run_dir), config.override(["optimizer.epsilon=1.0e-8"]))
 
 
 def test_unset_model_options_count_as_their_defaults_and_several_changes_are_all_listed(started):

@@ -79,11 +79,25 @@ def test_config_defaults_overrides_and_files(tmp_path):
         ({"data": {"dir": "p"}, "model": {"name": "sasrec"}, "training": {"early_stopping": {"patience": 0}}},
          "training.early_stopping.patience"),
         ({"model": {"name": "sasrec"}}, "data.dir"),
+        ({"data": {"dir": "p"}, "model": {"name": "sasrec"}, "optimizer": {"epsilon": 0}}, "optimizer.epsilon"),
     ],
 )
 def test_config_errors_name_the_bad_key(values, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_optimizer_settings_reach_the_keras_optimizer(name):
+    from tfmoe.training.trainer import make_optimizer
+
+    settings = {"name": name, "learning_rate": 0.005, "beta_1": 0.8, "beta_2": 0.999, "epsilon": 1e-8}
+    c = TrainConfig.from_dict({"data": {"dir": "p"}, "model": {"name": "sasrec"}, "optimizer": settings})
+    optimizer = make_optimizer(c.optimizer)
+    assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.8, 0.999, 1e-8)
+    assert np.isclose(float(optimizer.learning_rate), 0.005)
+    default = make_optimizer(TrainConfig.from_dict({"data": {"dir": "p"}, "model": {"name": "sasrec"}}).optimizer)
+    assert default.epsilon == keras.optimizers.Adam().epsilon == 1e-7
 
 
 def test_bad_override_and_unknown_model(tmp_path, prepared):

@@ -255,6 +255,7 @@ class FAME(SASRec):
             inner_dim=self.facet_inner_dim,
             norm=self.facet_norm,
             item_projection=self.item_projection,
+            layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=self._initializer("glorot_uniform"),
             attention_initializer=fresh_initializer(self.attention_initializer, "facet_block_attention"),
             name="facet_block",

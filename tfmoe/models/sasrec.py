@@ -84,6 +84,8 @@ class SASRec(keras.Model):
         initializer_range: if given, every embedding table and kernel starts from ``N(0, initializer_range^2)``
             (0.02 in the SASRec reference code of Klenitskiy & Vasilev and in RecBole); default None: the
             layers' own initializers (embeddings ``N(0, 1/d)`` truncated, kernels Glorot uniform).
+        layer_norm_epsilon: epsilon of every LayerNorm (blocks and the final one; default 1e-6, 1e-8 in the
+            original SASRec code).
         attention_initializer: initializer of every block's attention query, key and value kernels (a Keras
             initializer name, config or instance); default None: as the other kernels. That reference code
             leaves those three at PyTorch's Glorot uniform over the stacked ``[3d, d]`` in-projection, limit
@@ -115,6 +117,7 @@ class SASRec(keras.Model):
         positions="recency",
         initializer_range=None,
         attention_initializer=None,
+        layer_norm_epsilon=1e-6,
         loss="softmax",
         num_negatives=256,
         proposal="uniform",
@@ -152,6 +155,9 @@ class SASRec(keras.Model):
                 owner, "initializer_range", initializer_range, minimum=0.0, min_inclusive=False
             )
         self.attention_initializer = optional_initializer(owner, "attention_initializer", attention_initializer)
+        self.layer_norm_epsilon = v.check_float(
+            owner, "layer_norm_epsilon", layer_norm_epsilon, minimum=0.0, min_inclusive=False
+        )
         self.loss_options = {
             "kind": loss,
             "num_negatives": num_negatives,
@@ -173,7 +179,9 @@ class SASRec(keras.Model):
             ]
         except ValueError as error:
             raise ValueError(f"{owner}: {error}") from error
-        self.final_norm = None if norm == "post" else keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
+        self.final_norm = None
+        if norm != "post":
+            self.final_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="final_norm")
         # only with item_dropout: a seed generator is a variable, models without it keep their weight layout
         self.item_dropout_seed = keras.random.SeedGenerator(seed) if self.item_dropout else None
         self._build_layers()
@@ -201,6 +209,7 @@ class SASRec(keras.Model):
             "attention_output_dropout": self.attention_output_dropout,
             "norm": self.norm,
             "activation": self.activation,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
             "kernel_initializer": self._initializer("glorot_uniform"),
             "attention_initializer": fresh_initializer(self.attention_initializer, f"block_{index}_attention"),
         }
@@ -305,6 +314,7 @@ class SASRec(keras.Model):
             positions=self.positions,
             initializer_range=self.initializer_range,
             attention_initializer=serialize_optional(self.attention_initializer),
+            layer_norm_epsilon=self.layer_norm_epsilon,
             loss=self.loss_options["kind"],
             num_negatives=self.loss_options["num_negatives"],
             proposal=self.loss_options["proposal"],

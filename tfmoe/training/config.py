@@ -19,7 +19,7 @@ name their path, so a typo never silently falls back to a default):
       bucket_boundaries: null  # e.g. [10, 20, 30]: training batches padded to their bucket, not max_len
       ctr: {num_negatives: 1, positions: random, samples_per_user: 1}   # CTR sampling (task ctr)
     model: {name: sasrec, hidden_dim: 64, num_blocks: 2, dropout: 0.1}  # registry name + arguments
-    optimizer: {name: adam, learning_rate: 0.001, beta_2: 0.98, weight_decay: 0.0, clipnorm: null}
+    optimizer: {name: adam, learning_rate: 0.001, beta_2: 0.98, epsilon: 1.0e-7, weight_decay: 0.0, clipnorm: null}
     training:
       epochs: 200
       steps_per_epoch: null    # null = one pass over the training split
@@ -100,6 +100,7 @@ class OptimizerConfig:
     learning_rate: float = 1e-3
     beta_1: float = 0.9
     beta_2: float = 0.98
+    epsilon: float = 1e-7  # Adam/AdamW's (Keras' default; PyTorch's is 1e-8)
     weight_decay: float = 0.0
     clipnorm: float | None = None
 
@@ -109,6 +110,7 @@ class OptimizerConfig:
         for name in ("beta_1", "beta_2"):
             v.check_float(_OWNER, f"{path}.{name}", getattr(self, name), minimum=0.0, maximum=1.0,
                           max_inclusive=False)
+        v.check_float(_OWNER, f"{path}.epsilon", self.epsilon, minimum=0.0, min_inclusive=False)
         v.check_float(_OWNER, f"{path}.weight_decay", self.weight_decay, minimum=0.0)
         if self.clipnorm is not None:
             v.check_float(_OWNER, f"{path}.clipnorm", self.clipnorm, minimum=0.0, min_inclusive=False)

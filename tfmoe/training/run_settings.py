@@ -106,7 +106,7 @@ def check_same_run(output_dir: str, config: TrainConfig) -> None:
         return
     saved, name = found
     ignore = _DERIVED if name == METRICS_FILE else ()
-    before, now = run_identity(saved, ignore), run_identity(config, ignore)
+    before, now = (_with_config_defaults(run_identity(values, ignore)) for values in (saved, config))
     if before.get("model.name") == now.get("model.name"):  # another model differs anyway: list what was written
         before, now = _with_model_defaults(before), _with_model_defaults(now)
     differing = sorted(key for key in before.keys() | now.keys() if before.get(key, _UNSET) != now.get(key, _UNSET))
@@ -138,6 +138,13 @@ def model_option_defaults(name) -> dict:
             if parameter.default is not inspect.Parameter.empty:
                 defaults.setdefault(parameter.name, json.loads(json.dumps(parameter.default, default=repr)))
     return defaults
+
+
+def _with_config_defaults(identity: dict) -> dict:
+    """A setting a saved config lacks (added to TrainConfig after the run started) counts as its default, which
+    reproduces the behaviour before the setting existed."""
+    defaults = run_identity(TrainConfig.from_dict({"data": {"dir": "-"}, "model": {"name": "-"}}), ("data.dir",))
+    return {**{key: value for key, value in defaults.items() if not key.startswith("model.")}, **identity}
 
 
 def _with_model_defaults(identity: dict) -> dict:

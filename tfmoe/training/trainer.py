@@ -159,7 +159,7 @@ def make_optimizer(config) -> keras.optimizers.Optimizer:
     options = dict(learning_rate=config.learning_rate, clipnorm=config.clipnorm)
     if config.name == "sgd":
         return keras.optimizers.SGD(momentum=config.beta_1, **options)
-    betas = dict(beta_1=config.beta_1, beta_2=config.beta_2)
+    betas = dict(beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon)
     if config.name == "adamw":
         return keras.optimizers.AdamW(weight_decay=config.weight_decay, **betas, **options)
     if config.weight_decay:

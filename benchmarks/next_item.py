@@ -48,6 +48,19 @@ SHARED = paths.SHARED_DATA
 RESULTS = os.path.join(paths.RESULTS, "next_item.json")
 DEFAULT_WORK_DIR = os.path.join(paths.RUNS, "next_item")
 
+# The reference code's settings of SASRec (Klenitskiy & Vasilev, RecSys'23, source of the published full-CE numbers)
+# that differ from tfmoe's defaults: N(0, 0.02) initialisation, FFN d -> d with ReLU (inner_dim 64 = both datasets'
+# d), queries and residual from the normalised input (norm="sasrec"), positions counted from the first item; with
+# Adam beta_2 0.999 (ORIGINAL_ADAM). ML-1M's main settings since they gave its best SASRec (ablation below).
+ORIGINAL_SASREC = {"initializer_range": 0.02, "inner_dim": 64, "activation": "relu", "norm": "sasrec",
+                   "positions": "absolute"}
+ORIGINAL_ADAM = {"beta_2": 0.999}
+# Batches of users drawn at random from the whole training set (shuffle buffer over every user) and padded to
+# max_len, as in the reference code, instead of length buckets: the loss is a mean over a batch's items, so
+# with buckets a batch of short histories weighs as much as one of long histories (ML-1M: histories <= 50 items
+# are 31% of users and 9% of training items but get 31% of the steps).
+RANDOM_BATCHES = {"bucket_boundaries": None, "shuffle_buffer": 32768}
+
 # dataset -> (prepare format, raw file, trainer settings); published settings of SASRec+ (Klenitskiy & Vasilev,
 # RecSys'23: d 64, 2 blocks, 1 head, dropout 0.1, lr 1e-3, batch 128, patience 10) and eSASRec for Beauty
 # (1 block, dropout 0.2, max length 50). Optional keys: "model_overrides" (model -> options) and "optimizer"
@@ -55,11 +68,14 @@ DEFAULT_WORK_DIR = os.path.join(paths.RUNS, "next_item")
 DATASETS = {
     "ml-1m": {
         "format": "ml1m-sasrec", "input": os.path.join(SHARED, "ml-1m", "ml-1m.txt"),
-        "data": {"max_len": 200, "batch_size": 128, "eval_batch_size": 256, "bucket_boundaries": [50, 100, 150]},
-        "model": {"hidden_dim": 64, "num_blocks": 2, "dropout": 0.1},
-        # HyMoERec: top-2 of 4 experts of inner size 2d, so the routed experts a token activates cost one dense
-        # FFN; with experts of 4d it trains at 1.67x SASRec's epoch time at length 200 (`--phase cost`; on Beauty,
-        # where the softmax over 12k items dominates, 4d experts cost 0.92x)
+        # random batches and the reference code's model settings: SASRec 0.1788 test NDCG@10 over 3 seeds vs 0.1668
+        # with length buckets and tfmoe's defaults (ML1M_EARLIER: the runs of next_item_ml1m_length_buckets.json)
+        "data": {"max_len": 200, "batch_size": 128, "eval_batch_size": 256, **RANDOM_BATCHES},
+        "model": {"hidden_dim": 64, "num_blocks": 2, "dropout": 0.1, **ORIGINAL_SASREC},
+        "optimizer": ORIGINAL_ADAM,
+        # HyMoERec: top-2 of 4 experts of inner size 2d (with experts of 4d it trained at 1.67x SASRec's epoch time
+        # at length 200 with tfmoe's 4d FFN, `--phase cost`; on Beauty, where the softmax over 12k items dominates,
+        # 4d experts cost 0.92x)
         "model_overrides": {"hymoerec": {"expert_hidden_dim": 128}},
     },
     "beauty": {
@@ -87,13 +103,13 @@ BUDGET = {"epochs": 200, "patience": 10, "learning_rate": 1e-3}
 # inner size 4d (the FFN's), 2d or d and/or the hybrid FFN in the last block only; capacity E/k (no token dropped),
 # or ``routing="dropless"`` (each assignment computed once: k/E of the buffers' expert work, no XLA).
 COST_VARIANTS = {
-    "hymoerec expert_hidden_dim=256 (4d)": {"expert_hidden_dim": None},
+    "hymoerec expert_hidden_dim=256 (4d)": {"expert_hidden_dim": 256},
     "hymoerec expert_hidden_dim=128": {"expert_hidden_dim": 128},
     "hymoerec expert_hidden_dim=64": {"expert_hidden_dim": 64},
     "hymoerec moe_blocks=1": {"moe_blocks": 1},
     "hymoerec moe_blocks=1 expert_hidden_dim=64": {"moe_blocks": 1, "expert_hidden_dim": 64},
     "hymoerec routing=dropless": {"routing": "dropless"},
-    "hymoerec routing=dropless expert_hidden_dim=256 (4d)": {"routing": "dropless", "expert_hidden_dim": None},
+    "hymoerec routing=dropless expert_hidden_dim=256 (4d)": {"routing": "dropless", "expert_hidden_dim": 256},
 }
 COST_RESULTS = os.path.join(paths.RESULTS, "next_item_cost.json")
 # Accuracy ablation (``--phase ablation``): label -> (model, model options, optimizer options, {dataset: data
@@ -112,8 +128,6 @@ COST_RESULTS = os.path.join(paths.RESULTS, "next_item_cost.json")
 # Beauty ``item_dropout=0.2``: RecTools' dropout on the item table that scores items (the benchmark's dropout rate).
 # Beauty ``hymoerec expert_hidden_dim=128``: experts of 2d as on ML-1M (the routed experts a token activates then
 # cost one dense FFN) instead of 4d: does HyMoERec trail SASRec there for its extra FFN capacity?
-ORIGINAL_SASREC = {"initializer_range": 0.02, "inner_dim": 64, "activation": "relu", "norm": "sasrec",
-                   "positions": "absolute"}
 # ORIGINAL_SASREC without dropout on the attention output (the reference code drops attention probabilities, FFN
 # hidden units and FFN outputs, not the attention output); the runs labelled "original" predate this option.
 REFERENCE_SASREC = {**ORIGINAL_SASREC, "attention_output_dropout": 0.0}
@@ -128,15 +142,18 @@ TORCH_ATTENTION_SASREC = {**ORIGINAL_SASREC, "attention_initializer": TORCH_IN_P
 # is 1e-7): every setting of the reference code that tfmoe can express, with its optimizer options
 PYTORCH_SASREC = {**TORCH_ATTENTION_SASREC, "layer_norm_epsilon": 1e-8}
 PYTORCH_ADAM = {"beta_2": 0.999, "epsilon": 1e-8}
-# Batches of users drawn at random from the whole training set (shuffle buffer over every user) and padded to
-# max_len, as in the reference code, instead of length buckets: the loss is a mean over a batch's items, so
-# with buckets a batch of short histories weighs as much as one of long histories (ML-1M: histories <= 50 items
-# are 31% of users and 9% of training items but get 31% of the steps).
-RANDOM_BATCHES = {"bucket_boundaries": None, "shuffle_buffer": 32768}
+# ML-1M's main settings before this release (length buckets, tfmoe's model defaults, beta_2 0.98): the ML-1M
+# variants trained on top of them carry them, so that a label means the run its results came from (the options are
+# tfmoe's defaults written out, no-ops where a variant also runs on Beauty)
+ML1M_EARLIER_MODEL = {"initializer_range": None, "inner_dim": None, "activation": "gelu", "norm": "pre",
+                      "positions": "recency"}
+ML1M_EARLIER_ADAM = {"beta_2": 0.98}
+ML1M_LENGTH_BUCKETS = {"bucket_boundaries": [50, 100, 150], "shuffle_buffer": 10_000}
 # Beauty's data settings before random batches became its main setting: the Beauty variants trained with them
 # keep them, so that a label means the run its results came from.
 BEAUTY_LENGTH_BUCKETS = {"bucket_boundaries": [10, 20, 30], "shuffle_buffer": 10_000}
 BUCKETED_BEAUTY = {"beauty": BEAUTY_LENGTH_BUCKETS}
+EARLIER_ML1M = {"ml-1m": ML1M_LENGTH_BUCKETS}
 MAIN_BEAUTY = {"beauty": {}}  # Beauty's main data settings (random batches)
 SAMPLED_SOFTMAX_256 = {"loss": "sampled_softmax", "num_negatives": 256, "proposal": "uniform"}
 ABLATIONS = {
@@ -147,26 +164,31 @@ ABLATIONS = {
     "fame num_heads=1": ("fame", {"num_heads": 1}, {}, BUCKETED_BEAUTY),
     "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1}, {}, BUCKETED_BEAUTY),
     "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}, {}, BUCKETED_BEAUTY),
-    "sasrec initializer_range=0.02": ("sasrec", {"initializer_range": 0.02}, {}, {"ml-1m": {}, **BUCKETED_BEAUTY}),
-    "sasrec ffn=d relu": ("sasrec", {"inner_dim": 64, "activation": "relu"}, {}, {"ml-1m": {}}),
-    "sasrec norm=sasrec": ("sasrec", {"norm": "sasrec"}, {}, {"ml-1m": {}}),
-    "sasrec positions=absolute": ("sasrec", {"positions": "absolute"}, {}, {"ml-1m": {}}),
-    "sasrec beta_2=0.999": ("sasrec", {}, {"beta_2": 0.999}, {"ml-1m": {}}),
-    "sasrec original": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, {"ml-1m": {}, **BUCKETED_BEAUTY}),
+    "sasrec initializer_range=0.02": ("sasrec", {**ML1M_EARLIER_MODEL, "initializer_range": 0.02}, ML1M_EARLIER_ADAM,
+                                      {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
+    "sasrec ffn=d relu": ("sasrec", {**ML1M_EARLIER_MODEL, "inner_dim": 64, "activation": "relu"}, ML1M_EARLIER_ADAM,
+                          EARLIER_ML1M),
+    "sasrec norm=sasrec": ("sasrec", {**ML1M_EARLIER_MODEL, "norm": "sasrec"}, ML1M_EARLIER_ADAM, EARLIER_ML1M),
+    "sasrec positions=absolute": ("sasrec", {**ML1M_EARLIER_MODEL, "positions": "absolute"}, ML1M_EARLIER_ADAM,
+                                  EARLIER_ML1M),
+    "sasrec beta_2=0.999": ("sasrec", ML1M_EARLIER_MODEL, ORIGINAL_ADAM, EARLIER_ML1M),
+    "sasrec original": ("sasrec", ORIGINAL_SASREC, ORIGINAL_ADAM, {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
     "sasrec item_dropout=0.2": ("sasrec", {"item_dropout": 0.2}, {}, BUCKETED_BEAUTY),
     "hymoerec expert_hidden_dim=128": ("hymoerec", {"expert_hidden_dim": 128}, {}, BUCKETED_BEAUTY),
     # Beauty's main settings before this release, for the variants above to be compared with
-    "sasrec length buckets": ("sasrec", {}, {}, BUCKETED_BEAUTY),
-    "fame length buckets": ("fame", {}, {}, BUCKETED_BEAUTY),
-    "hymoerec length buckets": ("hymoerec", {}, {}, BUCKETED_BEAUTY),
+    "sasrec length buckets": ("sasrec", ML1M_EARLIER_MODEL, ML1M_EARLIER_ADAM, {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
+    "fame length buckets": ("fame", ML1M_EARLIER_MODEL, ML1M_EARLIER_ADAM, {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
+    "hymoerec length buckets": ("hymoerec", ML1M_EARLIER_MODEL, ML1M_EARLIER_ADAM,
+                                {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
     "sasrec random batches": ("sasrec", {}, {}, {"beauty": RANDOM_BATCHES}),
     "hymoerec random batches": ("hymoerec", {}, {}, {"beauty": RANDOM_BATCHES}),
     "fame random batches": ("fame", {}, {}, {"beauty": RANDOM_BATCHES}),
     "sasrec shuffle_buffer=32768": ("sasrec", {}, {}, {"beauty": {**BEAUTY_LENGTH_BUCKETS, "shuffle_buffer": 32768}}),
-    "sasrec original random batches": ("sasrec", ORIGINAL_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
-    "sasrec reference random batches": ("sasrec", REFERENCE_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
+    # ML-1M's main settings (the main SASRec runs' twins: the report takes their seeds for the main table)
+    "sasrec original random batches": ("sasrec", ORIGINAL_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
+    "sasrec reference random batches": ("sasrec", REFERENCE_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
     "sasrec original torch attention init random batches": (
-        "sasrec", TORCH_ATTENTION_SASREC, {"beta_2": 0.999}, {"ml-1m": RANDOM_BATCHES}),
+        "sasrec", TORCH_ATTENTION_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
     "sasrec pytorch settings random batches": ("sasrec", PYTORCH_SASREC, PYTORCH_ADAM, {"ml-1m": RANDOM_BATCHES}),
     "sasrec d256 sampled_softmax": ("sasrec", {"hidden_dim": 256, **SAMPLED_SOFTMAX_256}, {}, BUCKETED_BEAUTY),
     "sasrec original d256 sampled_softmax": (
@@ -179,6 +201,9 @@ ABLATIONS = {
     "fame facet_norm=pre": ("fame", {"facet_norm": "pre"}, {}, MAIN_BEAUTY),
     "fame item_projection=slice": ("fame", {"item_projection": "slice"}, {}, MAIN_BEAUTY),
     "fame num_blocks=2 random batches": ("fame", {"num_blocks": 2}, {}, MAIN_BEAUTY),
+    # FAME and HyMoERec at ML-1M's main settings, trained as variants (twins of the main runs, like SASRec's above)
+    "hymoerec original random batches": ("hymoerec", ORIGINAL_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
+    "fame original random batches": ("fame", ORIGINAL_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
 }
 ABLATION_RESULTS = os.path.join(paths.RESULTS, "next_item_ablation.json")
 
@@ -256,6 +281,28 @@ def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
     return payload
 
 
+def ablation_dir(work_dir: str, dataset: str, label: str, seed: int) -> str:
+    """Where the ablation phase trains variant ``label`` with ``seed``."""
+    return os.path.join(work_dir, dataset, "ablation", label.replace(" ", "_"), f"seed{seed}")
+
+
+def seed_suffix(seed: int) -> str:
+    """The ablation results' key of a variant's run with ``seed``: ``label + seed_suffix(seed)``."""
+    return "" if seed == 0 else f" (seed {seed})"
+
+
+def ablation_twins(dataset: str, model: str) -> list[str]:
+    """The :data:`ABLATIONS` labels whose runs on ``dataset`` have the main ``model`` run's settings (model,
+    optimizer, data): a variant trained with the main settings is a main run, and the report takes its seeds."""
+    def settings(config):
+        return {**config, "data": {**config["data"], "dir": None}, "training": None, "output_dir": None}
+
+    main = settings(run_config(dataset, model, 0, "w", 1, 1))
+    return [label for label, (variant_model, options, optimizer, datasets_data) in ABLATIONS.items()
+            if variant_model == model and dataset in datasets_data and settings(
+                run_config(dataset, model, 0, "w", 1, 1, options, optimizer, datasets_data[dataset])) == main]
+
+
 def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patience: int | None = None,
              train_missing: bool = True) -> dict:
     """Trains the :data:`ABLATIONS` variants ``labels`` (default all) of each dataset for ``epochs`` (resumable,
@@ -273,7 +320,7 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patie
         return _valid_curve(TrainingState.load(path, "NDCG@10").history if os.path.exists(path) else [])[:epochs]
 
     payload, updates = read_json(ABLATION_RESULTS), {}
-    suffix = "" if seed == 0 else f" (seed {seed})"
+    suffix = seed_suffix(seed)
     for dataset in datasets:
         section = payload.setdefault(dataset, {})
         updated = updates.setdefault(dataset, {})
@@ -288,7 +335,7 @@ def ablation(datasets, seed: int, work_dir: str, epochs: int, labels=None, patie
                 continue
             data = datasets_data[dataset]
             config = run_config(dataset, model, seed, work_dir, epochs, patience or epochs, options, optimizer, data)
-            config["output_dir"] = os.path.join(work_dir, dataset, "ablation", label.replace(" ", "_"), f"seed{seed}")
+            config["output_dir"] = ablation_dir(work_dir, dataset, label, seed)
             run = saved_run(config, "next_item")
             done = run is not None and (run["stopped_early"] or run["epochs"] >= epochs)
             if not done and train_missing:
@@ -376,23 +423,65 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
     return [round(statistics.fmean(values), 5) for values in zip(*curves)]
 
 
+def _local_run(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int):
+    """``(config, run, twin)`` of the main ``model`` run with ``seed`` on this machine: from its own directory, else
+    from the directory of an ablation twin (:func:`ablation_twins`, ``twin`` = its label); ``None`` if neither."""
+    config = run_config(dataset, model, seed, work_dir, epochs, patience)
+    run = saved_run(config, "next_item")
+    if run is not None:
+        return config, run, None
+    for label in ablation_twins(dataset, model):
+        twin = {**config, "output_dir": ablation_dir(work_dir, dataset, label, seed)}
+        run = saved_run(twin, "next_item")
+        if run is not None:
+            return twin, run, label
+    return None
+
+
 def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, patience: int) -> list[dict]:
     """Test metrics per seed: finished runs from metrics.json, unfinished ones from their best checkpoint."""
     from tfmoe.training.trainer import sequences_per_s, train_records
 
     rows = []
     for seed in seeds:
-        config = run_config(dataset, model, seed, work_dir, epochs, patience)
-        run = saved_run(config, "next_item")
-        if run is None:
+        found = _local_run(dataset, model, seed, work_dir, epochs, patience)
+        if found is None:
             continue
+        config, run, twin = found
         budget_left = not run["stopped_early"] and run["epochs"] < epochs  # stopped by a chunk, not done
         rows.append({"seed": seed, "partial": not run["finished"] or budget_left, "epochs": run["epochs"],
                      "best_epoch": run["best_epoch"], "stopped_early": run["stopped_early"], "test": run["test"],
                      "test_unfiltered": _unfiltered_test(config, run),
                      "valid": run["valid"], "device": run["device"],
                      "valid_ndcg@10_curve": [round(x, 5) for x in _valid_curve(run["history"])],
-                     "sequences_per_s": sequences_per_s(run["history"], train_records(config["data"]["dir"]), 0)})
+                     "sequences_per_s": sequences_per_s(run["history"], train_records(config["data"]["dir"]), 0),
+                     **({"trained_as": twin} if twin else {})})
+    return rows
+
+
+def _ablation_result_runs(dataset: str, model: str, seeds, have: set, epochs: int, patience: int) -> list[dict]:
+    """The seeds of the main settings (none of ``have``) that only the ablation results hold: runs of an ablation
+    twin (:func:`ablation_twins`) trained on a machine that is gone, from their entries: test metrics at the best
+    epoch, epochs and validation curve; no unfiltered metrics nor training rate (``None``). An entry counts only if
+    it ran the main budget: stopped early after ``patience`` epochs without gain, or ran ``epochs``, or was cut off
+    (``"partial"``)."""
+    section = read_json(ABLATION_RESULTS).get(dataset, {})
+    rows = []
+    for seed in (s for s in seeds if s not in have):
+        for label in ablation_twins(dataset, model):
+            entry = section.get(label + seed_suffix(seed))
+            if not entry or not entry.get("test") or entry.get("seed") != seed:
+                continue
+            ran_budget = (entry["stopped_early"] and entry["epochs"] - entry["best_epoch"] == patience
+                          or entry["epochs"] >= epochs)
+            if not (ran_budget or entry["partial"]):
+                continue
+            rows.append({"seed": seed, "partial": entry["partial"], "epochs": entry["epochs"],
+                         "best_epoch": entry["best_epoch"] - 1, "stopped_early": entry["stopped_early"],
+                         "test": entry["test"], "test_unfiltered": None, "valid": None, "device": entry["device"],
+                         "valid_ndcg@10_curve": [round(x, 5) for x in entry["valid_ndcg@10"]],
+                         "sequences_per_s": None, "trained_as": label, "source": "next_item_ablation.json"})
+            break
     return rows
 
 
@@ -426,23 +515,29 @@ def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, r
         for model in models:
             config = run_config(dataset, model, 0, "<work-dir>", epochs, patience)
             runs = _seed_results(dataset, model, seeds, work_dir, epochs, patience)
-            runs = sorted(runs + _earlier_runs(section.get(model), config, seeds, {r["seed"] for r in runs}),
-                          key=lambda r: r["seed"])
+            runs += _earlier_runs(section.get(model), config, seeds, {r["seed"] for r in runs})
+            runs += _ablation_result_runs(dataset, model, seeds, {r["seed"] for r in runs}, epochs, patience)
+            runs.sort(key=lambda r: r["seed"])
             if not runs:
+                if section.get(model, {}).get("config") != json.loads(json.dumps(config)):
+                    section.pop(model, None)  # an entry of other settings is not these settings' result
                 continue
             ndcg = [r["test"]["NDCG@10"] for r in runs]
             measured = (rates or {}).get(dataset, {}).get(model) or _previous_throughput(section.get(model), config)
+            unfiltered = [r["test_unfiltered"] for r in runs if r["test_unfiltered"]]
+            trained_rates = [r["sequences_per_s"] for r in runs if r["sequences_per_s"]]
             entry = {
                 "ndcg@10": statistics.fmean(ndcg),
                 "hr@10": statistics.fmean(r["test"]["HR@10"] for r in runs),
                 "ndcg@10_std": statistics.pstdev(ndcg) if len(ndcg) > 1 else 0.0,
-                "unfiltered": {name: statistics.fmean(r["test_unfiltered"][metric] for r in runs)
-                               for name, metric in (("ndcg@10", "NDCG@10"), ("hr@10", "HR@10"))},
+                "unfiltered": {name: statistics.fmean(u[metric] for u in unfiltered) for name, metric in
+                               (("ndcg@10", "NDCG@10"), ("hr@10", "HR@10"))} if unfiltered else None,
+                "unfiltered_seeds": len(unfiltered),
                 "seeds": len(runs),
                 "epochs": statistics.fmean(r["epochs"] for r in runs),
-                "sequences_per_s": measured or statistics.median(r["sequences_per_s"] for r in runs),
-                "sequences_per_s_source": THROUGHPUT_SOURCE if measured else "median training epoch (models train "
-                                                                             "in turns)",
+                "sequences_per_s": measured or (statistics.median(trained_rates) if trained_rates else None),
+                "sequences_per_s_source": THROUGHPUT_SOURCE if measured else (
+                    "median training epoch (models train in turns)" if trained_rates else None),
                 "partial": any(r["partial"] for r in runs),
                 "trained_on": sorted({r["device"] or "unrecorded" for r in runs}),
                 "valid_ndcg@10_mean_curve": _mean_curve([r["valid_ndcg@10_curve"] for r in runs]),
@@ -450,9 +545,10 @@ def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, r
                 "config": config,
             }
             section[model] = entry
-        if "sasrec" in section:
-            for entry in section.values():
-                entry["epoch_time_vs_sasrec"] = section["sasrec"]["sequences_per_s"] / entry["sequences_per_s"]
+        reference = section.get("sasrec", {}).get("sequences_per_s")
+        for entry in section.values():
+            entry["epoch_time_vs_sasrec"] = reference / entry["sequences_per_s"] if reference and entry[
+                "sequences_per_s"] else None
         payload[dataset] = section
     payload["_meta"] = {"protocol": "leave-one-out, full ranking over all items, seen items (the whole history) "
                                     "filtered, test split at the best validation NDCG@10 epoch",

@@ -1,6 +1,7 @@
 """The README's next-item tables, rendered from the committed results (so the README shows what the JSON holds).
 
     .venv/bin/python benchmarks/next_item_tables.py                       # the main table
+    .venv/bin/python benchmarks/next_item_tables.py --cost ml-1m          # HyMoERec's cost table
     .venv/bin/python benchmarks/next_item_tables.py --ablation beauty --epochs 2 5 10 20 25 \\
         --labels sasrec "sasrec random batches"                           # rows of the ablation table
 
@@ -10,6 +11,9 @@ Example:
     ...     "sequences_per_s": 476.2, "epoch_time_vs_sasrec": 1.0}}}
     >>> print(main_table(payload).splitlines()[-1])
     | toy | sasrec | 0.0500 ± 0.0010 | 0.0800 | 0.0400 / 0.0700 | 3 | 35 | 476 | 1.00 |
+    >>> payload["toy"]["sasrec"].update(unfiltered=None, sequences_per_s=None, epoch_time_vs_sasrec=None)
+    >>> print(main_table(payload).splitlines()[-1])  # seeds known only from the ablation results
+    | toy | sasrec | 0.0500 ± 0.0010 | 0.0800 | n/a | 3 | 35 | n/a | n/a |
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.next_item import ABLATION_RESULTS, DATASETS, MODELS, RESULTS  # light: imports no TensorFlow
+from benchmarks.next_item import ABLATION_RESULTS, COST_RESULTS, DATASETS, MODELS, RESULTS  # imports no TensorFlow
 
 MODEL_ORDER, DATASET_ORDER = tuple(MODELS), tuple(DATASETS)
 MAIN_HEADER = ("| dataset | model | NDCG@10 | HR@10 | unfiltered NDCG@10 / HR@10 | seeds | epochs (mean) | "
@@ -38,8 +42,31 @@ def main_table(payload: dict) -> str:
             epochs = f"{e['epochs']:.0f}" + (" (partial)" if e["partial"] else "")
             spread = f"± {e['ndcg@10_std']:.4f}" if e["seeds"] > 1 else "(1 seed)"
             rows.append(f"| {dataset} | {model} | {e['ndcg@10']:.4f} {spread} | {e['hr@10']:.4f} | "
-                        f"{e['unfiltered']['ndcg@10']:.4f} / {e['unfiltered']['hr@10']:.4f} | {e['seeds']} | "
-                        f"{epochs} | {e['sequences_per_s']:.0f} | {e['epoch_time_vs_sasrec']:.2f} |")
+                        f"{_unfiltered(e)} | {e['seeds']} | {epochs} | {_number(e['sequences_per_s'], '.0f')} | "
+                        f"{_number(e['epoch_time_vs_sasrec'], '.2f')} |")
+    return "\n".join(rows)
+
+
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _unfiltered(entry: dict) -> str:
+    """``NDCG@10 / HR@10`` without seen-item filtering; runs known only from the ablation results have none, so a
+    mean over fewer seeds than the row says ``(k of n seeds)``, and none at all ``n/a``."""
+    unfiltered = entry.get("unfiltered")
+    if not unfiltered:
+        return "n/a"
+    cell = f"{unfiltered['ndcg@10']:.4f} / {unfiltered['hr@10']:.4f}"
+    count = entry.get("unfiltered_seeds", entry["seeds"])
+    return cell if count == entry["seeds"] else f"{cell} ({count} of {entry['seeds']} seeds)"
+
+
+def cost_table(payload: dict, dataset: str) -> str:
+    """HyMoERec's cost variants on ``dataset`` from ``benchmarks/results/next_item_cost.json``."""
+    rows = [f"| HyMoERec on {dataset} | sequences/s | epoch time / SASRec |\n|---|---|---|"]
+    rows += [f"| {label} | {e['sequences_per_s']:.0f} | {e['epoch_time_vs_sasrec']:.2f} |"
+             for label, e in payload[dataset].items()]
     return "\n".join(rows)
 
 
@@ -77,9 +104,13 @@ def ablation_row(label: str, entry: dict, epochs, test: dict | None = None) -> s
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ablation", metavar="DATASET", help="rows of this dataset's ablation table instead")
+    parser.add_argument("--cost", metavar="DATASET", help="this dataset's HyMoERec cost table instead")
     parser.add_argument("--epochs", nargs="+", type=int, default=[2, 5, 10, 20, 25])
     parser.add_argument("--labels", nargs="+", help="ablation: these variants (default all)")
     args = parser.parse_args(argv)
+    if args.cost is not None:
+        print(cost_table(json.load(open(COST_RESULTS)), args.cost))
+        return 0
     if args.ablation is None:
         print(main_table(json.load(open(RESULTS))))
         return 0

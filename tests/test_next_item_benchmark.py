@@ -37,8 +37,29 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
     assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["bucket_boundaries"] is None
     _, _, _, item_dropout = next_item.ABLATIONS["sasrec item_dropout=0.2"]
     assert item_dropout["beauty"]["bucket_boundaries"] == [10, 20, 30]
-    _, _, _, initializer = next_item.ABLATIONS["sasrec initializer_range=0.02"]
-    assert initializer["ml-1m"] == {} and initializer["beauty"]["shuffle_buffer"] == 10_000
+    _, options, optimizer, initializer = next_item.ABLATIONS["sasrec initializer_range=0.02"]
+    assert initializer["beauty"]["shuffle_buffer"] == 10_000
+    # ML-1M's main runs: the reference code's settings with random batches; its variants trained on top of the
+    # earlier main settings (length buckets, tfmoe's defaults, beta_2 0.98) carry them
+    ml1m = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)
+    assert ml1m["data"]["bucket_boundaries"] is None and ml1m["data"]["shuffle_buffer"] == 32768
+    assert ml1m["model"]["norm"] == "sasrec" and ml1m["model"]["initializer_range"] == 0.02
+    assert ml1m["optimizer"]["beta_2"] == 0.999
+    earlier = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1, options, optimizer, initializer["ml-1m"])
+    assert earlier["data"]["bucket_boundaries"] == [50, 100, 150] and earlier["optimizer"]["beta_2"] == 0.98
+    assert {k: earlier["model"][k] for k in ("initializer_range", "norm", "positions", "inner_dim")} == {
+        "initializer_range": 0.02, "norm": "pre", "positions": "recency", "inner_dim": None}
+    _, options, optimizer, buckets = next_item.ABLATIONS["sasrec length buckets"]
+    beauty_model = TrainConfig.from_dict(next_item.run_config("beauty", "sasrec", 0, "w", 1, 1, options, optimizer,
+                                                              buckets["beauty"])).model
+    from tfmoe.training.run_settings import model_option_defaults
+
+    defaults = model_option_defaults("sasrec")  # the written-out earlier options are SASRec's defaults on Beauty
+    assert all(defaults[k] == beauty_model[k] for k in next_item.ML1M_EARLIER_MODEL)
+    # the main runs' twins among the variants: same model, optimizer and data settings
+    assert next_item.ablation_twins("ml-1m", "sasrec") == ["sasrec original random batches"]
+    assert next_item.ablation_twins("ml-1m", "hymoerec") == ["hymoerec original random batches"]
+    assert next_item.ablation_twins("beauty", "sasrec") == ["sasrec random batches"]
     random_batches = next_item.run_config("beauty", "sasrec", 0, "w", 1, 1, None, None, next_item.RANDOM_BATCHES)
     assert random_batches["data"]["bucket_boundaries"] is None and random_batches["data"]["max_len"] == 50
     assert next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 200
@@ -178,6 +199,63 @@ def test_a_report_keeps_the_seeds_of_earlier_reports_whose_runs_are_not_on_this_
     assert next_item._earlier_runs(both, other, [0, 1], {0}) == []
 
 
+def test_the_report_takes_the_main_settings_seeds_that_ran_as_ablation_twins(tiny_benchmark, tmp_path):
+    """A variant whose settings are the main run's is a main run: the report takes its seed from its directory,
+    else from the ablation results (test metrics, no unfiltered ones); variants of other settings never count,
+    nor does a twin that ran a shorter budget; an entry of other settings is dropped, not kept under the new ones."""
+    from benchmarks import next_item_tables
+
+    work = str(tiny_benchmark)
+    ablations = {"sasrec twin": ("sasrec", {"dropout": 0.0}, {"learning_rate": 1e-3}, {"tiny": {}}),
+                 "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}, {}, {"tiny": {}})}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(next_item, "ABLATIONS", ablations)
+        assert next_item.ablation_twins("tiny", "sasrec") == ["sasrec twin"]
+        assert next_item.ablation_twins("tiny", "hymoerec") == []
+        for label in ablations:
+            next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "2",
+                            "--ablation-patience", "5", "--ablations", label])
+        variants = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]
+        report = ["--datasets", "tiny", "--work-dir", work, "--epochs", "2", "--patience", "5", "--models", "sasrec",
+                  "--phase", "report"]
+        next_item.main(report)
+        local = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
+        (run,) = local["runs"]
+        assert run["trained_as"] == "sasrec twin" and run["test"] == variants["sasrec twin"]["test"]
+        assert run["valid_ndcg@10_curve"] == [round(x, 5) for x in variants["sasrec twin"]["valid_ndcg@10"]]
+        assert local["unfiltered"]["ndcg@10"] <= local["ndcg@10"] + 1e-6 and local["unfiltered_seeds"] == 1
+        assert local["ndcg@10"] != pytest.approx(variants["sasrec dropout=0.5"]["test"]["NDCG@10"], abs=1e-9)
+
+        # on another machine with neither the run nor an earlier report: the ablation results' entry
+        shutil.rmtree(tiny_benchmark / "tiny" / "ablation" / "sasrec_twin")
+        os.remove(tmp_path / "next_item.json")
+        next_item.main(report)
+        remote = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
+        (run,) = remote["runs"]
+        assert run["source"] == "next_item_ablation.json" and run["test"] == variants["sasrec twin"]["test"]
+        assert run["best_epoch"] == variants["sasrec twin"]["best_epoch"] - 1 and run["epochs"] == 2
+        assert remote["ndcg@10"] == pytest.approx(local["ndcg@10"]) and remote["unfiltered"] is None
+        assert remote["sequences_per_s"] is None and remote["epoch_time_vs_sasrec"] is None
+        row = next_item_tables.main_table(json.load(open(tmp_path / "next_item.json"))).splitlines()[-1]
+        assert row.startswith(f"| tiny | sasrec | {remote['ndcg@10']:.4f} (1 seed) |") and row.endswith(
+            "| n/a | 1 | 2 | n/a | n/a |")
+
+        # a twin entry of a shorter budget than the report's (2 epochs of 3, neither stopped early nor cut off)
+        longer = ["--datasets", "tiny", "--work-dir", work, "--epochs", "3", "--patience", "5", "--models", "sasrec",
+                  "--phase", "report"]
+        next_item.main(longer)
+        assert "sasrec" not in json.load(open(tmp_path / "next_item.json"))["tiny"]  # and the 2-epoch entry dropped
+
+        # other main settings: the variant is no twin any more, and the entry of the earlier settings is dropped
+        next_item.main(report)
+        assert json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]["seeds"] == 1
+        tiny = next_item.DATASETS["tiny"]
+        patch.setitem(next_item.DATASETS, "tiny", {**tiny, "model": {**tiny["model"], "dropout": 0.3}})
+        assert next_item.ablation_twins("tiny", "sasrec") == []
+        next_item.main(report)
+        assert "sasrec" not in json.load(open(tmp_path / "next_item.json"))["tiny"]
+
+
 def test_cost_phase_writes_every_variant_relative_to_sasrec(tiny_benchmark, tmp_path):
     next_item.main(["--datasets", "tiny", "--work-dir", str(tiny_benchmark), "--phase", "cost", "--rounds", "1",
                     "--steps", "2"])
@@ -271,3 +349,16 @@ def test_merge_json_keeps_the_entries_of_processes_writing_at_the_same_time(tmp_
     merged = merge_json(path, {"section": {"old": {"value": 2}}}, meta={"run": 2})
     assert merged["section"]["old"] == {"value": 2} and merged["_meta"] == {"run": 2}
     assert json.load(open(path)) == merged and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_the_ml1m_example_config_trains_the_benchmarks_ml1m_sasrec(tmp_path):
+    """configs/sasrec_ml1m.yaml (the README's training example) is the benchmark's main ML-1M SASRec run."""
+    from tfmoe.training import TrainConfig
+    from tfmoe.training.run_settings import check_same_run, record_run
+
+    benchmark = TrainConfig.from_dict(next_item.run_config("ml-1m", "sasrec", 0, str(tmp_path), 200, 10))
+    record_run(benchmark.output_dir, benchmark)
+    example = TrainConfig.load(str(ROOT / "configs" / "sasrec_ml1m.yaml"))
+    check_same_run(benchmark.output_dir, example)  # raises RunSettingsError naming each difference
+    with pytest.raises(RunSettingsError, match="optimizer.beta_2: 0.999 when the run started, 0.98 now"):
+        check_same_run(benchmark.output_dir, example.override(["optimizer.beta_2=0.98"]))

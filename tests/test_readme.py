@@ -24,7 +24,7 @@ def test_readme_two_commands_exist_and_ci_runs_the_test_command():
 
 
 def test_readme_next_item_tables_are_the_committed_results():
-    """The next-item main table and every ablation row of a variant in the results file are rendered from
+    """The next-item main and cost tables and every ablation row of a variant in the results file are rendered from
     benchmarks/results (benchmarks/next_item_tables.py), so the README cannot drift from the JSON."""
     import json
     import sys
@@ -34,6 +34,7 @@ def test_readme_next_item_tables_are_the_committed_results():
 
     results, ablation = json.load(open(tables.RESULTS)), json.load(open(tables.ABLATION_RESULTS))
     assert tables.main_table(results) in README
+    assert tables.cost_table(json.load(open(tables.COST_RESULTS)), "ml-1m") in README
     checked = 0
     for dataset, header, body in re.findall(r"^\| (ml-1m|beauty), [^|]*variants, seed 0 (\|.*?)\n(.*?)\n\n", README,
                                             flags=re.S | re.M):

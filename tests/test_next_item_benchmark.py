@@ -13,7 +13,7 @@ from test_training import NUM_ITEMS, successor_sequences
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import next_item  # noqa: E402
+from benchmarks import next_item, next_item_tables  # noqa: E402
 from tfmoe.training.run_settings import RunSettingsError  # noqa: E402
 
 
@@ -203,8 +203,6 @@ def test_the_report_takes_the_main_settings_seeds_that_ran_as_ablation_twins(tin
     """A variant whose settings are the main run's is a main run: the report takes its seed from its directory,
     else from the ablation results (test metrics, no unfiltered ones); variants of other settings never count,
     nor does a twin that ran a shorter budget; an entry of other settings is dropped, not kept under the new ones."""
-    from benchmarks import next_item_tables
-
     work = str(tiny_benchmark)
     ablations = {"sasrec twin": ("sasrec", {"dropout": 0.0}, {"learning_rate": 1e-3}, {"tiny": {}}),
                  "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}, {}, {"tiny": {}})}

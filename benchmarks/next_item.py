@@ -69,13 +69,12 @@ DATASETS = {
     "ml-1m": {
         "format": "ml1m-sasrec", "input": os.path.join(SHARED, "ml-1m", "ml-1m.txt"),
         # random batches and the reference code's model settings: SASRec 0.1788 test NDCG@10 over 3 seeds vs 0.1668
-        # with length buckets and tfmoe's defaults (ML1M_EARLIER: the runs of next_item_ml1m_length_buckets.json)
+        # with length buckets and tfmoe's defaults (ML1M_EARLIER_*: the runs of next_item_ml1m_length_buckets.json)
         "data": {"max_len": 200, "batch_size": 128, "eval_batch_size": 256, **RANDOM_BATCHES},
         "model": {"hidden_dim": 64, "num_blocks": 2, "dropout": 0.1, **ORIGINAL_SASREC},
         "optimizer": ORIGINAL_ADAM,
-        # HyMoERec: top-2 of 4 experts of inner size 2d (with experts of 4d it trained at 1.67x SASRec's epoch time
-        # at length 200 with tfmoe's 4d FFN, `--phase cost`; on Beauty, where the softmax over 12k items dominates,
-        # 4d experts cost 0.92x)
+        # HyMoERec: top-2 of 4 experts of inner size 2d: 1.53x SASRec's epoch time with top-k buffers, 1.20x with
+        # routing="dropless", 4d experts 1.88x (`--phase cost`, beside SASRec's d -> d FFN)
         "model_overrides": {"hymoerec": {"expert_hidden_dim": 128}},
     },
     "beauty": {
@@ -423,14 +422,15 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
     return [round(statistics.fmean(values), 5) for values in zip(*curves)]
 
 
-def _local_run(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int):
+def _local_run(dataset: str, model: str, seed: int, work_dir: str, epochs: int, patience: int,
+               twins: list[str]):
     """``(config, run, twin)`` of the main ``model`` run with ``seed`` on this machine: from its own directory, else
-    from the directory of an ablation twin (:func:`ablation_twins`, ``twin`` = its label); ``None`` if neither."""
+    from the directory of one of its ablation ``twins`` (``twin`` = its label); ``None`` if neither."""
     config = run_config(dataset, model, seed, work_dir, epochs, patience)
     run = saved_run(config, "next_item")
     if run is not None:
         return config, run, None
-    for label in ablation_twins(dataset, model):
+    for label in twins:
         twin = {**config, "output_dir": ablation_dir(work_dir, dataset, label, seed)}
         run = saved_run(twin, "next_item")
         if run is not None:
@@ -438,13 +438,15 @@ def _local_run(dataset: str, model: str, seed: int, work_dir: str, epochs: int, 
     return None
 
 
-def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, patience: int) -> list[dict]:
-    """Test metrics per seed: finished runs from metrics.json, unfinished ones from their best checkpoint."""
+def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, patience: int,
+                  twins: list[str]) -> list[dict]:
+    """Test metrics per seed: finished runs from metrics.json, unfinished ones from their best checkpoint (the main
+    run's directory or an ablation twin's, :func:`_local_run`)."""
     from tfmoe.training.trainer import sequences_per_s, train_records
 
     rows = []
     for seed in seeds:
-        found = _local_run(dataset, model, seed, work_dir, epochs, patience)
+        found = _local_run(dataset, model, seed, work_dir, epochs, patience, twins)
         if found is None:
             continue
         config, run, twin = found
@@ -459,16 +461,16 @@ def _seed_results(dataset: str, model: str, seeds, work_dir: str, epochs: int, p
     return rows
 
 
-def _ablation_result_runs(dataset: str, model: str, seeds, have: set, epochs: int, patience: int) -> list[dict]:
-    """The seeds of the main settings (none of ``have``) that only the ablation results hold: runs of an ablation
-    twin (:func:`ablation_twins`) trained on a machine that is gone, from their entries: test metrics at the best
-    epoch, epochs and validation curve; no unfiltered metrics nor training rate (``None``). An entry counts only if
-    it ran the main budget: stopped early after ``patience`` epochs without gain, or ran ``epochs``, or was cut off
-    (``"partial"``)."""
-    section = read_json(ABLATION_RESULTS).get(dataset, {})
+def _ablation_result_runs(section: dict, twins: list[str], seeds, have: set, epochs: int,
+                          patience: int) -> list[dict]:
+    """The seeds of the main settings (none of ``have``) that only the ablation results' ``section`` (one dataset's)
+    holds: runs of an ablation twin (``twins``) trained on a machine that is gone, from their entries: test metrics
+    at the best epoch, epochs and validation curve; no unfiltered metrics nor training rate (``None``). An entry
+    counts only if it ran the main budget: stopped early after ``patience`` epochs without gain, or ran ``epochs``,
+    or was cut off (``"partial"``)."""
     rows = []
     for seed in (s for s in seeds if s not in have):
-        for label in ablation_twins(dataset, model):
+        for label in twins:
             entry = section.get(label + seed_suffix(seed))
             if not entry or not entry.get("test") or entry.get("seed") != seed:
                 continue
@@ -510,13 +512,16 @@ def _previous_throughput(entry: dict | None, config: dict) -> float | None:
 def report(datasets, models, seeds, work_dir: str, epochs: int, patience: int, rates: dict | None) -> dict:
     previous = read_json(RESULTS)
     payload = {k: x for k, x in previous.items()}
+    ablation_results = read_json(ABLATION_RESULTS)
     for dataset in datasets:
         section = dict(payload.get(dataset, {}))
         for model in models:
             config = run_config(dataset, model, 0, "<work-dir>", epochs, patience)
-            runs = _seed_results(dataset, model, seeds, work_dir, epochs, patience)
+            twins = ablation_twins(dataset, model)
+            runs = _seed_results(dataset, model, seeds, work_dir, epochs, patience, twins)
             runs += _earlier_runs(section.get(model), config, seeds, {r["seed"] for r in runs})
-            runs += _ablation_result_runs(dataset, model, seeds, {r["seed"] for r in runs}, epochs, patience)
+            runs += _ablation_result_runs(ablation_results.get(dataset, {}), twins, seeds, {r["seed"] for r in runs},
+                                          epochs, patience)
             runs.sort(key=lambda r: r["seed"])
             if not runs:
                 if section.get(model, {}).get("config") != json.loads(json.dumps(config)):

@@ -10,7 +10,8 @@ Phases, each resumable and each selectable (``--phase``):
    off resumes from its last backup when the command is run again; finished runs are not retrained.
 3. ``throughput``: training sequences per second of each model in one process, in interleaved rounds on the
    same cached batches (ratios comparable on a shared machine), and the epoch-time ratio to SASRec.
-4. ``cost``: HyMoERec's epoch time relative to SASRec for expert sizes and MoE depths (:data:`COST_VARIANTS`)
+4. ``cost``: the epoch time of HyMoERec (expert sizes, MoE depths, routing) and FAME (experts per head) relative
+   to SASRec (:data:`COST_VARIANTS`)
    -> ``benchmarks/results/next_item_cost.json``.
 5. ``ablation``: :data:`ABLATIONS` trained for ``--ablation-epochs`` (resumable; early stopping with
    ``--ablation-patience``), their validation NDCG@10 per epoch next to the main runs' and their test metrics
@@ -102,13 +103,18 @@ BUDGET = {"epochs": 200, "patience": 10, "learning_rate": 1e-3}
 # inner size 4d (the FFN's), 2d or d and/or the hybrid FFN in the last block only; capacity E/k (no token dropped),
 # or ``routing="dropless"`` (each assignment computed once: k/E of the buffers' expert work, no XLA).
 COST_VARIANTS = {
-    "hymoerec expert_hidden_dim=256 (4d)": {"expert_hidden_dim": 256},
-    "hymoerec expert_hidden_dim=128": {"expert_hidden_dim": 128},
-    "hymoerec expert_hidden_dim=64": {"expert_hidden_dim": 64},
-    "hymoerec moe_blocks=1": {"moe_blocks": 1},
-    "hymoerec moe_blocks=1 expert_hidden_dim=64": {"moe_blocks": 1, "expert_hidden_dim": 64},
-    "hymoerec routing=dropless": {"routing": "dropless"},
-    "hymoerec routing=dropless expert_hidden_dim=256 (4d)": {"routing": "dropless", "expert_hidden_dim": 256},
+    "hymoerec expert_hidden_dim=256 (4d)": ("hymoerec", {"expert_hidden_dim": 256}),
+    "hymoerec expert_hidden_dim=128": ("hymoerec", {"expert_hidden_dim": 128}),
+    "hymoerec expert_hidden_dim=64": ("hymoerec", {"expert_hidden_dim": 64}),
+    "hymoerec moe_blocks=1": ("hymoerec", {"moe_blocks": 1}),
+    "hymoerec moe_blocks=1 expert_hidden_dim=64": ("hymoerec", {"moe_blocks": 1, "expert_hidden_dim": 64}),
+    "hymoerec routing=dropless": ("hymoerec", {"routing": "dropless"}),
+    "hymoerec routing=dropless expert_hidden_dim=256 (4d)": ("hymoerec", {"routing": "dropless",
+                                                                         "expert_hidden_dim": 256}),
+    # FAME's facet block attends once per head and expert query: H N score maps of L x L where SASRec's block has H
+    "fame num_experts=4 (benchmark)": ("fame", {"num_experts": 4}),
+    "fame num_experts=2": ("fame", {"num_experts": 2}),
+    "fame num_experts=1": ("fame", {"num_experts": 1}),
 }
 COST_RESULTS = os.path.join(paths.RESULTS, "next_item_cost.json")
 # Accuracy ablation (``--phase ablation``): label -> (model, model options, optimizer options, {dataset: data
@@ -203,6 +209,11 @@ ABLATIONS = {
     # FAME and HyMoERec at ML-1M's main settings, trained as variants (twins of the main runs, like SASRec's above)
     "hymoerec original random batches": ("hymoerec", ORIGINAL_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
     "fame original random batches": ("fame", ORIGINAL_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
+    # FAME's W_f started as chunk selectors (the "slice" sub-embeddings, then learned) instead of a random draw, which
+    # under N(0, 0.02^2) shrinks the head scores about 6x: at Beauty's and at ML-1M's main settings
+    "fame item_projection_init=chunks": ("fame", {"item_projection_init": "chunks"}, {}, MAIN_BEAUTY),
+    "fame original chunks random batches": ("fame", {**ORIGINAL_SASREC, "item_projection_init": "chunks"},
+                                            ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
 }
 ABLATION_RESULTS = os.path.join(paths.RESULTS, "next_item_ablation.json")
 
@@ -262,15 +273,16 @@ def throughput(datasets, models, work_dir: str, rounds: int, steps: int) -> dict
 
 
 def cost_ablation(datasets, work_dir: str, rounds: int, steps: int) -> dict:
-    """Sequences/s of SASRec and the :data:`COST_VARIANTS` of HyMoERec, interleaved on the same batches, and
-    each variant's epoch time relative to SASRec; merged into ``benchmarks/results/next_item_cost.json``."""
-    variants = {"sasrec": ("sasrec", {}), **{label: ("hymoerec", o) for label, o in COST_VARIANTS.items()}}
+    """Sequences/s of SASRec and the :data:`COST_VARIANTS` of HyMoERec and FAME, interleaved on the same batches,
+    and each variant's epoch time relative to SASRec; merged into ``benchmarks/results/next_item_cost.json``."""
+    variants = {"sasrec": ("sasrec", {}), **COST_VARIANTS}
     rates = _throughput(datasets, variants, work_dir, rounds, steps)
     payload = read_json(COST_RESULTS)
     print(f"{'dataset':8} {'variant':44} {'seq/s':>7} {'t/SASRec':>8}")
     for dataset, section in rates.items():
         payload[dataset] = {label: {"sequences_per_s": rate, "epoch_time_vs_sasrec": section["sasrec"] / rate,
-                                    "model_options": variants[label][1]} for label, rate in section.items()}
+                                    "model": variants[label][0], "model_options": variants[label][1]}
+                            for label, rate in section.items()}
         for label, entry in payload[dataset].items():
             print(f"{dataset:8} {label:44} {entry['sequences_per_s']:7.0f} {entry['epoch_time_vs_sasrec']:8.2f}")
     payload["_meta"] = {"what": "training sequences/s, interleaved rounds on the same cached batches",
@@ -585,7 +597,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--phase", nargs="+", default=["prepare", "train", "throughput", "report"],
                         choices=["prepare", "train", "throughput", "cost", "ablation", "report"],
-                        help="cost: HyMoERec cost ablation (COST_VARIANTS) -> results/next_item_cost.json; "
+                        help="cost: HyMoERec and FAME cost ablation (COST_VARIANTS) -> results/next_item_cost.json; "
                              "ablation: ABLATIONS trained for --ablation-epochs -> results/next_item_ablation.json")
     parser.add_argument("--ablation-epochs", type=int, default=10)
     parser.add_argument("--ablation-patience", type=int, help="ablation: early stopping patience (default: none)")

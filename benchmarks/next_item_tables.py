@@ -1,7 +1,7 @@
 """The README's next-item tables, rendered from the committed results (so the README shows what the JSON holds).
 
     .venv/bin/python benchmarks/next_item_tables.py                       # the main table
-    .venv/bin/python benchmarks/next_item_tables.py --cost ml-1m          # HyMoERec's cost table
+    .venv/bin/python benchmarks/next_item_tables.py --cost ml-1m          # the MoE models' cost table
     .venv/bin/python benchmarks/next_item_tables.py --ablation beauty --epochs 2 5 10 20 25 \\
         --labels sasrec "sasrec random batches"                           # rows of the ablation table
 
@@ -63,8 +63,8 @@ def _unfiltered(entry: dict) -> str:
 
 
 def cost_table(payload: dict, dataset: str) -> str:
-    """HyMoERec's cost variants on ``dataset`` from ``benchmarks/results/next_item_cost.json``."""
-    rows = [f"| HyMoERec on {dataset} | sequences/s | epoch time / SASRec |\n|---|---|---|"]
+    """The cost variants (HyMoERec, FAME) on ``dataset`` from ``benchmarks/results/next_item_cost.json``."""
+    rows = [f"| cost on {dataset} | sequences/s | epoch time / SASRec |\n|---|---|---|"]
     rows += [f"| {label} | {e['sequences_per_s']:.0f} | {e['epoch_time_vs_sasrec']:.2f} |"
              for label, e in payload[dataset].items()]
     return "\n".join(rows)
@@ -104,7 +104,7 @@ def ablation_row(label: str, entry: dict, epochs, test: dict | None = None) -> s
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ablation", metavar="DATASET", help="rows of this dataset's ablation table instead")
-    parser.add_argument("--cost", metavar="DATASET", help="this dataset's HyMoERec cost table instead")
+    parser.add_argument("--cost", metavar="DATASET", help="this dataset's cost table (HyMoERec, FAME) instead")
     parser.add_argument("--epochs", nargs="+", type=int, default=[2, 5, 10, 20, 25])
     parser.add_argument("--labels", nargs="+", help="ablation: these variants (default all)")
     args = parser.parse_args(argv)

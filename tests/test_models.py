@@ -23,6 +23,7 @@ MODELS = {
     "fame": (FAME, {"num_experts": 3}),
     "fame_probs": (FAME, {"num_experts": 2, "mix": "probs", "norm": "post"}),
     "fame_variant": (FAME, {"num_experts": 2, "facet_inner_dim": 12, "facet_norm": "pre", "item_projection": "slice"}),
+    "fame_chunks": (FAME, {"num_experts": 2, "item_projection_init": "chunks", "initializer_range": 0.02}),
 }
 
 
@@ -109,7 +110,41 @@ def test_fame_head_mixture_matches_numpy(mix, item_projection):
         np.testing.assert_allclose(np.exp(got[real][:, 1:]).sum(-1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame", "fame_probs", "fame_variant"])
+@pytest.mark.parametrize("mix", ["logits", "probs"])
+def test_fame_chunks_init_starts_as_the_slice_projection_and_learns_from_there(mix):
+    """item_projection_init="chunks": W_f^(h) selects the h-th chunk, so the scores at initialisation are those of
+    item_projection="slice" with the same weights, and W_f is still a trained weight."""
+    dense = make("fame_chunks", mix=mix)
+    sliced = make("fame_chunks", mix=mix, item_projection="slice")
+    projection = dense.facet_block.item_projection.numpy()
+    expected = np.zeros((2, 16, 8), "float32")
+    for head in range(2):
+        expected[head, head * 8:(head + 1) * 8] = np.eye(8)
+    np.testing.assert_array_equal(projection, expected)
+    assert dense.facet_block.item_projection.trainable
+    sliced_weights = {w.path: w for w in sliced.weights}
+    for weight in dense.weights:
+        if weight.path in sliced_weights:
+            sliced_weights[weight.path].assign(weight)
+    items = batch(np.random.default_rng(5))
+    real = items != 0
+    np.testing.assert_allclose(dense.sequence_scores(items).numpy()[real][:, 1:],
+                               sliced.sequence_scores(items).numpy()[real][:, 1:], rtol=1e-5, atol=1e-6)
+    # the random draw under initializer_range 0.02 shrinks the sub-embeddings by about 0.02 sqrt(d) (d = 16: 0.08)
+    random = make("fame_chunks", mix=mix, item_projection_init="random").facet_block.item_projection.numpy()
+    table = dense.item_embeddings.numpy()
+    ratio = np.linalg.norm(table @ random[0]) / np.linalg.norm(table @ projection[0])
+    assert 0.04 < ratio < 0.16, ratio
+
+
+def test_head_chunks_rejects_a_shape_that_is_not_heads_by_chunks():
+    from tfmoe.utils.initializers import HeadChunks
+
+    with pytest.raises(ValueError, match=r"HeadChunks: shape must be \[H, H \* d', d'\], got \(2, 5, 2\)"):
+        HeadChunks()((2, 5, 2))
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame", "fame_probs", "fame_variant", "fame_chunks"])
 def test_keras_save_load_and_config_round_trip(name, tmp_path):
     model = make(name)
     items = batch(np.random.default_rng(4))
@@ -254,6 +289,8 @@ def test_item_dropout_drops_the_scoring_table_in_training_only(name):
         (FAME, {"num_blocks": 0}, "num_blocks"),
         (FAME, {"facet_norm": "sasrec"}, "facet_norm"),
         (FAME, {"item_projection": "tied"}, "item_projection"),
+        (FAME, {"item_projection_init": "identity"}, "item_projection_init"),
+        (FacetBlock, {"item_projection_init": None}, "item_projection_init"),
         (FAME, {"facet_inner_dim": 0}, "facet_inner_dim"),
         (TransformerBlock, {"ffn": "dense", "ffn_options": {"k": 1}}, "ffn_options"),
         (TransformerBlock, {"attention_output_dropout": 1.0}, "attention_output_dropout"),

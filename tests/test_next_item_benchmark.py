@@ -25,8 +25,8 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
             config = TrainConfig.from_dict(next_item.run_config(dataset, model, 2, str(tmp_path), 200, 10))
             assert config.model["name"] == model and config.training.epochs == 200
             assert config.output_dir == str(tmp_path / dataset / model / "seed2")
-        for options in next_item.COST_VARIANTS.values():
-            config = TrainConfig.from_dict(next_item.run_config(dataset, "hymoerec", 0, str(tmp_path), 1, 1, options))
+        for model, options in next_item.COST_VARIANTS.values():
+            config = TrainConfig.from_dict(next_item.run_config(dataset, model, 0, str(tmp_path), 1, 1, options))
             assert all(config.model[k] == v for k, v in options.items())
     for model, options, optimizer, datasets_data in next_item.ABLATIONS.values():
         for dataset, data in datasets_data.items():
@@ -93,8 +93,8 @@ def tiny_benchmark(tmp_path, monkeypatch):
         "model": {"hidden_dim": 8, "num_blocks": 1, "dropout": 0.0}}})
     monkeypatch.setattr(next_item, "MODELS", {"sasrec": {"num_heads": 1},
                                               "hymoerec": {"num_experts": 2, "k": 1, "warmup_steps": 2}})
-    monkeypatch.setattr(next_item, "COST_VARIANTS", {"hymoerec": {}, "hymoerec expert_hidden_dim=4":
-                                                     {"expert_hidden_dim": 4}})
+    monkeypatch.setattr(next_item, "COST_VARIANTS", {"hymoerec": ("hymoerec", {}), "hymoerec expert_hidden_dim=4":
+                                                     ("hymoerec", {"expert_hidden_dim": 4})})
     monkeypatch.setattr(next_item, "RESULTS", str(tmp_path / "next_item.json"))
     monkeypatch.setattr(next_item, "COST_RESULTS", str(tmp_path / "next_item_cost.json"))
     monkeypatch.setattr(next_item, "ABLATION_RESULTS", str(tmp_path / "next_item_ablation.json"))
@@ -263,6 +263,7 @@ def test_cost_phase_writes_every_variant_relative_to_sasrec(tiny_benchmark, tmp_
     for entry in section.values():
         assert entry["sequences_per_s"] > 0
     assert section["hymoerec expert_hidden_dim=4"]["model_options"] == {"expert_hidden_dim": 4}
+    assert section["hymoerec expert_hidden_dim=4"]["model"] == "hymoerec"
 
 
 def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchmark, tmp_path):

@@ -40,11 +40,12 @@ from tfmoe.models import losses as next_item_losses
 from tfmoe.models import registry
 from tfmoe.models.sasrec import SASRec, item_ids
 from tfmoe.utils import validation as v
-from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
+from tfmoe.utils.initializers import HeadChunks, fresh_initializer, optional_initializer, serialize_optional
 
 MIXES = ("logits", "probs")
 FACET_NORMS = ("post", "pre")
 ITEM_PROJECTIONS = ("dense", "slice")
+ITEM_PROJECTION_INITS = ("random", "chunks")
 
 
 @keras.saving.register_keras_serializable(package="tfmoe")
@@ -61,6 +62,11 @@ class FacetBlock(keras.layers.Layer):
         item_projection: ``"dense"`` (default): item sub-embeddings ``e_v W_f^(h)`` with ``W_f`` ``[H, d, d']``;
             ``"slice"``: the ``h``-th ``d'``-chunk of ``e_v`` (no extra weights; then ``q`` is the concatenation
             of the gated heads).
+        item_projection_init: ``"random"`` (default): ``W_f`` drawn from ``kernel_initializer``; ``"chunks"``:
+            ``W_f^(h)`` starts as the selector of the ``h``-th chunk (:class:`~tfmoe.utils.initializers.HeadChunks`),
+            so the block starts from ``"slice"``'s sub-embeddings and learns from there. A draw from a small
+            ``kernel_initializer`` shrinks the sub-embeddings: ``N(0, 0.02^2)`` at ``d = 64`` scales them, and the
+            head scores, by about ``0.02 sqrt(d) = 0.16``.
         layer_norm_epsilon: LayerNorm epsilon.
         kernel_initializer: initializer of every kernel (attention, FFN', gate, ``W_f``; each its own draw).
         attention_initializer: initializer of the attention's query, key and value kernels only (default
@@ -88,6 +94,7 @@ class FacetBlock(keras.layers.Layer):
         inner_dim=None,
         norm="post",
         item_projection="dense",
+        item_projection_init="random",
         layer_norm_epsilon=1e-6,
         kernel_initializer="glorot_uniform",
         attention_initializer=None,
@@ -109,6 +116,8 @@ class FacetBlock(keras.layers.Layer):
         self.inner_dim = v.check_optional_int(owner, "inner_dim", inner_dim, minimum=1)
         self.norm = v.check_choice(owner, "norm", norm, FACET_NORMS)
         self.item_projection_kind = v.check_choice(owner, "item_projection", item_projection, ITEM_PROJECTIONS)
+        self.item_projection_init = v.check_choice(owner, "item_projection_init", item_projection_init,
+                                                   ITEM_PROJECTION_INITS)
         self.layer_norm_epsilon = v.check_float(owner, "layer_norm_epsilon", layer_norm_epsilon, minimum=0.0)
         self.attention = MultiHeadMoEAttention(
             num_heads=self.num_heads,
@@ -154,7 +163,8 @@ class FacetBlock(keras.layers.Layer):
             self.item_projection = self.add_weight(
                 name="item_projection",
                 shape=(h, d, dk),
-                initializer=fresh_initializer(self.kernel_initializer, "item_projection"),
+                initializer=HeadChunks() if self.item_projection_init == "chunks"
+                else fresh_initializer(self.kernel_initializer, "item_projection"),
             )
         self.built = True
 
@@ -208,6 +218,7 @@ class FacetBlock(keras.layers.Layer):
             inner_dim=self.inner_dim,
             norm=self.norm,
             item_projection=self.item_projection_kind,
+            item_projection_init=self.item_projection_init,
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             attention_initializer=serialize_optional(self.attention_initializer),
@@ -228,16 +239,19 @@ class FAME(SASRec):
         facet_inner_dim: inner size of the facet block's shared FFN' (default ``d' = d / H``).
         facet_norm: ``"post"`` (default) or ``"pre"`` LayerNorm inside the facet block (:class:`FacetBlock`).
         item_projection: ``"dense"`` (default, ``W_f``) or ``"slice"`` item sub-embeddings (:class:`FacetBlock`).
+        item_projection_init: ``"random"`` (default) or ``"chunks"``: how ``W_f`` starts (:class:`FacetBlock`).
     """
 
     def __init__(self, num_items, max_len, num_experts=4, mix="logits", num_heads=2, facet_inner_dim=None,
-                 facet_norm="post", item_projection="dense", **kwargs):
+                 facet_norm="post", item_projection="dense", item_projection_init="random", **kwargs):
         owner = type(self).__name__
         self.num_experts = v.check_int(owner, "num_experts", num_experts, minimum=1)
         self.mix = v.check_choice(owner, "mix", mix, MIXES)
         self.facet_inner_dim = v.check_optional_int(owner, "facet_inner_dim", facet_inner_dim, minimum=1)
         self.facet_norm = v.check_choice(owner, "facet_norm", facet_norm, FACET_NORMS)
         self.item_projection = v.check_choice(owner, "item_projection", item_projection, ITEM_PROJECTIONS)
+        self.item_projection_init = v.check_choice(owner, "item_projection_init", item_projection_init,
+                                                   ITEM_PROJECTION_INITS)
         if mix == "probs" and kwargs.get("loss", "softmax") != "softmax":
             raise ValueError(f"{owner}: mix='probs' supports only loss='softmax', got loss={kwargs['loss']!r}")
         super().__init__(num_items, max_len, num_heads=num_heads, **kwargs)
@@ -255,6 +269,7 @@ class FAME(SASRec):
             inner_dim=self.facet_inner_dim,
             norm=self.facet_norm,
             item_projection=self.item_projection,
+            item_projection_init=self.item_projection_init,
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=self._initializer("glorot_uniform"),
             attention_initializer=fresh_initializer(self.attention_initializer, "facet_block_attention"),
@@ -316,5 +331,6 @@ class FAME(SASRec):
     def get_config(self):
         config = super().get_config()
         config.update(num_experts=self.num_experts, mix=self.mix, facet_inner_dim=self.facet_inner_dim,
-                      facet_norm=self.facet_norm, item_projection=self.item_projection)
+                      facet_norm=self.facet_norm, item_projection=self.item_projection,
+                      item_projection_init=self.item_projection_init)
         return config

@@ -28,6 +28,7 @@ from __future__ import annotations
 import zlib
 
 import keras
+import numpy as np
 
 _SEED_RANGE = 2**31 - 1
 
@@ -79,3 +80,29 @@ def optional_initializer(owner: str, name: str, identifier):
 def serialize_optional(initializer):
     """The config of an initializer, None for None (the counterpart of :func:`optional_initializer`)."""
     return None if initializer is None else keras.initializers.serialize(initializer)
+
+
+@keras.saving.register_keras_serializable(package="tfmoe")
+class HeadChunks(keras.initializers.Initializer):
+    """Per-head projections ``[H, d, d']`` (``d = H d'``) that start as chunk selectors: ``e W[h] = e[hd' : (h+1)d']``.
+
+    A projection so initialised first computes exactly what the weightless split into heads computes, and
+    learns from there (FAME's item sub-embeddings ``W_f``, :class:`tfmoe.models.fame.FacetBlock`).
+
+    Example:
+        >>> import numpy as np
+        >>> from tfmoe.utils.initializers import HeadChunks
+        >>> weights = np.asarray(HeadChunks()((2, 4, 2)))
+        >>> np.arange(4.0) @ weights[1]
+        array([2., 3.])
+    """
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 3 or shape[1] != shape[0] * shape[2]:
+            raise ValueError(f"HeadChunks: shape must be [H, H * d', d'], got {tuple(shape)}")
+        heads, dim, head_dim = shape
+        selectors = np.eye(dim).reshape(dim, heads, head_dim).transpose(1, 0, 2)
+        return keras.ops.convert_to_tensor(selectors, dtype=dtype or keras.config.floatx())
+
+    def get_config(self):
+        return {}

@@ -90,11 +90,11 @@ DATASETS = {
         "model": {"hidden_dim": 64, "num_blocks": 1, "dropout": 0.2},
     },
 }
-# model -> options on top of the dataset's (SASRec: 1 head, as published; FAME: 2 facets x 4 experts;
-# HyMoERec: 4 experts, top-2, alpha warm-up over the first epoch's steps)
+# model -> options on top of the dataset's (SASRec: 1 head, as published; FAME: 2 facets x 4 experts, W_f started
+# as head-chunk selectors; HyMoERec: 4 experts, top-2, alpha warm-up over the first epoch's steps)
 MODELS = {
     "sasrec": {"num_heads": 1},
-    "fame": {"num_heads": 2, "num_experts": 4},
+    "fame": {"num_heads": 2, "num_experts": 4, "item_projection_init": "chunks"},
     "hymoerec": {"num_heads": 1, "num_experts": 4, "k": 2, "warmup_steps": 50, "load_balance_weight": 0.01},
 }
 BUDGET = {"epochs": 200, "patience": 10, "learning_rate": 1e-3}
@@ -161,14 +161,18 @@ BEAUTY_LENGTH_BUCKETS = {"bucket_boundaries": [10, 20, 30], "shuffle_buffer": 10
 BUCKETED_BEAUTY = {"beauty": BEAUTY_LENGTH_BUCKETS}
 EARLIER_ML1M = {"ml-1m": ML1M_LENGTH_BUCKETS}
 MAIN_BEAUTY = {"beauty": {}}  # Beauty's main data settings (random batches)
+# FAME's W_f drawn from the kernel initializer, as every FAME run before item_projection_init="chunks" (the FAME
+# variants trained then carry it, so that a label means the run its results came from; a no-op with "slice")
+RANDOM_W_F = {"item_projection_init": "random"}
 SAMPLED_SOFTMAX_256 = {"loss": "sampled_softmax", "num_negatives": 256, "proposal": "uniform"}
 ABLATIONS = {
     "sasrec hidden_dim=256": ("sasrec", {"hidden_dim": 256}, {}, BUCKETED_BEAUTY),
     "hymoerec hidden_dim=256": ("hymoerec", {"hidden_dim": 256, "expert_hidden_dim": 512}, {}, BUCKETED_BEAUTY),
-    "fame hidden_dim=256": ("fame", {"hidden_dim": 256}, {}, BUCKETED_BEAUTY),
-    "fame num_blocks=2": ("fame", {"num_blocks": 2}, {}, BUCKETED_BEAUTY),
-    "fame num_heads=1": ("fame", {"num_heads": 1}, {}, BUCKETED_BEAUTY),
-    "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1}, {}, BUCKETED_BEAUTY),
+    "fame hidden_dim=256": ("fame", {"hidden_dim": 256, **RANDOM_W_F}, {}, BUCKETED_BEAUTY),
+    "fame num_blocks=2": ("fame", {"num_blocks": 2, **RANDOM_W_F}, {}, BUCKETED_BEAUTY),
+    "fame num_heads=1": ("fame", {"num_heads": 1, **RANDOM_W_F}, {}, BUCKETED_BEAUTY),
+    "fame num_heads=1 num_experts=1": ("fame", {"num_heads": 1, "num_experts": 1, **RANDOM_W_F}, {},
+                                       BUCKETED_BEAUTY),
     "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}, {}, BUCKETED_BEAUTY),
     "sasrec initializer_range=0.02": ("sasrec", {**ML1M_EARLIER_MODEL, "initializer_range": 0.02}, ML1M_EARLIER_ADAM,
                                       {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
@@ -183,12 +187,13 @@ ABLATIONS = {
     "hymoerec expert_hidden_dim=128": ("hymoerec", {"expert_hidden_dim": 128}, {}, BUCKETED_BEAUTY),
     # Beauty's main settings before this release, for the variants above to be compared with
     "sasrec length buckets": ("sasrec", ML1M_EARLIER_MODEL, ML1M_EARLIER_ADAM, {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
-    "fame length buckets": ("fame", ML1M_EARLIER_MODEL, ML1M_EARLIER_ADAM, {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
+    "fame length buckets": ("fame", {**ML1M_EARLIER_MODEL, **RANDOM_W_F}, ML1M_EARLIER_ADAM,
+                            {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
     "hymoerec length buckets": ("hymoerec", ML1M_EARLIER_MODEL, ML1M_EARLIER_ADAM,
                                 {**EARLIER_ML1M, **BUCKETED_BEAUTY}),
     "sasrec random batches": ("sasrec", {}, {}, {"beauty": RANDOM_BATCHES}),
     "hymoerec random batches": ("hymoerec", {}, {}, {"beauty": RANDOM_BATCHES}),
-    "fame random batches": ("fame", {}, {}, {"beauty": RANDOM_BATCHES}),
+    "fame random batches": ("fame", RANDOM_W_F, {}, {"beauty": RANDOM_BATCHES}),
     "sasrec shuffle_buffer=32768": ("sasrec", {}, {}, {"beauty": {**BEAUTY_LENGTH_BUCKETS, "shuffle_buffer": 32768}}),
     # ML-1M's main settings (the main SASRec runs' twins: the report takes their seeds for the main table)
     "sasrec original random batches": ("sasrec", ORIGINAL_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
@@ -203,15 +208,17 @@ ABLATIONS = {
     # FAME's facet block against SASRec's block, one difference at a time, at Beauty's main settings (where the
     # facet block is the whole transformer): FFN' of 4d' instead of d', pre-LN inside the block, item
     # sub-embeddings as chunks of e_v instead of W_f projections, and a plain SASRec block under the facet block
-    "fame facet_inner_dim=128": ("fame", {"facet_inner_dim": 128}, {}, MAIN_BEAUTY),
-    "fame facet_norm=pre": ("fame", {"facet_norm": "pre"}, {}, MAIN_BEAUTY),
-    "fame item_projection=slice": ("fame", {"item_projection": "slice"}, {}, MAIN_BEAUTY),
-    "fame num_blocks=2 random batches": ("fame", {"num_blocks": 2}, {}, MAIN_BEAUTY),
+    "fame facet_inner_dim=128": ("fame", {"facet_inner_dim": 128, **RANDOM_W_F}, {}, MAIN_BEAUTY),
+    "fame facet_norm=pre": ("fame", {"facet_norm": "pre", **RANDOM_W_F}, {}, MAIN_BEAUTY),
+    "fame item_projection=slice": ("fame", {"item_projection": "slice", **RANDOM_W_F}, {}, MAIN_BEAUTY),
+    "fame num_blocks=2 random batches": ("fame", {"num_blocks": 2, **RANDOM_W_F}, {}, MAIN_BEAUTY),
     # FAME and HyMoERec at ML-1M's main settings, trained as variants (twins of the main runs, like SASRec's above)
     "hymoerec original random batches": ("hymoerec", ORIGINAL_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
-    "fame original random batches": ("fame", ORIGINAL_SASREC, ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
+    "fame original random batches": ("fame", {**ORIGINAL_SASREC, **RANDOM_W_F}, ORIGINAL_ADAM,
+                                     {"ml-1m": RANDOM_BATCHES}),
     # FAME's W_f started as chunk selectors (the "slice" sub-embeddings, then learned) instead of a random draw, which
-    # under N(0, 0.02^2) shrinks the head scores about 6x: at Beauty's and at ML-1M's main settings
+    # under N(0, 0.02^2) shrinks the head scores about 6x: at Beauty's and at ML-1M's main settings (since then the
+    # main settings: these are the main FAME runs' twins)
     "fame item_projection_init=chunks": ("fame", {"item_projection_init": "chunks"}, {}, MAIN_BEAUTY),
     "fame original chunks random batches": ("fame", {**ORIGINAL_SASREC, "item_projection_init": "chunks"},
                                             ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),

@@ -23,7 +23,8 @@ MODELS = {
     "fame": (FAME, {"num_experts": 3}),
     "fame_probs": (FAME, {"num_experts": 2, "mix": "probs", "norm": "post"}),
     "fame_variant": (FAME, {"num_experts": 2, "facet_inner_dim": 12, "facet_norm": "pre", "item_projection": "slice"}),
-    "fame_chunks": (FAME, {"num_experts": 2, "item_projection_init": "chunks", "initializer_range": 0.02}),
+    # W_f drawn from N(0, 0.02^2) instead of started as head-chunk selectors (the default)
+    "fame_random_w_f": (FAME, {"num_experts": 2, "item_projection_init": "random", "initializer_range": 0.02}),
 }
 
 
@@ -81,7 +82,7 @@ def test_sasrec_scores_are_hidden_dot_tied_embeddings():
 @pytest.mark.parametrize("mix", ["logits", "probs"])
 @pytest.mark.parametrize("item_projection", ["dense", "slice"])
 def test_fame_head_mixture_matches_numpy(mix, item_projection):
-    model = make("fame", mix=mix, item_projection=item_projection)
+    model = make("fame", mix=mix, item_projection=item_projection, item_projection_init="random")  # W_f not chunks
     items = batch(np.random.default_rng(3))
     out = model(items)
     heads, gates = out["heads"].numpy(), out["gates"].numpy()  # [B, L, H, d'], [B, L, H]
@@ -114,8 +115,9 @@ def test_fame_head_mixture_matches_numpy(mix, item_projection):
 def test_fame_chunks_init_starts_as_the_slice_projection_and_learns_from_there(mix):
     """item_projection_init="chunks": W_f^(h) selects the h-th chunk, so the scores at initialisation are those of
     item_projection="slice" with the same weights, and W_f is still a trained weight."""
-    dense = make("fame_chunks", mix=mix)
-    sliced = make("fame_chunks", mix=mix, item_projection="slice")
+    dense = make("fame_random_w_f", mix=mix, item_projection_init="chunks")
+    sliced = make("fame_random_w_f", mix=mix, item_projection="slice")
+    assert make("fame").facet_block.item_projection_init == "chunks"  # the default
     projection = dense.facet_block.item_projection.numpy()
     expected = np.zeros((2, 16, 8), "float32")
     for head in range(2):
@@ -131,7 +133,7 @@ def test_fame_chunks_init_starts_as_the_slice_projection_and_learns_from_there(m
     np.testing.assert_allclose(dense.sequence_scores(items).numpy()[real][:, 1:],
                                sliced.sequence_scores(items).numpy()[real][:, 1:], rtol=1e-5, atol=1e-6)
     # the random draw under initializer_range 0.02 shrinks the sub-embeddings by about 0.02 sqrt(d) (d = 16: 0.08)
-    random = make("fame_chunks", mix=mix, item_projection_init="random").facet_block.item_projection.numpy()
+    random = make("fame_random_w_f", mix=mix).facet_block.item_projection.numpy()
     table = dense.item_embeddings.numpy()
     ratio = np.linalg.norm(table @ random[0]) / np.linalg.norm(table @ projection[0])
     assert 0.04 < ratio < 0.16, ratio
@@ -144,7 +146,7 @@ def test_head_chunks_rejects_a_shape_that_is_not_heads_by_chunks():
         HeadChunks()((2, 5, 2))
 
 
-@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame", "fame_probs", "fame_variant", "fame_chunks"])
+@pytest.mark.parametrize("name", ["sasrec", "hymoerec", "fame", "fame_probs", "fame_variant", "fame_random_w_f"])
 def test_keras_save_load_and_config_round_trip(name, tmp_path):
     model = make(name)
     items = batch(np.random.default_rng(4))

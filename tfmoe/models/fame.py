@@ -62,13 +62,14 @@ class FacetBlock(keras.layers.Layer):
         item_projection: ``"dense"`` (default): item sub-embeddings ``e_v W_f^(h)`` with ``W_f`` ``[H, d, d']``;
             ``"slice"``: the ``h``-th ``d'``-chunk of ``e_v`` (no extra weights; then ``q`` is the concatenation
             of the gated heads).
-        item_projection_init: ``"random"`` (default): ``W_f`` drawn from ``kernel_initializer``; ``"chunks"``:
-            ``W_f^(h)`` starts as the selector of the ``h``-th chunk (:class:`~tfmoe.utils.initializers.HeadChunks`),
-            so the block starts from ``"slice"``'s sub-embeddings and learns from there. A draw from a small
+        item_projection_init: ``"chunks"`` (default): ``W_f^(h)`` starts as the selector of the ``h``-th chunk
+            (:class:`~tfmoe.utils.initializers.HeadChunks`), so the block starts from ``"slice"``'s sub-embeddings
+            and learns from there; ``"random"``: ``W_f`` drawn from ``kernel_initializer``. A draw from a small
             ``kernel_initializer`` shrinks the sub-embeddings: ``N(0, 0.02^2)`` at ``d = 64`` scales them, and the
-            head scores, by about ``0.02 sqrt(d) = 0.16``.
+            head scores, by about ``0.02 sqrt(d) = 0.16`` (benchmarks/next_item.py's FAME ablations).
         layer_norm_epsilon: LayerNorm epsilon.
-        kernel_initializer: initializer of every kernel (attention, FFN', gate, ``W_f``; each its own draw).
+        kernel_initializer: initializer of every kernel (attention, FFN', gate, and ``W_f`` with
+            ``item_projection_init="random"``; each its own draw).
         attention_initializer: initializer of the attention's query, key and value kernels only (default
             ``kernel_initializer``).
 
@@ -94,7 +95,7 @@ class FacetBlock(keras.layers.Layer):
         inner_dim=None,
         norm="post",
         item_projection="dense",
-        item_projection_init="random",
+        item_projection_init="chunks",
         layer_norm_epsilon=1e-6,
         kernel_initializer="glorot_uniform",
         attention_initializer=None,
@@ -239,11 +240,11 @@ class FAME(SASRec):
         facet_inner_dim: inner size of the facet block's shared FFN' (default ``d' = d / H``).
         facet_norm: ``"post"`` (default) or ``"pre"`` LayerNorm inside the facet block (:class:`FacetBlock`).
         item_projection: ``"dense"`` (default, ``W_f``) or ``"slice"`` item sub-embeddings (:class:`FacetBlock`).
-        item_projection_init: ``"random"`` (default) or ``"chunks"``: how ``W_f`` starts (:class:`FacetBlock`).
+        item_projection_init: ``"chunks"`` (default) or ``"random"``: how ``W_f`` starts (:class:`FacetBlock`).
     """
 
     def __init__(self, num_items, max_len, num_experts=4, mix="logits", num_heads=2, facet_inner_dim=None,
-                 facet_norm="post", item_projection="dense", item_projection_init="random", **kwargs):
+                 facet_norm="post", item_projection="dense", item_projection_init="chunks", **kwargs):
         owner = type(self).__name__
         self.num_experts = v.check_int(owner, "num_experts", num_experts, minimum=1)
         self.mix = v.check_choice(owner, "mix", mix, MIXES)

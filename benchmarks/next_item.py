@@ -100,9 +100,10 @@ MODELS = {
 BUDGET = {"epochs": 200, "patience": 10, "learning_rate": 1e-3}
 
 
-# HyMoERec cost ablation (``--phase cost``): label -> model options on top of the benchmark's HyMoERec. Experts of
-# inner size 4d (the FFN's), 2d or d and/or the hybrid FFN in the last block only; capacity E/k (no token dropped),
-# or ``routing="dropless"`` (each assignment computed once: k/E of the buffers' expert work, no XLA).
+# Cost ablation (``--phase cost``): label -> (model, options on top of the benchmark's model). HyMoERec: experts of
+# inner size 4d, 2d or d and/or the hybrid FFN in the last block only; capacity E/k (no token dropped), or
+# ``routing="dropless"`` (each assignment computed once: k/E of the buffers' expert work, no XLA). FAME: experts per
+# head.
 COST_VARIANTS = {
     "hymoerec expert_hidden_dim=256 (4d)": ("hymoerec", {"expert_hidden_dim": 256}),
     "hymoerec expert_hidden_dim=128": ("hymoerec", {"expert_hidden_dim": 128}),

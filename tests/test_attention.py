@@ -338,6 +338,9 @@ def test_masked_softmax_and_mean():
     np.testing.assert_array_equal(probs[1], 0.0)
     half = masking.masked_softmax(tf.constant(logits, tf.float16), mask)
     assert half.dtype == tf.float16
+    loose = masking.masked_softmax(logits, mask, zero_empty_rows=False).numpy()  # the caller zeroes empty rows
+    np.testing.assert_array_equal(loose[0], probs[0])
+    assert np.all(np.isfinite(loose[1]))
     values = np.arange(24, dtype="float32").reshape(2, 3, 4)
     mean = masking.masked_mean(values, mask, axis=1).numpy()
     np.testing.assert_allclose(mean[0], (values[0, 0] + values[0, 2]) / 2)
@@ -346,3 +349,20 @@ def test_masked_softmax_and_mean():
     np.testing.assert_allclose(
         masking.masked_sum(values, mask, axis=1).numpy()[0], values[0, 0] + values[0, 2]
     )
+
+
+def test_masked_softmax_broadcasts_a_smaller_mask_along_the_named_axis():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 3, 4, 5)).astype("float32")  # e.g. [B, H, Lq, Lk]
+    mask = rng.random((2, 1, 4, 5)) < 0.6
+    mask[0, 0, 1] = False  # one empty row
+    expected = np.where(mask, np.exp(logits), 0.0)
+    expected = np.divide(expected, expected.sum(-1, keepdims=True), out=np.zeros_like(expected),
+                         where=expected.sum(-1, keepdims=True) > 0)
+    np.testing.assert_allclose(masking.masked_softmax(logits, mask).numpy(), expected, rtol=1e-5, atol=1e-7)
+    # a lower-rank mask aligns to the trailing axes (numpy broadcasting): axis=1 still names the logits' axis 1
+    keys = rng.random((3, 4)) < 0.7
+    keys[0] = True  # no empty column
+    got = masking.masked_softmax(logits, keys[:, :, None], axis=1).numpy()
+    reference = np.where(keys[None, :, :, None], np.exp(logits), 0.0)
+    np.testing.assert_allclose(got, reference / reference.sum(1, keepdims=True), rtol=1e-5)

@@ -326,6 +326,35 @@ def test_dropless_equals_numpy_top_k_without_capacity_and_top_k_with_a_no_drop_c
     assert np.abs(grads[0].numpy()[~mask]).max() == 0  # masked tokens get no gradient
 
 
+def test_top_k_with_a_no_drop_capacity_packs_outside_xla_and_keeps_buffers_under_xla():
+    """capacity_factor >= E / k: eager/graph top-k runs the packed dispatch (k T expert rows), XLA the buffers
+    (E T rows); both are the same function: outputs, gradients and statistics agree."""
+    x = np.random.default_rng(8).normal(size=(4, 12, 6)).astype("float32")
+    mask = np.arange(12)[None, :] < np.array([[12], [9], [2], [5]])
+    moe = MixtureOfExperts(num_experts=4, hidden_dim=7, k=2, capacity_factor=2.0, load_balance_weight=0.01)
+    moe.build(x.shape)
+    _randomize(moe, 22, scale=1.0)
+
+    def run(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = moe(inputs, mask=mask)
+            loss = tf.reduce_sum(out * tf.sin(out + 1.0)) + tf.add_n(moe.losses)
+        return out, tape.gradient(loss, [inputs, *moe.trainable_variables])
+
+    eager = run(tf.constant(x))
+    eager_stats = _stats(moe)
+    xla = tf.function(run, jit_compile=True)(tf.constant(x))
+    np.testing.assert_allclose(eager[0].numpy(), xla[0].numpy(), rtol=1e-5, atol=1e-5)
+    for g, r in zip(eager[1], xla[1]):
+        np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(r).numpy(), rtol=1e-4,
+                                   atol=1e-5)
+    for name, value in _stats(moe).items():
+        np.testing.assert_allclose(eager_stats[name], value, atol=1e-6, err_msg=name)
+    expected, _ = numpy_top_k_moe(moe, x, mask, 2, 2.0)
+    np.testing.assert_allclose(eager[0].numpy().reshape(-1, 6), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_packed_dispatch_and_combine_gradients_equal_plain_gather_gradients():
     rng = np.random.default_rng(13)
     indices = np.stack([rng.permutation(5)[:2] for _ in range(9)]).astype("int32")

@@ -16,13 +16,14 @@ them save to and load from ``.keras`` files once ``tfmoe.layers`` is imported.
 | routers | :class:`SoftmaxRouter`, :class:`TopKRouter`, :class:`ExpertChoiceRouter` |
 | experts | :class:`FeedForward`, :class:`ExpertBank` |
 | MoE FFN | :class:`MixtureOfExperts` (dense, sparse top-k, expert choice), :class:`HybridMoEFeedForward` |
-| attention | :class:`MultiHeadMoEAttention` (FAME) |
+| attention | :class:`MultiHeadMoEAttention` (FAME), :class:`BitDropout` (dropout of its maps) |
 | MoS | :class:`SessionGrouper`, :class:`SessionThemeRouter`, :class:`MultiScaleFusion` |
 | logging | :class:`RoutingStatsLogger` (TensorBoard routing statistics) |
 """
 
 from tfmoe.layers import losses, masking
 from tfmoe.layers.attention import MultiHeadMoEAttention
+from tfmoe.layers.dropout import BitDropout
 from tfmoe.layers.experts import ExpertBank, FeedForward
 from tfmoe.layers.fusion import MultiScaleFusion
 from tfmoe.layers.hybrid import HybridMoEFeedForward
@@ -33,6 +34,7 @@ from tfmoe.layers.session_router import SessionThemeRouter, select_target_themes
 from tfmoe.layers.sessions import SessionGrouper, chunk_positions, gather_grid, session_positions
 
 __all__ = [
+    "BitDropout",
     "ExpertBank",
     "ExpertChoiceRouter",
     "FeedForward",

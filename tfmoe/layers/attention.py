@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from tfmoe.layers import losses, masking, routing_stats
+from tfmoe.layers.dropout import BitDropout
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
 
@@ -125,7 +126,7 @@ class MultiHeadMoEAttention(keras.layers.Layer):
             owner, "query_key_value_initializer", query_key_value_initializer
         )
         self.supports_masking = True
-        self._dropout_layer = keras.layers.Dropout(self.dropout, seed=self.seed, dtype=self.dtype_policy)
+        self._dropout_layer = BitDropout(self.dropout, seed=self.seed, dtype=self.dtype_policy)  # maps: H·N·L² draws
 
     def build(self, input_shape):
         owner = type(self).__name__
@@ -208,13 +209,17 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         routing_stats.assign_routing_statistics(self.routing_statistics, stats)
 
     def _project(self, x, name):
-        """``x [B, L, d]`` -> expert queries ``[B, L, H, N, d']`` or shared keys/values ``[B, L, H, d']``."""
+        """``x [B, L, d]`` -> expert queries ``[B, H, N, L, d']`` or shared keys/values ``[B, H, L, d']``.
+
+        Heads and experts lead so that the attention maps ``[B, H, N, L, L]`` come out of, and go into, batched
+        matmuls with no transpose: only these ``d'``-wide projections are laid out, never the maps.
+        """
         dtype = self.compute_dtype
         kernel = tf.cast(getattr(self, f"{name}_kernel"), dtype)
-        equation = "bld,hndk->blhnk" if name == "query" else "bld,hdk->blhk"
+        equation = "bld,hndk->bhnlk" if name == "query" else "bld,hdk->bhlk"
         out = tf.einsum(equation, x, kernel)
         if self.use_bias:
-            out += tf.cast(getattr(self, f"{name}_bias"), dtype)
+            out += tf.expand_dims(tf.cast(getattr(self, f"{name}_bias"), dtype), -2)  # broadcast over L
         return out
 
     def call(self, inputs, mask=None, training=None, last_query_only=False, context=None):
@@ -230,18 +235,21 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         length = query_x.shape[1] if query_x.shape[1] is not None else tf.shape(query_x)[1]  # static under XLA
         key_length = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
 
-        queries = self._project(query_x, "query") * tf.cast(1.0 / math.sqrt(dk), dtype)  # [B, Lq, H, N, d']
-        keys = self._project(source, "key")  # [B, L, H, d']
-        values = self._project(source, "value")  # [B, L, H, d']
+        queries = self._project(query_x, "query") * tf.cast(1.0 / math.sqrt(dk), dtype)  # [B, H, N, Lq, d']
+        keys = self._project(source, "key")  # [B, H, L, d']
+        values = self._project(source, "value")  # [B, H, L, d']
 
-        scores = tf.cast(tf.einsum("blhnk,bmhk->bhnlm", queries, keys), tf.float32)
+        scores = tf.cast(tf.einsum("bhnlk,bhmk->bhnlm", queries, keys), tf.float32)
         allowed = masking.attention_mask(query_mask, key_mask, causal=self.use_causal_mask, query_length=length,
                                          key_length=key_length)
+        # Rows with no allowed key (padded queries) are zeroed on the [B, L, H, N, d'] outputs, not on the maps.
+        probs = masking.masked_softmax(scores, None if allowed is None else allowed[:, None, None],
+                                       zero_empty_rows=False)
+        probs = self._dropout_layer(tf.cast(probs, dtype), training=training)
+        expert_outputs = tf.einsum("bhnlm,bhmk->bhnlk", probs, values)
+        expert_outputs = tf.transpose(expert_outputs, [0, 3, 1, 2, 4])  # [B, L, H, N, d']
         if allowed is not None:
-            allowed = allowed[:, None, None, :, :]  # [B, 1, 1, L, L]
-        probs = tf.cast(masking.masked_softmax(scores, allowed), dtype)
-        probs = self._dropout_layer(probs, training=training)
-        expert_outputs = tf.einsum("bhnlm,bmhk->blhnk", probs, values)  # [B, L, H, N, d']
+            expert_outputs = masking.apply_mask(expert_outputs, tf.reduce_any(allowed, axis=-1))
 
         router_inputs = tf.reshape(expert_outputs, [-1, length, h, n * dk])
         router_logits = tf.einsum("blhi,hin->blhn", tf.cast(router_inputs, tf.float32), self.router_kernel)

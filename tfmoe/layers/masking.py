@@ -93,19 +93,31 @@ def attention_mask(query_mask=None, key_mask=None, causal: bool = False, query_l
     return combine_masks(*parts)
 
 
-def masked_softmax(logits, mask=None, axis: int = -1):
+def masked_softmax(logits, mask=None, axis: int = -1, zero_empty_rows: bool = True):
     """Softmax over ``axis`` that ignores masked entries; computed in float32, returned in ``logits``' dtype.
 
     ``p_i = mask_i exp(x_i) / sum_j mask_j exp(x_j)``. Masked entries are exactly 0 and a row
     with no unmasked entry is all zeros (never NaN). ``mask`` must broadcast to ``logits``.
+    ``zero_empty_rows=False`` skips that last multiply and leaves such rows finite but meaningless: for a
+    caller that zeroes them more cheaply downstream (attention zeroes the ``[B, L, d']`` outputs of padded
+    queries, not their ``[B, L, L]`` maps).
+
+    The mask is never broadcast to the logits' shape: it becomes an additive bias (0 or
+    ``MASKED_LOGIT``) and a per-row validity factor, both at the mask's own shape, so a broadcast mask
+    (``[B, 1, 1, L, L]`` against attention logits ``[B, H, N, L, L]``) costs one add and one multiply
+    over the logits rather than a broadcast, a select and a cast of full size.
     """
     logits = tf.convert_to_tensor(logits)
     x = tf.cast(logits, tf.float32)
     if mask is None:
         return tf.cast(tf.nn.softmax(x, axis=axis), logits.dtype)
-    mask = tf.broadcast_to(as_bool_mask(mask), tf.shape(x))
-    x = tf.where(mask, x, tf.constant(MASKED_LOGIT, tf.float32))
-    probs = tf.nn.softmax(x, axis=axis) * tf.cast(mask, tf.float32)
+    mask = as_bool_mask(mask)
+    for _ in range(x.shape.rank - mask.shape.rank):  # numpy broadcasting, so that ``axis`` names the same axis
+        mask = mask[None]
+    bias = tf.where(mask, tf.constant(0.0, tf.float32), tf.constant(MASKED_LOGIT, tf.float32))
+    probs = tf.nn.softmax(x + bias, axis=axis)
+    if zero_empty_rows:
+        probs *= tf.cast(tf.reduce_any(mask, axis=axis, keepdims=True), tf.float32)
     return tf.cast(probs, logits.dtype)
 
 

@@ -18,7 +18,9 @@ token's first choice before any second choice, earlier tokens first within a ran
 with one ``argsort``; assignment ``j`` of expert ``e`` lands in slot ``j`` of ``e``'s buffer if
 ``j < C``, else it is **dropped**. Tokens are gathered into ``[E, C, d]`` buffers with integer indices,
 the bank runs on the buffers and the gated results are gathered back per assignment and summed.
-No ``[T, E, C]`` tensor is ever built.
+No ``[T, E, C]`` tensor is ever built. When ``capacity_factor >= E / k`` nothing can be dropped (``C = T``)
+and, outside XLA, ``top_k`` runs the packed dispatch of ``"dropless"`` instead: the same outputs from
+``k T`` expert rows rather than ``E T``. Under XLA it keeps the static buffers.
 
 Here ``T`` is the number of **unmasked** tokens of the call on this replica (padding is not counted, so
 padding never changes which tokens are dropped); buffers are allocated for the static worst case
@@ -484,6 +486,10 @@ class MixtureOfExperts(keras.layers.Layer):
                 f"routing='top_k' with capacity_factor >= num_experts / k = {self.num_experts / self.k:g} "
                 "(the same outputs, no token dropped)"
             )
+        return self._packed(flat_inputs, route, training)
+
+    def _packed(self, flat_inputs, route, training):
+        """Top-k without capacity: the ``k T`` assignments packed by expert (dynamic shapes, so not under XLA)."""
         plan = plan_packed_dispatch(route["expert_indices"], self.num_experts)
         rows = dispatch_packed(flat_inputs, plan)  # [k T, d]
         outputs = combine_packed(self.experts.run_packed(rows, plan.rows_per_expert, training), plan,
@@ -492,6 +498,10 @@ class MixtureOfExperts(keras.layers.Layer):
         return outputs, dict(routed_assignments=routed, dropped_assignments=0, dropped_tokens=0)
 
     def _top_k(self, flat_inputs, route, flat_mask, total_tokens, training):
+        if self.capacity_factor * self.k >= self.num_experts and not in_xla_context():
+            # No assignment can be dropped (C = T), so the buffers would hold E T rows for k T assignments: the
+            # packed dispatch computes the same outputs with k T expert rows. XLA needs the static buffers.
+            return self._packed(flat_inputs, route, training)
         capacity = self.capacity(total_tokens)
         effective = (
             capacity if flat_mask is None else self.capacity(tf.reduce_sum(tf.cast(flat_mask, tf.int32)))

@@ -11,7 +11,8 @@ Options the paper leaves open, with the defaults chosen here:
   paper "replaces the PFFN in each block").
 * ``expert_hidden_dim``: expert inner size (default = the FFN inner size ``4 d``).
 * ``routing``: ``"top_k"`` (default; exact top-k with ``capacity_factor = num_experts / k``, so no token
-  is ever dropped and scores do not depend on the batch) or ``"dense"``.
+  is ever dropped and scores do not depend on the batch; outside XLA it runs the packed ``k T``-row dispatch,
+  under ``jit_compile`` static buffers), ``"dropless"`` or ``"dense"``.
 * ``alpha`` is one learnable scalar per block; ``warmup_steps`` counts training calls (linear ramp).
 
 Example:

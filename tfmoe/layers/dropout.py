@@ -7,7 +7,8 @@ expected value. The rate it applies is ``rate`` rounded to a multiple of ``1 / 6
 ``7.7e-6``), and kept elements are scaled by ``1 / (1 - applied rate)`` so that the mean is preserved
 exactly in expectation.
 
-    >>>     >>> from tfmoe.layers import BitDropout
+    >>> import numpy as np
+    >>> from tfmoe.layers import BitDropout
     >>> out = BitDropout(0.5, seed=1)(np.ones((4, 1000), "float32"), training=True).numpy()
     >>> sorted(set(out.ravel().tolist()))
     [0.0, 2.0]

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from layer_contract import check_layer_contract
 
-from tfmoe.layers.routers import ExpertChoiceRouter, SoftmaxRouter, TopKRouter, expert_capacity
+from tfmoe.layers.routers import ExpertChoiceRouter, SoftmaxRouter, TopKRouter, capacity_never_drops, expert_capacity
 
 
 def _softmax(z):
@@ -260,3 +260,10 @@ MASK_CONTRACT = np.arange(5)[None, :] < np.array([[5], [2], [4], [1]])
 )
 def test_router_contract_with_mask(factory, tmp_path):
     check_layer_contract(_seeded(factory), (X_CONTRACT, MASK_CONTRACT), tmp_path)
+
+
+@pytest.mark.parametrize("num_experts,k", [(4, 2), (5, 3), (7, 3), (8, 1)])
+def test_capacity_never_drops_exactly_when_every_capacity_is_all_tokens(num_experts, k):
+    for factor in [0.5, 1.0, 1.25, num_experts / k - 1e-3, num_experts / k, num_experts / k + 1e-3, 4.0]:
+        all_tokens = all(expert_capacity(t, num_experts, factor, k) == t for t in [*range(1, 200), 10**6, 10**9])
+        assert capacity_never_drops(num_experts, factor, k) == all_tokens, (factor, num_experts, k)

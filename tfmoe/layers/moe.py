@@ -61,6 +61,7 @@ from tfmoe.layers.routers import (
     ExpertChoiceRouter,
     SoftmaxRouter,
     TopKRouter,
+    capacity_never_drops,
     expert_capacity,
     flat_token_mask,
     flatten_tokens,
@@ -498,7 +499,7 @@ class MixtureOfExperts(keras.layers.Layer):
         return outputs, dict(routed_assignments=routed, dropped_assignments=0, dropped_tokens=0)
 
     def _top_k(self, flat_inputs, route, flat_mask, total_tokens, training):
-        if self.capacity_factor * self.k >= self.num_experts and not in_xla_context():
+        if capacity_never_drops(self.num_experts, self.capacity_factor, self.k) and not in_xla_context():
             # No assignment can be dropped (C = T), so the buffers would hold E T rows for k T assignments: the
             # packed dispatch computes the same outputs with k T expert rows. XLA needs the static buffers.
             return self._packed(flat_inputs, route, training)

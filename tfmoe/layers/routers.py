@@ -47,6 +47,21 @@ from tfmoe.utils.validation import check_bool, check_choice, check_float, check_
 _CAPACITY_DENOMINATOR = 10_000
 
 
+def _exact_capacity_factor(capacity_factor: float) -> Fraction:
+    return Fraction(capacity_factor).limit_denominator(_CAPACITY_DENOMINATOR)
+
+
+def capacity_never_drops(num_experts: int, capacity_factor: float, k: int = 1) -> bool:
+    """True when :func:`expert_capacity` is ``T`` for every ``T`` (``capacity_factor * k >= E``, read exactly as
+    :func:`expert_capacity` reads it): top-k routing with this capacity never drops an assignment.
+
+    Example:
+        >>> capacity_never_drops(4, 2.0, k=2), capacity_never_drops(4, 1.25, k=2)
+        (True, False)
+    """
+    return _exact_capacity_factor(capacity_factor) * k >= num_experts
+
+
 def expert_capacity(num_tokens, num_experts: int, capacity_factor: float, k: int = 1):
     """Tokens each expert may take: ``C = min(T, ceil(capacity_factor * k * T / E))``.
 
@@ -58,7 +73,7 @@ def expert_capacity(num_tokens, num_experts: int, capacity_factor: float, k: int
         >>> expert_capacity(8192, 8, 1.25, k=2)
         2560
     """
-    ratio = Fraction(capacity_factor).limit_denominator(_CAPACITY_DENOMINATOR)
+    ratio = _exact_capacity_factor(capacity_factor)
     numerator, denominator = ratio.numerator * k, ratio.denominator * num_experts
     if isinstance(num_tokens, int):
         return min(num_tokens, -(-numerator * num_tokens // denominator))

@@ -187,9 +187,6 @@ def model_path(path) -> str:
 
 def load_model(path):
     """Loads a trained tfmoe model from a ``.keras`` file or a trainer output directory (no optimizer state)."""
-    import keras
+    from tfmoe.models import load_model as load_tfmoe_model
 
-    from tfmoe.models import registry
-
-    registry.available_models()  # imports every model module, so their classes are registered serializable
-    return keras.saving.load_model(model_path(path), compile=False)
+    return load_tfmoe_model(model_path(path), compile=False)

@@ -226,6 +226,47 @@ def test_save_load_and_config_round_trip(name, tmp_path):
     np.testing.assert_allclose(clone(x).numpy(), expected, atol=1e-6)
 
 
+def test_load_model_registers_every_tfmoe_class_in_a_fresh_interpreter(tmp_path):
+    """``keras.saving.load_model`` alone cannot find tfmoe's classes before their modules are imported;
+    ``tfmoe.models.load_model`` can, for a next-item model and a lazily loaded CTR model alike."""
+    import json
+    import subprocess
+    import sys
+
+    from tfmoe.models import SASRec
+
+    x = random_features()
+    ctr = build("mos_din")
+    keras.utils.set_random_seed(0)
+    sasrec = SASRec(num_items=N_ITEMS, max_len=L, hidden_dim=8)
+    paths = {"ctr": str(tmp_path / "mos_din.keras"), "sasrec": str(tmp_path / "sasrec.keras")}
+    ctr.save(paths["ctr"])
+    sasrec.save(paths["sasrec"])
+    np.savez(tmp_path / "x.npz", **x)
+    script = f"""
+import json, keras, numpy as np
+paths = {paths!r}
+try:
+    keras.saving.load_model(paths["ctr"])
+    plain = "loaded"
+except TypeError as error:
+    plain = str(error).split(".")[0]
+from tfmoe.models import load_model
+x = dict(np.load({str(tmp_path / "x.npz")!r}))
+ctr, sasrec = load_model(paths["ctr"]), load_model(paths["sasrec"], compile=False)
+print(json.dumps({{"plain": plain, "ctr": np.asarray(ctr(x)).tolist(),
+                  "sasrec": np.asarray(sasrec.last_scores(x)).tolist(), "types": [type(ctr).__name__,
+                  type(sasrec).__name__]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["plain"] == "Could not locate class 'MoSDIN'"
+    assert out["types"] == [type(ctr).__name__, "SASRec"]
+    np.testing.assert_allclose(out["ctr"], ctr(x).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(out["sasrec"], sasrec.last_scores(x).numpy())
+
+
 # ----- training -------------------------------------------------------------------------------------------
 def synthetic_ctr(num_users=600, positions=12, max_len=30, seed=1):
     """CTR rows from the synthetic session-hopping data: train (random positions) and test (last position).

@@ -90,9 +90,9 @@ def test_fame_head_mixture_matches_numpy(mix, item_projection):
     np.testing.assert_allclose(gates[items != 0].sum(-1), 1.0, rtol=1e-5)
     table = model.item_embeddings.numpy()
     if item_projection == "dense":
-        sub = np.einsum("vd,hdk->hvk", table, model.facet_block.item_projection.numpy())
+        sub = np.einsum("vd,hdk->hvk", table, model.facet_block.item_projection_kernel.numpy())
     else:  # e_v^(h) = the h-th 8-wide chunk of e_v, no W_f
-        assert model.facet_block.item_projection is None
+        assert model.facet_block.item_projection_kernel is None
         assert not any("item_projection" in w.path for w in model.weights)
         sub = np.stack([table[:, :8], table[:, 8:]])
     per_head = np.einsum("blhk,hvk->blhv", heads, sub)  # s^(h)(v)
@@ -118,12 +118,12 @@ def test_fame_chunks_init_starts_as_the_slice_projection_and_learns_from_there(m
     dense = make("fame_random_w_f", mix=mix, item_projection_init="chunks")
     sliced = make("fame_random_w_f", mix=mix, item_projection="slice")
     assert make("fame").facet_block.item_projection_init == "chunks"  # the default
-    projection = dense.facet_block.item_projection.numpy()
+    projection = dense.facet_block.item_projection_kernel.numpy()
     expected = np.zeros((2, 16, 8), "float32")
     for head in range(2):
         expected[head, head * 8:(head + 1) * 8] = np.eye(8)
     np.testing.assert_array_equal(projection, expected)
-    assert dense.facet_block.item_projection.trainable
+    assert dense.facet_block.item_projection_kernel.trainable
     sliced_weights = {w.path: w for w in sliced.weights}
     for weight in dense.weights:
         if weight.path in sliced_weights:
@@ -133,7 +133,7 @@ def test_fame_chunks_init_starts_as_the_slice_projection_and_learns_from_there(m
     np.testing.assert_allclose(dense.sequence_scores(items).numpy()[real][:, 1:],
                                sliced.sequence_scores(items).numpy()[real][:, 1:], rtol=1e-5, atol=1e-6)
     # the random draw under initializer_range 0.02 shrinks the sub-embeddings by about 0.02 sqrt(d) (d = 16: 0.08)
-    random = make("fame_random_w_f", mix=mix).facet_block.item_projection.numpy()
+    random = make("fame_random_w_f", mix=mix).facet_block.item_projection_kernel.numpy()
     table = dense.item_embeddings.numpy()
     ratio = np.linalg.norm(table @ random[0]) / np.linalg.norm(table @ projection[0])
     assert 0.04 < ratio < 0.16, ratio

@@ -14,7 +14,9 @@ from tfmoe.models.fame import FAME, FacetBlock
 from tfmoe.models.hymoerec import HyMoERec
 from tfmoe.models.losses import NextItemLoss
 from tfmoe.models.sasrec import SASRec
+from tfmoe.models.saving import load_model
 
 __all__ = [
-    "FAME", "FacetBlock", "HyMoERec", "ItemEncoder", "NextItemLoss", "SASRec", "TransformerBlock", "losses", "registry",
+    "FAME", "FacetBlock", "HyMoERec", "ItemEncoder", "NextItemLoss", "SASRec", "TransformerBlock", "load_model",
+    "losses", "registry",
 ]

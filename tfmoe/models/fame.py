@@ -74,7 +74,7 @@ class FacetBlock(keras.layers.Layer):
             ``kernel_initializer``).
 
     Call: ``block(x [B, L, d], mask=[B, L], training=None)`` -> ``(F [B, L, H, d'], g [B, L, H] float32)``,
-    both zero at padding. ``item_projection`` is ``W_f`` ``[H, d, d']`` (None with ``"slice"``);
+    both zero at padding. ``item_projection_kernel`` is ``W_f`` ``[H, d, d']`` (None with ``"slice"``);
     :meth:`sub_embeddings` and :meth:`gated_query` apply it.
 
     Example:
@@ -116,7 +116,7 @@ class FacetBlock(keras.layers.Layer):
         )
         self.inner_dim = v.check_optional_int(owner, "inner_dim", inner_dim, minimum=1)
         self.norm = v.check_choice(owner, "norm", norm, FACET_NORMS)
-        self.item_projection_kind = v.check_choice(owner, "item_projection", item_projection, ITEM_PROJECTIONS)
+        self.item_projection = v.check_choice(owner, "item_projection", item_projection, ITEM_PROJECTIONS)
         self.item_projection_init = v.check_choice(owner, "item_projection_init", item_projection_init,
                                                    ITEM_PROJECTION_INITS)
         self.layer_norm_epsilon = v.check_float(owner, "layer_norm_epsilon", layer_norm_epsilon, minimum=0.0)
@@ -159,9 +159,9 @@ class FacetBlock(keras.layers.Layer):
         self.ffn.build(head_shape)
         self.ffn_norm.build(head_shape)
         self.gate.build((None, input_shape[1], h * dk))
-        self.item_projection = None
-        if self.item_projection_kind == "dense":
-            self.item_projection = self.add_weight(
+        self.item_projection_kernel = None
+        if self.item_projection == "dense":
+            self.item_projection_kernel = self.add_weight(
                 name="item_projection",
                 shape=(h, d, dk),
                 initializer=HeadChunks() if self.item_projection_init == "chunks"
@@ -172,17 +172,17 @@ class FacetBlock(keras.layers.Layer):
     def sub_embeddings(self, table):
         """Item sub-embeddings ``e_v^(h)`` ``[H, V, d']`` float32 of an item table ``[V, d]``."""
         table = tf.cast(table, tf.float32)
-        if self.item_projection is None:
+        if self.item_projection_kernel is None:
             return tf.transpose(tf.reshape(table, [-1, self.num_heads, self.head_dim]), [1, 0, 2])
-        return tf.einsum("vd,hdk->hvk", table, tf.cast(self.item_projection, tf.float32))
+        return tf.einsum("vd,hdk->hvk", table, tf.cast(self.item_projection_kernel, tf.float32))
 
     def gated_query(self, weighted):
         """``q = sum_h W_f^(h) (g_h F^(h))`` ``[n, d]`` of gated heads ``[n, H, d']`` (float32), so that
         ``sum_h g_h s^(h)(v) = q . e_v``."""
         flat = tf.reshape(tf.cast(weighted, tf.float32), [-1, self.num_heads * self.head_dim])
-        if self.item_projection is None:
+        if self.item_projection_kernel is None:
             return flat
-        projection = tf.cast(self.item_projection, tf.float32)  # [H, d, d']
+        projection = tf.cast(self.item_projection_kernel, tf.float32)  # [H, d, d']
         return tf.matmul(flat, tf.reshape(tf.transpose(projection, [0, 2, 1]), [self.num_heads * self.head_dim, -1]))
 
     def call(self, x, mask=None, training=None, last_only=False):
@@ -218,7 +218,7 @@ class FacetBlock(keras.layers.Layer):
             attention_output_dropout=self.attention_output_dropout_rate,
             inner_dim=self.inner_dim,
             norm=self.norm,
-            item_projection=self.item_projection_kind,
+            item_projection=self.item_projection,
             item_projection_init=self.item_projection_init,
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),

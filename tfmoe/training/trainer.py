@@ -11,7 +11,7 @@ Output directory (``config.output_dir``)::
     best.weights.h5    weights of the best validation epoch
     state.json         early-stopping state and per-epoch history (what a restart needs)
     logs/              TensorBoard: train/validation scalars, logs/routing: the MoE routing statistics
-    model.keras        the best model (``keras.saving.load_model`` loads it; tfmoe models are registered)
+    model.keras        the best model (``tfmoe.models.load_model`` loads it)
     metrics.json       config, best epoch, epochs run, valid/test metrics (and their evaluation protocol),
                        sequences per second
     run_config.json    the config the run was started with
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
-from tfmoe.models import registry
+from tfmoe.models import load_model, registry
 from tfmoe.training import callbacks as cb
 from tfmoe.training import run_settings
 from tfmoe.training.config import TrainConfig
@@ -324,7 +324,7 @@ def load_result(output_dir: str) -> TrainResult:
     """The :class:`TrainResult` of a finished run (its best model loaded from ``model.keras``)."""
     with tf.io.gfile.GFile(os.path.join(output_dir, METRICS_FILE)) as f:
         saved = json.load(f)
-    model = keras.saving.load_model(os.path.join(output_dir, MODEL_FILE))
+    model = load_model(os.path.join(output_dir, MODEL_FILE))
     return TrainResult(model=model, task=saved["task"], monitor=saved["monitor"], best_epoch=saved["best_epoch"],
                        epochs_run=saved["epochs_run"], stopped_early=saved["stopped_early"],
                        metrics=saved["metrics"], sequences_per_s=saved["sequences_per_s"], output_dir=output_dir,

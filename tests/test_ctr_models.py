@@ -267,6 +267,14 @@ print(json.dumps({{"plain": plain, "ctr": np.asarray(ctr(x)).tolist(),
     np.testing.assert_array_equal(out["sasrec"], sasrec.last_scores(x).numpy())
 
 
+def test_load_model_names_a_missing_file(tmp_path):
+    from tfmoe.models import load_model
+
+    missing = str(tmp_path / "nowhere.keras")
+    with pytest.raises(ValueError, match=f"File not found: filepath={missing}"):
+        load_model(missing)
+
+
 # ----- training -------------------------------------------------------------------------------------------
 def synthetic_ctr(num_users=600, positions=12, max_len=30, seed=1):
     """CTR rows from the synthetic session-hopping data: train (random positions) and test (last position).

@@ -17,11 +17,12 @@ Example:
 from __future__ import annotations
 
 
-def load_model(path: str, compile: bool = True, safe_mode: bool = True):
-    """``keras.saving.load_model(path, compile, safe_mode)`` with every tfmoe model class registered first.
+def load_model(path: str, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True):
+    """``keras.saving.load_model`` with every tfmoe model class registered first.
 
     Args:
         path: a ``.keras`` file (the trainer writes ``<output_dir>/model.keras``).
+        custom_objects: more classes or functions the file needs (a user's own layers), as for Keras.
         compile: restore the training configuration (optimizer) as well; ``False`` for inference only.
         safe_mode: Keras' guard against loading lambdas from untrusted files.
 
@@ -32,4 +33,4 @@ def load_model(path: str, compile: bool = True, safe_mode: bool = True):
     from tfmoe.models import registry
 
     registry.available_models()  # imports every model module (CTR ones included), registering their classes
-    return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+    return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -16,6 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import keras
+
+from tfmoe.models import registry
+
 
 def load_model(path: str, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True):
     """``keras.saving.load_model`` with every tfmoe model class registered first.
@@ -28,9 +32,5 @@ def load_model(path: str, custom_objects: dict | None = None, compile: bool = Tr
 
     Keras raises ``ValueError`` for a missing file or one that is not ``.keras`` (local or remote, e.g. ``gs://``).
     """
-    import keras
-
-    from tfmoe.models import registry
-
     registry.available_models()  # imports every model module (CTR ones included), registering their classes
     return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -60,6 +60,16 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
     assert next_item.ablation_twins("ml-1m", "sasrec") == ["sasrec original random batches"]
     assert next_item.ablation_twins("ml-1m", "hymoerec") == ["hymoerec original random batches"]
     assert next_item.ablation_twins("beauty", "sasrec") == ["sasrec random batches"]
+    # FAME's main settings: 2 experts per head; the FAME variants trained with the earlier 4 keep them
+    assert next_item.ablation_twins("ml-1m", "fame") == next_item.ablation_twins("beauty", "fame") == [
+        "fame num_experts=2"]
+    assert next_item.run_config("beauty", "fame", 0, "w", 1, 1)["model"]["num_experts"] == 2
+    for label, (model, options, optimizer, datasets_data) in next_item.ABLATIONS.items():
+        if model == "fame" and label != "fame num_experts=2":
+            for dataset, data in datasets_data.items():
+                expected = 1 if "num_experts=1" in label else 4
+                assert next_item.run_config(dataset, model, 0, "w", 1, 1, options, optimizer, data)["model"][
+                    "num_experts"] == expected, label
     random_batches = next_item.run_config("beauty", "sasrec", 0, "w", 1, 1, None, None, next_item.RANDOM_BATCHES)
     assert random_batches["data"]["bucket_boundaries"] is None and random_batches["data"]["max_len"] == 50
     assert next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 200

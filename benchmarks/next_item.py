@@ -91,7 +91,7 @@ DATASETS = {
     },
 }
 # model -> options on top of the dataset's (SASRec: 1 head, as published; FAME: 2 facets x 2 expert queries, W_f
-# started as head-chunk selectors: 2 experts per head match 4 (the paper's and the library's default) on both datasets
+# started as head-chunk selectors: 2 experts per head match 4 (the library's default) on both datasets
 # at 1.34x SASRec's epoch time on ML-1M instead of 1.66x, see the "fame num_experts=2" ablation; HyMoERec: 4 experts,
 # top-2, alpha warm-up over the first epoch's steps)
 MODELS = {

@@ -235,7 +235,9 @@ class FAME(SASRec):
     ``call`` returns ``{"heads": F [B, L, H, d'], "gates": g [B, L, H]}``; scores and losses use it.
 
     Args (on top of :class:`~tfmoe.models.SASRec`'s; ``num_heads`` defaults to 2 here):
-        num_experts: expert queries per head ``N`` (default 4).
+        num_experts: expert queries per head ``N`` (default 4, as FAME's public reimplementations). The attention cost
+            grows with ``H N``: 2 per head matched 4 on ML-1M and Beauty at 1.3x SASRec's epoch time instead of 1.6x on
+            ML-1M (benchmarks/next_item.py, which uses 2).
         mix: ``"logits"`` (default) or ``"probs"`` (needs ``loss="softmax"``).
         facet_inner_dim: inner size of the facet block's shared FFN' (default ``d' = d / H``).
         facet_norm: ``"post"`` (default) or ``"pre"`` LayerNorm inside the facet block (:class:`FacetBlock`).

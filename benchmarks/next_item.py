@@ -91,9 +91,9 @@ DATASETS = {
     },
 }
 # model -> options on top of the dataset's (SASRec: 1 head, as published; FAME: 2 facets x 2 expert queries, W_f
-# started as head-chunk selectors: 2 experts per head match 4 (the library's default) on both datasets
-# at 1.34x SASRec's epoch time on ML-1M instead of 1.66x, see the "fame num_experts=2" ablation; HyMoERec: 4 experts,
-# top-2, alpha warm-up over the first epoch's steps)
+# started as head-chunk selectors: 2 experts per head match 4 (the library's default) on both datasets at less cost,
+# see the "fame num_experts=2" ablation and results/next_item_cost.json; HyMoERec: 4 experts, top-2, alpha warm-up
+# over the first epoch's steps)
 MODELS = {
     "sasrec": {"num_heads": 1},
     "fame": {"num_heads": 2, "num_experts": 2, "item_projection_init": "chunks"},
@@ -230,8 +230,8 @@ ABLATIONS = {
                                                      "item_projection_init": "chunks"},
                                             ORIGINAL_ADAM, {"ml-1m": RANDOM_BATCHES}),
     # FAME with 2 experts per head instead of 4 at both datasets' main settings: 1.34x SASRec's epoch time on ML-1M
-    # against 1.66x (`--phase cost`): what do the two experts it drops buy? (Nothing measurable: since then the main
-    # settings, and these runs are the main FAME runs' twins.)
+    # against 1.66x in the `--phase cost` run of the time: what do the two experts it drops buy? (Nothing measurable:
+    # since then the main settings, and these runs are the main FAME runs' twins.)
     "fame num_experts=2": ("fame", {"num_experts": 2}, {}, {"ml-1m": {}, "beauty": {}}),
 }
 ABLATION_RESULTS = os.path.join(paths.RESULTS, "next_item_ablation.json")

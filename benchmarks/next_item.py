@@ -234,9 +234,10 @@ ABLATIONS = {
     # since then the main settings, and these runs are the main FAME runs' twins.)
     "fame num_experts=2": ("fame", {"num_experts": 2}, {}, {"ml-1m": {}, "beauty": {}}),
     # HyMoERec on Beauty fits the training sequences better than SASRec and validates worse: is it short of
-    # regularisation? Both with dropout 0.3 instead of the main settings' 0.2 (Beauty's main settings otherwise)
+    # regularisation? All three with dropout 0.3 instead of the main settings' 0.2 (Beauty's main settings otherwise)
     "hymoerec dropout=0.3": ("hymoerec", {"dropout": 0.3}, {}, MAIN_BEAUTY),
     "sasrec dropout=0.3": ("sasrec", {"dropout": 0.3}, {}, MAIN_BEAUTY),
+    "fame dropout=0.3": ("fame", {"dropout": 0.3}, {}, MAIN_BEAUTY),
 }
 ABLATION_RESULTS = os.path.join(paths.RESULTS, "next_item_ablation.json")
 

@@ -64,15 +64,16 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
     assert next_item.ablation_twins("ml-1m", "fame") == next_item.ablation_twins("beauty", "fame") == [
         "fame num_experts=2"]
     assert next_item.run_config("beauty", "fame", 0, "w", 1, 1)["model"]["num_experts"] == 2
-    # the regularisation ablation on Beauty: the main settings of both models with dropout 0.3 instead of 0.2
-    for model in ("sasrec", "hymoerec"):
+    # the regularisation ablation on Beauty: the main settings of each model with dropout 0.3 instead of 0.2
+    for model in ("sasrec", "fame", "hymoerec"):
         _, options, optimizer, data = next_item.ABLATIONS[f"{model} dropout=0.3"]
         variant = next_item.run_config("beauty", model, 0, "w", 1, 1, options, optimizer, data["beauty"])
         main = next_item.run_config("beauty", model, 0, "w", 1, 1)
         assert (variant["model"].pop("dropout"), main["model"].pop("dropout")) == (0.3, 0.2)
         assert variant == main
+    since_two_experts = {"fame num_experts=2", "fame dropout=0.3"}  # trained with the benchmark's 2 (checked above)
     for label, (model, options, optimizer, datasets_data) in next_item.ABLATIONS.items():
-        if model == "fame" and label != "fame num_experts=2":
+        if model == "fame" and label not in since_two_experts:
             for dataset, data in datasets_data.items():
                 expected = 1 if "num_experts=1" in label else 4
                 assert next_item.run_config(dataset, model, 0, "w", 1, 1, options, optimizer, data)["model"][

@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/next_item_tables.py --cost ml-1m          # the MoE models' cost table
     .venv/bin/python benchmarks/next_item_tables.py --ablation beauty --epochs 2 5 10 20 25 \\
         --labels sasrec "sasrec random batches"                           # rows of the ablation table
+    .venv/bin/python benchmarks/next_item_tables.py --seed-means beauty \\
+        --labels "sasrec random batches" "sasrec dropout=0.3"             # variants' means over their seeds
 
 Example:
     >>> payload = {"toy": {"sasrec": {"ndcg@10": 0.05, "ndcg@10_std": 0.001, "hr@10": 0.08, "seeds": 3,
@@ -25,7 +27,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.next_item import ABLATION_RESULTS, COST_RESULTS, DATASETS, MODELS, RESULTS  # imports no TensorFlow
+import numpy as np
+
+from benchmarks.next_item import (  # imports no TensorFlow
+    ABLATION_RESULTS,
+    COST_RESULTS,
+    DATASETS,
+    MODELS,
+    RESULTS,
+    seed_suffix,
+)
 
 MODEL_ORDER, DATASET_ORDER = tuple(MODELS), tuple(DATASETS)
 MAIN_HEADER = ("| dataset | model | NDCG@10 | HR@10 | unfiltered NDCG@10 / HR@10 | seeds | epochs (mean) | "
@@ -101,13 +112,49 @@ def ablation_row(label: str, entry: dict, epochs, test: dict | None = None) -> s
     return f"| {label} | " + " | ".join(cells + [best_cell, result]) + " |"
 
 
+SEED_MEANS_HEADER = ("| {dataset}, variants over their seeds | seeds | test NDCG@10 | test HR@10 | best validation "
+                     "NDCG@10 | epochs (mean) |\n|---|---|---|---|---|---|")
+
+
+def seed_means_row(label: str, section: dict, max_seeds: int = 10) -> str:
+    """``| label | seeds | test NDCG@10 mean ± sample std | HR@10 mean | best validation mean | epochs mean |`` over the
+    finished runs of variant ``label``: the ablation results' keys ``label``, ``label (seed 1)``, ... (``seeds`` names
+    them, so a mean over fewer seeds cannot pass for a 3-seed one).
+
+    >>> run = lambda ndcg, curve: {"test": {"NDCG@10": ndcg, "HR@10": 2 * ndcg}, "valid_ndcg@10": curve}
+    >>> section = {"v": run(0.05, [0.05, 0.06]), "v (seed 1)": run(0.07, [0.07, 0.06, 0.05]), "w": run(0.1, [0.1])}
+    >>> seed_means_row("v", section)
+    '| v | 0, 1 | 0.0600 ± 0.0141 | 0.1200 | 0.0650 | 2.5 |'
+    """
+    runs = [(seed, section[label + seed_suffix(seed)]) for seed in range(max_seeds)
+            if (section.get(label + seed_suffix(seed)) or {}).get("test") and not section[
+                label + seed_suffix(seed)].get("partial")]
+    if not runs:
+        raise ValueError(f"seed_means_row: variant {label!r} has no finished run in the ablation results")
+    ndcg = np.array([e["test"]["NDCG@10"] for _, e in runs])
+    spread = f" ± {ndcg.std(ddof=1):.4f}" if len(runs) > 1 else ""
+    hr = np.mean([e["test"]["HR@10"] for _, e in runs])
+    best = np.mean([max(e["valid_ndcg@10"]) for _, e in runs])
+    epochs = np.mean([len(e["valid_ndcg@10"]) for _, e in runs])
+    seeds = ", ".join(str(seed) for seed, _ in runs)
+    return f"| {label} | {seeds} | {ndcg.mean():.4f}{spread} | {hr:.4f} | {best:.4f} | {epochs:.1f} |"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ablation", metavar="DATASET", help="rows of this dataset's ablation table instead")
     parser.add_argument("--cost", metavar="DATASET", help="this dataset's cost table (HyMoERec, FAME) instead")
+    parser.add_argument("--seed-means", metavar="DATASET", help="means of the variants --labels over their seeds")
     parser.add_argument("--epochs", nargs="+", type=int, default=[2, 5, 10, 20, 25])
     parser.add_argument("--labels", nargs="+", help="ablation: these variants (default all)")
     args = parser.parse_args(argv)
+    if args.seed_means is not None:
+        if not args.labels:
+            parser.error("--seed-means needs --labels")
+        section = json.load(open(ABLATION_RESULTS))[args.seed_means]
+        print("\n".join([SEED_MEANS_HEADER.format(dataset=args.seed_means)] +
+                        [seed_means_row(label, section) for label in args.labels]))
+        return 0
     if args.cost is not None:
         print(cost_table(json.load(open(COST_RESULTS)), args.cost))
         return 0

@@ -379,3 +379,17 @@ def test_the_ml1m_example_config_trains_the_benchmarks_ml1m_sasrec(tmp_path):
     check_same_run(benchmark.output_dir, example)  # raises RunSettingsError naming each difference
     with pytest.raises(RunSettingsError, match="optimizer.beta_2: 0.999 when the run started, 0.98 now"):
         check_same_run(benchmark.output_dir, example.override(["optimizer.beta_2=0.98"]))
+
+
+def test_seed_means_row_averages_a_variants_finished_seeds():
+    """Hand-computed: NDCG@10 0.05 and 0.07 -> mean 0.06, sample std 0.01 * sqrt(2); a partial run and another
+    variant's run stay out, and a variant without a finished run is an error naming it."""
+    def run(ndcg, curve, **extra):
+        return {"test": {"NDCG@10": ndcg, "HR@10": 2 * ndcg}, "valid_ndcg@10": curve, **extra}
+
+    section = {"v": run(0.05, [0.05, 0.06]), "v (seed 1)": run(0.07, [0.07, 0.06, 0.05]),
+               "v (seed 2)": run(0.2, [0.2], partial=True), "v dropout": run(0.1, [0.1])}
+    assert next_item_tables.seed_means_row("v", section) == "| v | 0, 1 | 0.0600 ± 0.0141 | 0.1200 | 0.0650 | 2.5 |"
+    assert next_item_tables.seed_means_row("v dropout", section) == "| v dropout | 0 | 0.1000 | 0.2000 | 0.1000 | 1.0 |"
+    with pytest.raises(ValueError, match="'w' has no finished run"):
+        next_item_tables.seed_means_row("w", section)

@@ -51,6 +51,12 @@ def test_readme_next_item_tables_are_the_committed_results():
             assert row == tables.ablation_row(label, entry, epochs, test), label
             checked += 1
     assert checked >= 30
+    means = re.findall(r"^\| (ml-1m|beauty), variants over their seeds \|.*?\n\|[-|]+\n(.*?)\n\n", README,
+                       flags=re.S | re.M)
+    assert means
+    for dataset, body in means:
+        for row in body.splitlines():
+            assert row == tables.seed_means_row(row.split(" | ")[0].lstrip("| "), ablation[dataset]), row
 
 
 def test_readme_tables_have_a_header():

@@ -126,9 +126,8 @@ def seed_means_row(label: str, section: dict, max_seeds: int = 10) -> str:
     >>> seed_means_row("v", section)
     '| v | 0, 1 | 0.0600 ± 0.0141 | 0.1200 | 0.0650 | 2.5 |'
     """
-    runs = [(seed, section[label + seed_suffix(seed)]) for seed in range(max_seeds)
-            if (section.get(label + seed_suffix(seed)) or {}).get("test") and not section[
-                label + seed_suffix(seed)].get("partial")]
+    entries = ((seed, section.get(label + seed_suffix(seed))) for seed in range(max_seeds))
+    runs = [(seed, e) for seed, e in entries if e and e.get("test") and not e.get("partial")]
     if not runs:
         raise ValueError(f"seed_means_row: variant {label!r} has no finished run in the ablation results")
     ndcg = np.array([e["test"]["NDCG@10"] for _, e in runs])

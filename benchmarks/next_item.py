@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -325,6 +326,13 @@ def ablation_dir(work_dir: str, dataset: str, label: str, seed: int) -> str:
 def seed_suffix(seed: int) -> str:
     """The ablation results' key of a variant's run with ``seed``: ``label + seed_suffix(seed)``."""
     return "" if seed == 0 else f" (seed {seed})"
+
+
+def variant_seed_keys(section: dict, label: str) -> dict[int, str]:
+    """``{seed: key}`` of variant ``label``'s runs among the keys of ``section`` (one dataset's ablation results),
+    in seed order: the inverse of :func:`seed_suffix`."""
+    seeded = re.compile(re.escape(label) + r"(?: \(seed ([1-9]\d*)\))?")
+    return dict(sorted((int(m.group(1) or 0), key) for key in section if (m := seeded.fullmatch(key))))
 
 
 def ablation_twins(dataset: str, model: str) -> list[str]:

@@ -23,11 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np
 
 from benchmarks.next_item import (  # imports no TensorFlow
     ABLATION_RESULTS,
@@ -35,7 +34,7 @@ from benchmarks.next_item import (  # imports no TensorFlow
     DATASETS,
     MODELS,
     RESULTS,
-    seed_suffix,
+    variant_seed_keys,
 )
 
 MODEL_ORDER, DATASET_ORDER = tuple(MODELS), tuple(DATASETS)
@@ -116,7 +115,7 @@ SEED_MEANS_HEADER = ("| {dataset}, variants over their seeds | seeds | test NDCG
                      "NDCG@10 | epochs (mean) |\n|---|---|---|---|---|---|")
 
 
-def seed_means_row(label: str, section: dict, max_seeds: int = 10) -> str:
+def seed_means_row(label: str, section: dict) -> str:
     """``| label | seeds | test NDCG@10 mean ± sample std | HR@10 mean | best validation mean | epochs mean |`` over the
     finished runs of variant ``label``: the ablation results' keys ``label``, ``label (seed 1)``, ... (``seeds`` names
     them, so a mean over fewer seeds cannot pass for a 3-seed one).
@@ -126,17 +125,17 @@ def seed_means_row(label: str, section: dict, max_seeds: int = 10) -> str:
     >>> seed_means_row("v", section)
     '| v | 0, 1 | 0.0600 ± 0.0141 | 0.1200 | 0.0650 | 2.5 |'
     """
-    entries = ((seed, section.get(label + seed_suffix(seed))) for seed in range(max_seeds))
-    runs = [(seed, e) for seed, e in entries if e and e.get("test") and not e.get("partial")]
+    runs = [(seed, section[key]) for seed, key in variant_seed_keys(section, label).items()]
+    runs = [(seed, e) for seed, e in runs if e.get("test") and not e.get("partial")]
     if not runs:
         raise ValueError(f"seed_means_row: variant {label!r} has no finished run in the ablation results")
-    ndcg = np.array([e["test"]["NDCG@10"] for _, e in runs])
-    spread = f" ± {ndcg.std(ddof=1):.4f}" if len(runs) > 1 else ""
-    hr = np.mean([e["test"]["HR@10"] for _, e in runs])
-    best = np.mean([max(e["valid_ndcg@10"]) for _, e in runs])
-    epochs = np.mean([len(e["valid_ndcg@10"]) for _, e in runs])
+    ndcg = [e["test"]["NDCG@10"] for _, e in runs]
+    spread = f" ± {statistics.stdev(ndcg):.4f}" if len(runs) > 1 else ""
+    hr = statistics.fmean(e["test"]["HR@10"] for _, e in runs)
+    best = statistics.fmean(max(e["valid_ndcg@10"]) for _, e in runs)
+    epochs = statistics.fmean(len(e["valid_ndcg@10"]) for _, e in runs)
     seeds = ", ".join(str(seed) for seed, _ in runs)
-    return f"| {label} | {seeds} | {ndcg.mean():.4f}{spread} | {hr:.4f} | {best:.4f} | {epochs:.1f} |"
+    return f"| {label} | {seeds} | {statistics.fmean(ndcg):.4f}{spread} | {hr:.4f} | {best:.4f} | {epochs:.1f} |"
 
 
 def main(argv=None) -> int:

@@ -393,3 +393,8 @@ def test_seed_means_row_averages_a_variants_finished_seeds():
     assert next_item_tables.seed_means_row("v dropout", section) == "| v dropout | 0 | 0.1000 | 0.2000 | 0.1000 | 1.0 |"
     with pytest.raises(ValueError, match="'w' has no finished run"):
         next_item_tables.seed_means_row("w", section)
+    # the keys of a variant's seeds, any seed, inverse of seed_suffix: not a longer label's, not a malformed one
+    keys = ["v (seed 12)", "v", "v (seed 1)", "v dropout", "v (seed 01)", "v (seed x)", "v dropout (seed 1)"]
+    assert next_item.variant_seed_keys(dict.fromkeys(keys), "v") == {0: "v", 1: "v (seed 1)", 12: "v (seed 12)"}
+    assert all(next_item.variant_seed_keys({"v" + next_item.seed_suffix(k): 0}, "v") == {
+        k: "v" + next_item.seed_suffix(k)} for k in (0, 3, 40))

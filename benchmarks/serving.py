@@ -17,13 +17,13 @@ The model comes from one of:
 
 * default: SASRec as for ML-1M (``num_items`` 3416, ``max_len`` 200, hidden 64, 2 blocks), with
   random weights (latency does not depend on the weights), exported without a hand-written spec
-  (:func:`serving.model_specs.spec_for_model`); every request carries full 200-item histories;
+  (:func:`tfmoe.serving.model_specs.spec_for_model`); every request carries full 200-item histories;
 * ``--model-factory module:function``: ``function()`` returns ``(keras_model, ServingSpec)``;
-  versions are exported with :func:`serving.export.export_model` (the way to plug in SASRec);
+  versions are exported with :func:`tfmoe.serving.export.export_model` (the way to plug in SASRec);
 * ``--export-fn module:function``: ``function(base_path, version)`` writes that version itself;
 * ``--model-dir DIR``: an existing base path; its latest version is served and re-pushed as new
   version numbers;
-* ``--quick``: a small demo model (:mod:`serving.demo_models`), short phases, and the JSON goes to
+* ``--quick``: a small demo model (:mod:`tfmoe.serving.demo_models`), short phases, and the JSON goes to
   a temp file unless ``--out`` is given (a toy model's numbers are not results).
 
 Version 1 is exported once; the pushed versions are copies of it under new version numbers (the
@@ -84,15 +84,15 @@ SASREC = {"num_items": 3416, "max_len": 200, "hidden_dim": 64, "num_blocks": 2} 
 
 def sasrec_factory():
     """SASRec with random weights and the spec derived from it (``top_k`` 10)."""
-    from serving.model_specs import spec_for_model
     from tfmoe.models import SASRec
+    from tfmoe.serving.model_specs import spec_for_model
 
     model = SASRec(**SASREC, seed=0)
     return model, spec_for_model(model, top_k=10)
 
 
 def quick_factory():
-    from serving import demo_models
+    from tfmoe.serving import demo_models
 
     num_items, max_len = 1000, 50
     return (demo_models.next_item_model(num_items, max_len, dim=16, seed=0),
@@ -107,7 +107,7 @@ class VersionSource:
         self.num_items = args.num_items
         self.jit_compile = args.xla
         if args.model_dir:
-            from serving import layout
+            from tfmoe.serving import layout
 
             versions = layout.complete_versions(args.model_dir)
             if not versions:
@@ -128,7 +128,7 @@ class VersionSource:
             raise ValueError("give --num-items (ids are drawn from 1..num_items)")
 
     def _export(self, base_path: str, version: int) -> None:
-        from serving.export import export_model
+        from tfmoe.serving.export import export_model
 
         export_model(self.model, base_path, self.spec, version=version, model_name=MODEL_NAME,
                      warmup_batch_sizes=BATCH_SIZES, jit_compile=self.jit_compile)
@@ -137,7 +137,7 @@ class VersionSource:
         self.export_fn(base_path, version)
 
     def _copy(self, base_path: str, version: int) -> None:
-        from serving import layout
+        from tfmoe.serving import layout
 
         layout.push_copy(self.source_dir, base_path, version)
 
@@ -145,7 +145,7 @@ class VersionSource:
 
 
 def push(staged_dir: str, base_path: str, version: int) -> None:
-    from serving import layout
+    from tfmoe.serving import layout
 
     layout.push_copy(staged_dir, base_path, version)
 
@@ -156,7 +156,7 @@ def build_requests(num_items: int, max_len: int, batch_size: int, seed: int, his
     Every history has ``history_len`` items (default ``max_len``: full histories), or, with
     ``history_len=0``, a random length in 1..max_len.
     """
-    from serving import requests
+    from tfmoe.serving import requests
 
     rng = np.random.default_rng(seed)
     pool = []
@@ -191,8 +191,8 @@ def run_phase(target: str, pool: list, clients: int, duration: float, max_reques
     happens under load. ``during_swap``: the requests sent from the push until ``settle`` seconds
     after the first answer of the new version (load, warmup, switch and the old version's unload).
     """
-    from serving.client import ServingClient
-    from serving.errors import ServingError
+    from tfmoe.serving.client import ServingClient
+    from tfmoe.serving.errors import ServingError
 
     samples, failures, versions = [], [], []  # samples: (start offset s, latency s)
     lock = threading.Lock()
@@ -266,7 +266,7 @@ def run_phase(target: str, pool: list, clients: int, duration: float, max_reques
 
 def wait_for_version(target: str, version: int, timeout: float) -> float:
     """Seconds until ``version`` serves (pushed -> loaded, warmed up, switched)."""
-    from serving.client import ServingClient
+    from tfmoe.serving.client import ServingClient
 
     started = time.perf_counter()
     with ServingClient(target, timeout=5.0) as client:
@@ -294,8 +294,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     duration = args.duration or (6.0 if args.quick else 30.0)
 
-    from serving import config, launcher
-    from serving.client import ServingClient
+    from tfmoe.serving import config, launcher
+    from tfmoe.serving.client import ServingClient
     from tfmoe.utils.devices import quiet_tensorflow
 
     quiet_tensorflow()
@@ -354,7 +354,7 @@ def main(argv=None) -> int:
                 "clients": args.clients, "phase_duration_s": duration, "max_requests_per_phase": args.max_requests,
                 "request_timeout_s": args.timeout, "client_retries": 0, "server_flags": args.server_flag,
                 "model": args.model_factory or args.export_fn or args.model_dir or
-                ("quick demo (serving.demo_models)" if args.quick else f"SASRec {SASREC}, random weights"),
+                ("quick demo (tfmoe.serving.demo_models)" if args.quick else f"SASRec {SASREC}, random weights"),
                 "history_len": args.history_len or max_len, "xla": args.xla,
                 "goal": "failed_requests == 0 and batch1.p99_ms < 20 (SASRec, 200-item history, 2 cores)",
             },

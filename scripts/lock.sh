@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates requirements.lock from requirements.in (Python 3.10, Linux x86-64, glibc 2.36).
+# Regenerates both lock files (Linux x86-64, glibc 2.36):
+#   requirements.lock         from requirements.in         (Python 3.10: TF 2.16, TFX 1.16)
+#   requirements-modern.lock  from requirements-modern.in  (Python 3.12: TF 2.21, Keras 3.15, numpy 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_find_python.sh
@@ -8,3 +10,7 @@ ensure_uv
   --python-version 3.10 --python-platform x86_64-manylinux_2_36 \
   --generate-hashes --custom-compile-command "bash scripts/lock.sh" \
   -o requirements.lock
+"$UV" pip compile requirements-modern.in \
+  --python-version 3.12 --python-platform x86_64-manylinux_2_36 \
+  --generate-hashes --custom-compile-command "bash scripts/lock.sh" \
+  -o requirements-modern.lock

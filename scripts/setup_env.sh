@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# Builds .venv from nothing: Python 3.10 + the locked requirements (uv) + tfmoe in editable mode.
-# Idempotent: a .venv already synced to the current lock file is left as it is (seconds).
+# Builds an environment from nothing: the locked requirements (uv) + tfmoe in editable mode.
+#   bash scripts/setup_env.sh          .venv:        Python 3.10, TF 2.16, TFX 1.16 (requirements.lock)
+#   bash scripts/setup_env.sh modern   .venv-modern: Python 3.12, TF 2.21, Keras 3.15, numpy 2 (requirements-modern.lock)
+# Idempotent: an environment already synced to its lock file is left as it is (seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_find_python.sh
+env_spec "${1:-tfx}"
 ensure_uv
 
-stamp=".venv/.tfmoe-lock-sha256"
-want="$(cat requirements.lock setup.py | sha256sum | awk '{print $1}')"
-if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+stamp="$VENV/.tfmoe-lock-sha256"
+want="$(cat "$LOCK" pyproject.toml | sha256sum | awk '{print $1}')"
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 
 start=$(date +%s)
-echo "tfmoe: building .venv (Python 3.10, locked requirements) ..."
-[ -x .venv/bin/python ] || "$UV" venv --quiet --python "$PYTHON310" .venv
-"$UV" pip sync --quiet --python .venv/bin/python requirements.lock
-"$UV" pip install --quiet --python .venv/bin/python --no-deps --no-build-isolation -e .
+find_python "$PYVER"
+echo "tfmoe: building $VENV (Python $PYVER, $LOCK) ..."
+[ -x "$VENV/bin/python" ] || "$UV" venv --quiet --python "$PYTHON" "$VENV"
+"$UV" pip sync --quiet --python "$VENV/bin/python" "$LOCK"
+"$UV" pip install --quiet --python "$VENV/bin/python" --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
-echo "tfmoe: .venv ready in $(( $(date +%s) - start )) s"
+echo "tfmoe: $VENV ready in $(( $(date +%s) - start )) s"

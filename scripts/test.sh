@@ -1,8 +1,34 @@
 #!/usr/bin/env bash
-# The README's test command: builds .venv if needed, lints, runs the whole test suite.
-# Extra arguments go to pytest, e.g.  scripts/test.sh -m "not slow"  or  scripts/test.sh tests/test_moe.py
+# The README's test command: builds both locked environments if needed, lints, and runs the tests in each.
+#   leg 1, .venv (Python 3.10, TF 2.16, TFX 1.16): the whole suite, doctests and end-to-end tests included;
+#   leg 2, .venv-modern (Python 3.12, TF 2.21, Keras 3.15, numpy 2, as Colab): every test that does not
+#          need TFX, without the doctests and the end-to-end tests, then the notebook examples/quickstart.ipynb.
+# Extra arguments go to pytest in both legs, e.g.  scripts/test.sh tests/test_moe.py
+# TFMOE_LEGS=tfx or TFMOE_LEGS=modern runs one leg only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
-.venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+legs="${TFMOE_LEGS:-tfx,modern}"
+status=0
+
+if [[ ",$legs," == *",tfx,"* ]]; then
+  start=$(date +%s)
+  bash scripts/setup_env.sh tfx
+  .venv/bin/ruff check .
+  echo "tfmoe: leg 1/2, .venv (Python 3.10, TF 2.16, TFX 1.16): the whole suite"
+  .venv/bin/python -m pytest "$@" || status=$?
+  echo "tfmoe: leg 1/2 took $(( $(date +%s) - start )) s (exit $status)"
+fi
+
+if [[ ",$legs," == *",modern,"* ]]; then
+  start=$(date +%s)
+  bash scripts/setup_env.sh modern
+  echo "tfmoe: leg 2/2, .venv-modern (Python 3.12, TF 2.21, Keras 3.15, numpy 2): all but TFX, doctests, e2e"
+  leg=0
+  .venv-modern/bin/python -m pytest -o addopts="-ra --strict-markers" -m "not tfx and not e2e" "$@" || leg=$?
+  if [ "$leg" -eq 0 ] && [ "$#" -eq 0 ]; then
+    .venv-modern/bin/python scripts/run_notebook.py examples/quickstart.ipynb || leg=$?
+  fi
+  echo "tfmoe: leg 2/2 took $(( $(date +%s) - start )) s (exit $leg)"
+  [ "$leg" -eq 0 ] || status=$leg
+fi
+exit "$status"

@@ -41,25 +41,40 @@ def test_cli_help_and_version():
         assert command in out.stdout
 
 
-def _locked_versions():
+def _locked_versions(lock: str):
     pins = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+    for line in (ROOT / lock).read_text().splitlines():
         m = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
         if m:
             pins[m.group(1).lower().replace("_", "-")] = m.group(2)
     return pins
 
 
-def test_lock_pins_the_verified_stack_and_the_venv_matches_it():
-    pins = _locked_versions()
+def test_tfx_lock_pins_the_verified_stack():
+    pins = _locked_versions("requirements.lock")
     assert pins["tensorflow"] == "2.16.2"
     assert pins["tfx"] == "1.16.0"
     assert pins["tensorflow-serving-api"] == "2.16.1"
-    assert pins["keras"].startswith("3.")
-    for name in ("dill", "pytest", "ruff", "pip", "tensorflow-recommenders", "apache-beam"):
+    assert pins["keras"].startswith("3.") and pins["numpy"].startswith("1.")
+    for name in ("dill", "pytest", "ruff", "pip", "apache-beam", "pyyaml", "tensorboard"):
         assert name in pins, f"{name} missing from requirements.lock"
-    for name in ("tensorflow", "keras", "tfx", "numpy", "protobuf", "apache-beam", "tensorflow-serving-api"):
-        assert importlib.metadata.version(name) == pins[name], f"{name} installed differs from the lock"
+    assert "tensorflow-recommenders" not in pins
+
+
+def test_modern_lock_pins_the_colab_stack_without_tfx():
+    pins = _locked_versions("requirements-modern.lock")
+    assert pins["tensorflow"] == "2.21.0" and pins["tensorflow-serving-api"] == "2.21.0"
+    assert pins["keras"].startswith("3.15") and pins["numpy"].startswith("2.")
+    for name in ("apache-beam", "pyyaml", "tensorboard", "grpcio", "nbclient", "matplotlib", "pytest"):
+        assert name in pins, f"{name} missing from requirements-modern.lock"
+    assert "tfx" not in pins
+
+
+def test_the_environment_matches_its_lock():
+    lock = "requirements.lock" if sys.version_info[:2] == (3, 10) else "requirements-modern.lock"
+    pins = _locked_versions(lock)
+    for name in ("tensorflow", "keras", "numpy", "protobuf", "apache-beam", "tensorflow-serving-api", "tensorboard"):
+        assert importlib.metadata.version(name) == pins[name], f"{name} installed differs from {lock}"
 
 
 def test_mirrored_strategy_has_two_replicas_on_cpu():

@@ -1,4 +1,4 @@
-"""The TFX pipeline (issue #8): knobs, run_fn, serving export, TFMA config, anomalies, Kubeflow V2 compile,
+"""The TFX pipeline: knobs, run_fn, serving export, TFMA config, anomalies, Kubeflow V2 compile,
 and the whole flow through the real ``tfx`` CLI (``tfx pipeline create`` + ``tfx run create``).
 
 The end-to-end test runs the CLI twice on tiny synthetic data: the first run must execute every
@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import PipelineConfig, from_args
+from tfmoe.tfx.config import PipelineConfig, from_args
+
+pytestmark = pytest.mark.tfx
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -92,7 +94,7 @@ def test_config_rejects_bad_knobs_by_name(env, message):
 
 
 def test_input_fingerprint_follows_the_content(tmp_path):
-    from pipelines.data import input_fingerprint
+    from tfmoe.tfx.data import input_fingerprint
 
     path = tmp_path / "logs.csv"
     path.write_text("user_id,item_id\n1,2\n")
@@ -107,7 +109,7 @@ def test_input_fingerprint_follows_the_content(tmp_path):
 # ---- run_fn ------------------------------------------------------------------------------------
 
 def test_examples_root_and_data_view(tmp_path):
-    from pipelines.run_fn import data_view, examples_root
+    from tfmoe.tfx.run_fn import data_view, examples_root
 
     uri = tmp_path / "examples" / "7"
     assert examples_root([f"{uri}/Split-train/*"]) == str(uri)
@@ -125,7 +127,7 @@ def test_examples_root_and_data_view(tmp_path):
 
 
 def test_build_train_config_fills_data_and_output_and_applies_overrides():
-    from pipelines.run_fn import build_train_config
+    from tfmoe.tfx.run_fn import build_train_config
 
     custom = {"train_config": PipelineConfig(model="fame", epochs=4).train_dict(),
               "train_overrides": ["model.hidden_dim=24", "training.early_stopping.patience=2"]}
@@ -138,7 +140,7 @@ def test_build_train_config_fills_data_and_output_and_applies_overrides():
 
 
 def test_only_the_chief_writes_the_serving_model():
-    from pipelines.run_fn import is_chief
+    from tfmoe.tfx.run_fn import is_chief
 
     cluster = {"worker": ["a:1", "b:2"]}
     assert is_chief("")
@@ -167,8 +169,8 @@ def _prepared_examples(tmp_path, tfx_layout: bool = True) -> Path:
 def test_ctr_eval_split_holds_one_labelled_positive_and_exact_negatives_per_user(tmp_path):
     import tensorflow as tf
 
-    from pipelines.ctr_eval import write_ctr_eval_split
     from tfmoe.data import schema
+    from tfmoe.tfx.ctr_eval import write_ctr_eval_split
 
     uri = _prepared_examples(tmp_path, tfx_layout=False)
     out = tmp_path / "Split-ctr_eval"
@@ -198,9 +200,9 @@ def test_ctr_eval_split_holds_one_labelled_positive_and_exact_negatives_per_user
 def test_run_fn_trains_with_tfmoe_and_exports_a_servable_model(tmp_path):
     import tensorflow as tf
 
-    from pipelines.run_fn import run_fn
-    from pipelines.serving_export import read_metrics
     from tfmoe.data import schema
+    from tfmoe.tfx.run_fn import run_fn
+    from tfmoe.tfx.serving_export import read_metrics
 
     uri = _prepared_examples(tmp_path)
     fn_args = types.SimpleNamespace(
@@ -236,7 +238,7 @@ def test_run_fn_trains_with_tfmoe_and_exports_a_servable_model(tmp_path):
 
 @pytest.mark.slow
 def test_eval_configs_gate_the_blessing_per_task():
-    from pipelines.eval_config import eval_config
+    from tfmoe.tfx.eval_config import eval_config
 
     next_item = eval_config("next_item", threshold=0.05, change_tolerance=0.01)
     spec = next_item.model_specs[0]
@@ -274,9 +276,9 @@ def test_curated_schema_passes_prepared_data_and_names_anomalies_in_bad_data(tmp
     from tensorflow_metadata.proto.v0 import schema_pb2
     from tfx.utils import writer_utils
 
-    from pipelines.anomalies import AnomaliesFound, raise_if_anomalies, read_anomalies
-    from pipelines.config import CURATED_SCHEMA
     from tfmoe.data import schema
+    from tfmoe.tfx.anomalies import AnomaliesFound, raise_if_anomalies, read_anomalies
+    from tfmoe.tfx.config import CURATED_SCHEMA
 
     curated = text_format.Parse(Path(CURATED_SCHEMA).read_text(), schema_pb2.Schema())
     good = [schema.encode_example(user_id=u, items=[1, 2, u], session_ids=[0, 0, 1]) for u in range(1, 5)]
@@ -303,7 +305,7 @@ def test_curated_schema_passes_prepared_data_and_names_anomalies_in_bad_data(tmp
 @pytest.mark.slow
 def test_kubeflow_v2_runner_compiles_the_same_pipeline(tmp_path):
     pytest.importorskip("kfp.pipeline_spec", reason="the Kubeflow V2 runner needs kfp-pipeline-spec (tfx[kfp])")
-    from pipelines.moe_pipeline import compile_kubeflow_v2
+    from tfmoe.tfx.pipeline import compile_kubeflow_v2
 
     config = PipelineConfig(home=str(tmp_path), synthetic_preset="tiny", runner="kubeflow_v2",
                             image="gcr.io/example/tfmoe:test", epochs=2)
@@ -318,7 +320,7 @@ def test_kubeflow_v2_runner_compiles_the_same_pipeline(tmp_path):
     assert evaluator["inputs"]["artifacts"]["baseline_model"]["taskOutputArtifact"]["producerTask"] == (
         "latest_blessed_model_resolver-model-resolver")
     text = json.dumps(spec)
-    assert "pipelines.run_fn.run_fn" in text and "gcr.io/example/tfmoe:test" in text
+    assert "tfmoe.tfx.run_fn.run_fn" in text and "gcr.io/example/tfmoe:test" in text
     assert "sparse_top_k_categorical_accuracy" in text.lower() or "SparseTopKCategoricalAccuracy" in text
 
 
@@ -327,8 +329,8 @@ def test_kubeflow_v2_runner_compiles_the_same_pipeline(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_anomalies_stop_the_run_before_training_with_a_clear_message(tmp_path):
-    from pipelines.config import CURATED_SCHEMA
-    from pipelines.run_report import run_states
+    from tfmoe.tfx.config import CURATED_SCHEMA
+    from tfmoe.tfx.run_report import run_states
 
     strict = tmp_path / "strict_schema.pbtxt"  # item ids above 5 are out of the domain: the data breaks it
     text = Path(CURATED_SCHEMA).read_text()
@@ -362,10 +364,10 @@ def _cli(args, env, timeout=600) -> str:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_tfx_cli_runs_caches_gates_and_pushes_a_servable_model(tmp_path):
-    from pipelines.demo import sample_users, serve_and_recommend
-    from pipelines.run_report import is_blessed, latest_artifact_uri, run_states, tfma_metrics
-    from pipelines.serving_export import read_metrics
-    from serving import layout
+    from tfmoe.serving import layout
+    from tfmoe.tfx.demo import sample_users, serve_and_recommend
+    from tfmoe.tfx.run_report import is_blessed, latest_artifact_uri, run_states, tfma_metrics
+    from tfmoe.tfx.serving_export import read_metrics
 
     assert shutil.which("pip", path=str(VENV_BIN)), "the tfx CLI runs `pip freeze`: pip must be in the venv"
     name = "tfmoe_e2e"

@@ -16,12 +16,12 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import config, demo_models, launcher, requests
-from serving.client import ServingClient
-from serving.errors import ServingError
-from serving.export import export_model
-from serving.model_server import LocalModelServer
 from tfmoe.commands import query
+from tfmoe.serving import config, demo_models, launcher, requests
+from tfmoe.serving.client import ServingClient
+from tfmoe.serving.errors import ServingError
+from tfmoe.serving.export import export_model
+from tfmoe.serving.model_server import LocalModelServer
 
 NUM_ITEMS, MAX_LEN, TOP_K = 40, 6, 5
 

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import demo_models, layout, preprocessing, requests, saved_model_proto, warmup
-from serving.export import export_model
-from serving.features import (
+from tfmoe.data import samples
+from tfmoe.serving import demo_models, layout, preprocessing, requests, saved_model_proto, warmup
+from tfmoe.serving.export import export_model
+from tfmoe.serving.features import (
     CLASSIFY_METHOD,
     PREDICT_METHOD,
     ScalarFeature,
     SequenceFeature,
     ServingSpec,
 )
-from serving.signatures import top_k_items
-from tfmoe.data import samples
+from tfmoe.serving.signatures import top_k_items
 
 NUM_ITEMS, MAX_LEN, TOP_K = 30, 6, 5
 HISTORIES = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [30, 29, 28, 27, 26, 25]]

@@ -17,14 +17,14 @@ import keras
 import numpy as np
 import pytest
 
-from serving import config, launcher, requests
-from serving.client import ServingClient
-from serving.errors import ServingError
-from serving.export import export_model
-from serving.features import ScalarFeature, SequenceFeature
-from serving.model_specs import spec_for_model
 from tfmoe import cli
 from tfmoe.models import FAME, HyMoERec, SASRec
+from tfmoe.serving import config, launcher, requests
+from tfmoe.serving.client import ServingClient
+from tfmoe.serving.errors import ServingError
+from tfmoe.serving.export import export_model
+from tfmoe.serving.features import ScalarFeature, SequenceFeature
+from tfmoe.serving.model_specs import spec_for_model
 
 NUM_ITEMS, MAX_LEN, NUM_CATEGORIES, TOP_K, MAX_MESSAGE = 40, 8, 6, 5, 1 << 20
 NEXT_ITEM = {"sasrec": SASRec, "fame": FAME, "hymoerec": HyMoERec}

@@ -1,7 +1,7 @@
 """Export -> serve -> gRPC query, against the real ``tensorflow_model_server`` when it is on PATH, else the local one.
 
-The ``served`` fixture spawns the server process (``serving.launcher``: the real binary if
-``shutil.which("tensorflow_model_server")``, else ``python -m serving.model_server``) on a free
+The ``served`` fixture spawns the server process (``tfmoe.serving.launcher``: the real binary if
+``shutil.which("tensorflow_model_server")``, else ``python -m tfmoe.serving.model_server``) on a free
 loopback port with the same flags either way, exports the models while it starts, and waits
 until they are AVAILABLE. Every answer is compared with the in-memory Keras model; every error
 with the status code the real server uses (message fragments are checked for the local server,
@@ -21,12 +21,12 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import config, demo_models, launcher, requests, server_cli
-from serving.client import ServingClient
-from serving.errors import ServingError
-from serving.export import export_model
-from serving.server_protos import batching_parameters_class, monitoring_config_class
 from tfmoe.commands import serve
+from tfmoe.serving import config, demo_models, launcher, requests, server_cli
+from tfmoe.serving.client import ServingClient
+from tfmoe.serving.errors import ServingError
+from tfmoe.serving.export import export_model
+from tfmoe.serving.server_protos import batching_parameters_class, monitoring_config_class
 
 NUM_ITEMS, MAX_LEN, TOP_K, MAX_BATCH = 40, 6, 5, 16
 MAX_MESSAGE = 1 << 20

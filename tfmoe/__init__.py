@@ -6,7 +6,7 @@ is first used (``tfmoe.layers``, ``tfmoe.data``, ...).
 Example:
     >>> import tfmoe
     >>> tfmoe.__version__
-    '0.1.0'
+    '0.2.0'
 """
 
 import importlib

@@ -1,7 +1,7 @@
 """``tfmoe export``: write a trained model as a TF Serving model version (``<base-path>/<version>/``).
 
 The model is a ``.keras`` file or a trainer output directory (its ``model.keras``, the best
-model). Its serving inputs and task come from the model (:func:`serving.model_specs.spec_for_model`):
+model). Its serving inputs and task come from the model (:func:`tfmoe.serving.model_specs.spec_for_model`):
 next-item models get ``serving_default`` (``tf.Example``), ``predict_raw`` and ``top_k``; CTR models
 ``serving_default``, ``predict_raw`` and ``classify``. Warmup requests go to
 ``assets.extra/tf_serving_warmup_requests``; the version is verified against the in-memory model
@@ -57,8 +57,8 @@ def run(args) -> int:
     from tfmoe.utils.devices import quiet_tensorflow
 
     quiet_tensorflow()
-    from serving import model_specs
-    from serving.export import ExportVerificationError, export_model
+    from tfmoe.serving import model_specs
+    from tfmoe.serving.export import ExportVerificationError, export_model
 
     base_path = os.path.abspath(args.base_path)
     name = args.model_name or os.path.basename(base_path.rstrip(os.sep))

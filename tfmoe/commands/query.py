@@ -104,7 +104,7 @@ def _examples(args, users) -> list:
 
 
 def _client(args):
-    from serving.client import ServingClient
+    from tfmoe.serving.client import ServingClient
 
     return ServingClient(args.target, timeout=args.timeout, retries=args.retries)
 
@@ -115,9 +115,10 @@ def _run(args, body) -> int:
 
     quiet_tensorflow()  # before TensorFlow loads: no C++ start-up chatter around the results
     try:
-        from serving.errors import ServingError
+        from tfmoe.serving.errors import ServingError
     except ImportError as err:
-        print(f"tfmoe query: the `serving` package cannot be imported ({err}); reinstall tfmoe (pip install -e .)",
+        print(f"tfmoe query: tfmoe.serving cannot be imported ({err}); install the serving extra: "
+              "pip install 'tfmoe[serving]'",
               file=sys.stderr)
         return 2
 

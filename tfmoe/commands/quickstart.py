@@ -61,12 +61,14 @@ def run(args) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
-    try:
-        from pipelines.config import PipelineConfig
-    except ImportError as err:
-        print(f"tfmoe quickstart: the `pipelines` package cannot be imported ({err}); reinstall tfmoe "
-              "(pip install -e .)")
+    import importlib.util
+
+    missing = [name for name in ("tfx", "tensorflow_serving") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"tfmoe quickstart: {', '.join(missing)} not installed; the quickstart runs the TFX pipeline and "
+              "serves its model: pip install 'tfmoe[tfx,serving]' (Python 3.10)")
         return 2
+    from tfmoe.tfx.config import PipelineConfig
 
     total = time.perf_counter()
     workdir = pathlib.Path(args.workdir).resolve()
@@ -79,8 +81,8 @@ def run(args) -> int:
               f"synthetic preset {args.preset!r}) -> {config.pipeline_root}")
     print("   PrepareExamples -> StatisticsGen -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate -> Trainer "
           "-> Evaluator -> Pusher (loading TFX takes ~30-60 s)", flush=True)
-    from pipelines.moe_pipeline import quiet_logs, run_local
-    from pipelines.run_report import is_blessed, latest_artifact_uri, run_states, tfma_metrics
+    from tfmoe.tfx.pipeline import quiet_logs, run_local
+    from tfmoe.tfx.run_report import is_blessed, latest_artifact_uri, run_states, tfma_metrics
 
     quiet_logs()
     run_local(config)
@@ -90,14 +92,14 @@ def run(args) -> int:
     evaluation = latest_artifact_uri(root, "Evaluator", "evaluation")
     blessed = is_blessed(latest_artifact_uri(root, "Evaluator", "blessing"))
     hr = tfma_metrics(evaluation).get("sparse_top_k_categorical_accuracy")
-    from pipelines.serving_export import read_metrics
+    from tfmoe.tfx.serving_export import read_metrics
 
     recorded = read_metrics(os.path.join(latest_artifact_uri(root, "Trainer", "model"), "Format-Serving"))
     test = recorded["metrics"].get("test", {})
     print(f"   TFMA HR@10 (full catalogue) = {hr:.4f}; tfmoe test NDCG@10 = {test.get('NDCG@10', float('nan')):.4f}, "
           f"HR@10 = {test.get('HR@10', float('nan')):.4f} (seen items filtered); "
           f"{'BLESSED' if blessed else 'NOT blessed'} (HR@10 >= {config.hr_threshold})")
-    from serving import layout
+    from tfmoe.serving import layout
 
     versions = layout.complete_versions(config.serving_model_dir)
     if not versions:
@@ -107,7 +109,7 @@ def run(args) -> int:
     _done(t)
 
     t = _step("2/3 start a model server on 127.0.0.1 and 3/3 ask it for top-10 recommendations over gRPC")
-    from pipelines.demo import read_vocab, sample_users, serve_and_recommend
+    from tfmoe.tfx.demo import read_vocab, sample_users, serve_and_recommend
 
     examples = latest_artifact_uri(root, "PrepareExamples", "examples")
     users = sample_users(examples, args.users)

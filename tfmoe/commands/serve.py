@@ -2,7 +2,7 @@
 
 A stand-in for the real ``tensorflow_model_server``, which cannot be installed everywhere: the
 same flags, the same ``models.config`` / ``batching.config`` files, the same gRPC services and
-status codes (see :mod:`serving.model_server`). ``--print_real_server_command`` prints the
+status codes (see :mod:`tfmoe.serving.model_server`). ``--print_real_server_command`` prints the
 equivalent ``tensorflow_model_server`` command line instead of serving.
 
 Example:
@@ -20,7 +20,7 @@ import math
 def register(subparsers) -> None:
     help_text = "serve exported models over gRPC (local stand-in for tensorflow_model_server)"
     try:
-        from serving import server_cli  # stdlib only: keeps `tfmoe --help` fast
+        from tfmoe.serving import server_cli  # stdlib only: keeps `tfmoe --help` fast
     except ImportError as err:  # an install without the serving package must not break the other commands
         reason = str(err)
         parser = subparsers.add_parser("serve", help=help_text, prefix_chars="+", add_help=False)
@@ -36,13 +36,14 @@ def register(subparsers) -> None:
 
 
 def _unavailable(reason: str) -> int:
-    print(f"tfmoe serve: the `serving` package cannot be imported ({reason}); reinstall tfmoe (pip install -e .)")
+    print(f"tfmoe serve: tfmoe.serving cannot be imported ({reason}); install the serving extra: "
+          "pip install 'tfmoe[serving]'")
     return 2
 
 
 def real_server_command(args) -> list[str]:
     """The ``tensorflow_model_server`` argv equivalent to these local-server ``args``."""
-    from serving import config
+    from tfmoe.serving import config
 
     if not args.model_config_file:
         raise ValueError("--print_real_server_command needs --model_config_file")
@@ -64,7 +65,7 @@ def real_server_command(args) -> list[str]:
 
 def run(args) -> int:
     if args.print_real_server_command:
-        from serving import config
+        from tfmoe.serving import config
 
         try:
             print(config.shell_line(real_server_command(args)))
@@ -72,6 +73,6 @@ def run(args) -> int:
             print(f"tfmoe serve: {err}")
             return 2
         return 0
-    from serving import server_cli
+    from tfmoe.serving import server_cli
 
     return server_cli.run(args)

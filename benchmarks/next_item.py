@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _paths as paths
 from benchmarks._runs import saved_run
 from benchmarks._timing import command_line, machine_info, merge_json, read_json, time_interleaved, write_json
+from tfmoe.models import presets
 
 SHARED = paths.SHARED_DATA
 RESULTS = os.path.join(paths.RESULTS, "next_item.json")
@@ -54,8 +55,8 @@ DEFAULT_WORK_DIR = os.path.join(paths.RUNS, "next_item")
 # that differ from tfmoe's defaults: N(0, 0.02) initialisation, FFN d -> d with ReLU (inner_dim 64 = both datasets'
 # d), queries and residual from the normalised input (norm="sasrec"), positions counted from the first item; with
 # Adam beta_2 0.999 (ORIGINAL_ADAM). ML-1M's main settings since they gave its best SASRec (ablation below).
-ORIGINAL_SASREC = {"initializer_range": 0.02, "inner_dim": 64, "activation": "relu", "norm": "sasrec",
-                   "positions": "absolute"}
+ORIGINAL_SASREC = {key: value for key, value in presets.RECSYS23_SASREC.items()
+                   if key not in ("hidden_dim", "num_blocks", "dropout")}
 ORIGINAL_ADAM = {"beta_2": 0.999}
 # Batches of users drawn at random from the whole training set (shuffle buffer over every user) and padded to
 # max_len, as in the reference code, instead of length buckets: the loss is a mean over a batch's items, so
@@ -63,22 +64,19 @@ ORIGINAL_ADAM = {"beta_2": 0.999}
 # are 31% of users and 9% of training items but get 31% of the steps).
 RANDOM_BATCHES = {"bucket_boundaries": None, "shuffle_buffer": 32768}
 
-# dataset -> (prepare format, raw file, trainer settings); published settings of SASRec+ (Klenitskiy & Vasilev,
-# RecSys'23: d 64, 2 blocks, 1 head, dropout 0.1, lr 1e-3, batch 128, patience 10) and eSASRec for Beauty
-# (1 block, dropout 0.2, max length 50). Optional keys: "model_overrides" (model -> options) and "optimizer"
-# (on top of Adam, lr BUDGET["learning_rate"], beta_2 0.98).
+# dataset -> (prepare format, raw file, data settings, the model presets' suffix); published settings of SASRec+
+# (Klenitskiy & Vasilev, RecSys'23: d 64, 2 blocks, 1 head, dropout 0.1, lr 1e-3, batch 128, patience 10) and
+# eSASRec for Beauty (1 block, dropout 0.2, max length 50). The models' options are the presets
+# <model>_<preset suffix> of tfmoe/models/presets.py. Optional key: "optimizer" (on top of Adam, lr
+# BUDGET["learning_rate"], beta_2 0.98).
 DATASETS = {
     "ml-1m": {
         "format": "ml1m-sasrec", "input": os.path.join(SHARED, "ml-1m", "ml-1m.txt"),
         # random batches and the reference code's model settings: SASRec 0.1788 test NDCG@10 over 3 seeds vs 0.1668
         # with length buckets and tfmoe's defaults (ML1M_EARLIER_*: the runs of next_item_ml1m_length_buckets.json)
         "data": {"max_len": 200, "batch_size": 128, "eval_batch_size": 256, **RANDOM_BATCHES},
-        "model": {"hidden_dim": 64, "num_blocks": 2, "dropout": 0.1, **ORIGINAL_SASREC},
+        "presets": "ml1m",
         "optimizer": ORIGINAL_ADAM,
-        # HyMoERec: top-2 of 4 experts of inner size 2d: 1.49x SASRec's epoch time with top-k buffers, 1.23x with
-        # routing="dropless", 4d experts 1.89x (`--phase cost`, beside SASRec's d -> d FFN; within 0.05 of the
-        # previous cost run)
-        "model_overrides": {"hymoerec": {"expert_hidden_dim": 128}},
     },
     "beauty": {
         "format": "beauty-s3rec", "input": os.path.join(SHARED, "beauty", "s3rec", "Beauty.txt"),
@@ -88,18 +86,13 @@ DATASETS = {
         # d 64: at the eSASRec benchmark's d 256 (its SASRec gives the 0.0531 target, with sampled softmax) full-CE
         # SASRec reaches in 4 epochs what d 64 reaches in 11 but peaks at epoch 5 and overfits, below where d 64
         # plateaus (`--phase ablation`)
-        "model": {"hidden_dim": 64, "num_blocks": 1, "dropout": 0.2},
+        "presets": "beauty",
     },
 }
-# model -> options on top of the dataset's (SASRec: 1 head, as published; FAME: 2 facets x 2 expert queries, W_f
-# started as head-chunk selectors: 2 experts per head match 4 (the library's default) on both datasets at less cost,
-# see the "fame num_experts=2" ablation and results/next_item_cost.json; HyMoERec: 4 experts, top-2, alpha warm-up
-# over the first epoch's steps)
-MODELS = {
-    "sasrec": {"num_heads": 1},
-    "fame": {"num_heads": 2, "num_experts": 2, "item_projection_init": "chunks"},
-    "hymoerec": {"num_heads": 1, "num_experts": 4, "k": 2, "warmup_steps": 50, "load_balance_weight": 0.01},
-}
+# The models, each at its preset's settings (SASRec: 1 head, as published; FAME: 2 facets x 2 expert queries, W_f
+# started as head-chunk selectors; HyMoERec: top-2 of 4 experts of inner size 2d on ML-1M, alpha warm-up over the
+# first epoch's steps).
+MODELS = ("sasrec", "fame", "hymoerec")
 BUDGET = {"epochs": 200, "patience": 10, "learning_rate": 1e-3}
 
 
@@ -250,8 +243,7 @@ def run_config(dataset: str, model: str, seed: int, work_dir: str, epochs: int, 
     spec = DATASETS[dataset]
     return {
         "data": {"dir": os.path.join(work_dir, "data", dataset), **spec["data"], **(data_overrides or {})},
-        "model": {"name": model, **spec["model"], **MODELS[model], **spec.get("model_overrides", {}).get(model, {}),
-                  **(model_overrides or {})},
+        "model": {"name": model, **presets.get(f"{model}_{spec['presets']}")["options"], **(model_overrides or {})},
         "optimizer": {"name": "adam", "learning_rate": BUDGET["learning_rate"], "beta_2": 0.98,
                       **spec.get("optimizer", {}), **(optimizer_overrides or {})},
         "training": {"epochs": epochs, "seed": seed, "verbose": 2, "early_stopping": {"patience": patience}},

@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import next_item, next_item_tables  # noqa: E402
+from tfmoe.models import presets  # noqa: E402
 from tfmoe.training.run_settings import RunSettingsError  # noqa: E402
 
 
@@ -98,7 +99,12 @@ def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
     from tfmoe.utils.initializers import torch_in_projection
 
     assert next_item.TORCH_IN_PROJECTION_64 == torch_in_projection(64)
-    assert all(next_item.DATASETS[name]["model"]["hidden_dim"] == 64 for name in next_item.DATASETS)
+    # the models' settings are the presets', at the data's history length
+    for dataset, spec in next_item.DATASETS.items():
+        for model in next_item.MODELS:
+            preset = presets.get(f"{model}_{spec['presets']}")
+            assert preset["options"]["hidden_dim"] == 64 and preset["max_len"] == spec["data"]["max_len"]
+            assert next_item.run_config(dataset, model, 0, "w", 1, 1)["model"] == {"name": model, **preset["options"]}
 
 
 @pytest.fixture()
@@ -107,10 +113,12 @@ def tiny_benchmark(tmp_path, monkeypatch):
     work = tmp_path / "work"
     write_prepared(str(work / "data" / "tiny"), successor_sequences(users=80), shards=1, num_items=NUM_ITEMS)
     monkeypatch.setattr(next_item, "DATASETS", {"tiny": {
-        "data": {"max_len": 12, "batch_size": 32, "eval_batch_size": 64},
-        "model": {"hidden_dim": 8, "num_blocks": 1, "dropout": 0.0}}})
-    monkeypatch.setattr(next_item, "MODELS", {"sasrec": {"num_heads": 1},
-                                              "hymoerec": {"num_experts": 2, "k": 1, "warmup_steps": 2}})
+        "data": {"max_len": 12, "batch_size": 32, "eval_batch_size": 64}, "presets": "tiny"}})
+    small = {"hidden_dim": 8, "num_blocks": 1, "dropout": 0.0}
+    monkeypatch.setitem(presets._PRESETS, "sasrec_tiny", ("sasrec", 12, {**small, "num_heads": 1}))
+    monkeypatch.setitem(presets._PRESETS, "hymoerec_tiny", ("hymoerec", 12, {**small, "num_experts": 2, "k": 1,
+                                                                             "warmup_steps": 2}))
+    monkeypatch.setattr(next_item, "MODELS", ("sasrec", "hymoerec"))
     monkeypatch.setattr(next_item, "COST_VARIANTS", {"hymoerec": ("hymoerec", {}), "hymoerec expert_hidden_dim=4":
                                                      ("hymoerec", {"expert_hidden_dim": 4})})
     monkeypatch.setattr(next_item, "RESULTS", str(tmp_path / "next_item.json"))
@@ -157,7 +165,8 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
 
     # a changed model config: the old run is not reported under it (nor resumed), and once retrained the old
     # throughput rate is dropped for the training epochs' rate
-    next_item.MODELS["hymoerec"] = {**next_item.MODELS["hymoerec"], "expert_hidden_dim": 4}
+    model, max_len, options = presets._PRESETS["hymoerec_tiny"]
+    presets._PRESETS["hymoerec_tiny"] = (model, max_len, {**options, "expert_hidden_dim": 4})
     with pytest.raises(RunSettingsError, match="model.expert_hidden_dim: null when the run started, 4 now"):
         next_item.main(args + ["--models", "hymoerec", "--phase", "report"])
     with pytest.raises(RunSettingsError):
@@ -265,8 +274,8 @@ def test_the_report_takes_the_main_settings_seeds_that_ran_as_ablation_twins(tin
         # other main settings: the variant is no twin any more, and the entry of the earlier settings is dropped
         next_item.main(report)
         assert json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]["seeds"] == 1
-        tiny = next_item.DATASETS["tiny"]
-        patch.setitem(next_item.DATASETS, "tiny", {**tiny, "model": {**tiny["model"], "dropout": 0.3}})
+        model, max_len, options = presets._PRESETS["sasrec_tiny"]
+        patch.setitem(presets._PRESETS, "sasrec_tiny", (model, max_len, {**options, "dropout": 0.3}))
         assert next_item.ablation_twins("tiny", "sasrec") == []
         next_item.main(report)
         assert "sasrec" not in json.load(open(tmp_path / "next_item.json"))["tiny"]

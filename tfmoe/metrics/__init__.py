@@ -1,5 +1,9 @@
 """tfmoe.metrics: full-ranking next-item metrics (HR, NDCG, MRR) and CTR metrics (AUC, GAUC, LogLoss).
 
+As Keras metrics for ``model.compile(metrics=...)``: :class:`NDCG`, :class:`HitRate`, :class:`MRR`
+(``k``, ``filter_seen``), :class:`AUC`, :class:`GAUC`, :class:`LogLoss`. As functions over a dataset:
+:func:`evaluate_ranking`, :func:`evaluate_ctr`.
+
 Example:
     >>> import numpy as np
     >>> from tfmoe.metrics import ranks
@@ -7,10 +11,20 @@ Example:
     [1]
 """
 
+from tfmoe.metrics.click import AUC, GAUC, LogLoss
 from tfmoe.metrics.ctr import CTRMetrics, auc, ctr_metrics, evaluate_ctr, gauc, log_loss
+from tfmoe.metrics.feature_metric import FeatureMetric
 from tfmoe.metrics.ranking import RankingMetrics, candidate_mask, evaluate_ranking, metrics_from_ranks, ranks
+from tfmoe.metrics.top_k import MRR, NDCG, HitRate
 
 __all__ = [
+    "AUC",
+    "GAUC",
+    "MRR",
+    "NDCG",
+    "FeatureMetric",
+    "HitRate",
+    "LogLoss",
     "CTRMetrics",
     "RankingMetrics",
     "auc",

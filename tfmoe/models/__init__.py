@@ -8,7 +8,7 @@ Example:
     TensorShape([1, 51])
 """
 
-from tfmoe.models import losses, registry
+from tfmoe.models import losses, presets, registry
 from tfmoe.models.blocks import ItemEncoder, TransformerBlock
 from tfmoe.models.fame import FAME, FacetBlock
 from tfmoe.models.hymoerec import HyMoERec
@@ -18,5 +18,5 @@ from tfmoe.models.saving import load_model
 
 __all__ = [
     "FAME", "FacetBlock", "HyMoERec", "ItemEncoder", "NextItemLoss", "SASRec", "TransformerBlock", "load_model",
-    "losses", "registry",
+    "losses", "presets", "registry",
 ]

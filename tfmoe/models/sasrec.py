@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tfmoe.models import blocks, registry
 from tfmoe.models import losses as next_item_losses
+from tfmoe.models.keras_conventions import KerasConventions
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
 
@@ -50,6 +51,18 @@ def item_ids(features):
     return features
 
 
+def labels_at_last_position(y, features):
+    """``labels [B, L]`` as they are, or targets ``[B]`` placed at the last of ``L`` positions (0 elsewhere)."""
+    y = tf.convert_to_tensor(y)
+    if y.shape.rank == 2:
+        return y
+    # rank 1, or unknown in a function traced for both: [B, W] with W = L or 1, left-padded with zeros to L
+    ids = item_ids(features)
+    labels = tf.reshape(y, [tf.shape(y)[0], -1])
+    labels = tf.pad(labels, [[0, 0], [tf.shape(ids)[1] - tf.shape(labels)[1], 0]])
+    return tf.reshape(labels, tf.shape(ids))
+
+
 def mask_padding_column(scores):
     """Sets column 0 (the padding item) of ``scores [..., V]`` to ``-inf``."""
     column = tf.one_hot(0, tf.shape(scores)[-1], on_value=True, off_value=False)
@@ -58,7 +71,7 @@ def mask_padding_column(scores):
 
 @registry.register_model("sasrec", task="next_item")
 @keras.saving.register_keras_serializable(package="tfmoe")
-class SASRec(keras.Model):
+class SASRec(KerasConventions, keras.Model):
     """SASRec with learned positions, tied item embeddings and a switchable loss.
 
     Args:
@@ -286,10 +299,23 @@ class SASRec(keras.Model):
         return mask_padding_column(self.output_scores(self._last_output(features)))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Next-item loss on ``labels [B, L]`` (0 = ignored) plus the layers' auxiliary losses."""
+        """Next-item loss on ``labels [B, L]`` (0 = ignored) plus the layers' auxiliary losses.
+
+        ``y`` may also be evaluation targets ``[B]``: the loss is then the last position's.
+        """
         if y_pred is None:
             y_pred = self(x, training=training)
-        return next_item_losses.training_objective(self._main_loss(y_pred, y, training), self.losses)
+        return next_item_losses.training_objective(self._main_loss(y_pred, labels_at_last_position(y, x), training),
+                                                   self.losses)
+
+    def predictions(self, features):
+        """What ``predict`` returns: :meth:`last_scores` ``[B, V]``."""
+        return self.last_scores(features)
+
+    def metric_inputs(self, y, y_pred):
+        """``(targets [B], scores [B, V])`` of the last position, for ``compile(metrics=...)``."""
+        targets = tf.reshape(y, [tf.shape(y)[0], -1])[:, -1]  # labels [B, L] or targets [B] (or a rank unknown)
+        return targets, mask_padding_column(self.output_scores(self._last(y_pred)))
 
     def _main_loss(self, output, labels, training):
         """The next-item loss of the model output ``[B, L, d]`` (FAME overrides it)."""

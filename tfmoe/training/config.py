@@ -18,7 +18,8 @@ name their path, so a typo never silently falls back to a default):
       shuffle_buffer: 10000
       bucket_boundaries: null  # e.g. [10, 20, 30]: training batches padded to their bucket, not max_len
       ctr: {num_negatives: 1, positions: random, samples_per_user: 1}   # CTR sampling (task ctr)
-    model: {name: sasrec, hidden_dim: 64, num_blocks: 2, dropout: 0.1}  # registry name + arguments
+    model: {name: sasrec, hidden_dim: 64, num_blocks: 2, dropout: 0.1}  # registry name + arguments, or
+    # model: {preset: sasrec_ml1m, dropout: 0.2}                     # a preset (tfmoe.models.presets) + overrides
     optimizer: {name: adam, learning_rate: 0.001, beta_2: 0.98, epsilon: 1.0e-7, weight_decay: 0.0, clipnorm: null}
     training:
       epochs: 200
@@ -186,6 +187,7 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         """Builds and validates a config from nested mappings; unknown keys raise ``ValueError``."""
         config = _build(cls, values, "config")
+        config.model = _expand_preset(config.model)
         config.validate()
         return config
 
@@ -231,8 +233,8 @@ class TrainConfig:
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"{_OWNER}: `output_dir` must be a directory path, got {self.output_dir!r}")
         if not isinstance(self.model.get("name"), str):
-            raise ValueError(f"{_OWNER}: `model.name` must name a registered model (e.g. 'sasrec'), got "
-                             f"{self.model.get('name')!r}")
+            raise ValueError(f"{_OWNER}: `model.name` must name a registered model (e.g. 'sasrec') or `model.preset` "
+                             f"a preset (tfmoe.models.presets), got {self.model.get('name')!r}")
         reserved = {"num_items", "max_len", "num_categories"} & set(self.model)
         if reserved:
             raise ValueError(f"{_OWNER}: `model` must not set {sorted(reserved)}: they come from the data")
@@ -248,6 +250,20 @@ class TrainConfig:
     @property
     def model_options(self) -> dict:
         return {k: value for k, value in self.model.items() if k != "name"}
+
+
+def _expand_preset(model):
+    """``model: {preset: P, **own}`` -> ``{name: P's model, **P's options, **own}`` (own keys win)."""
+    if not isinstance(model, dict) or "preset" not in model:
+        return model
+    from tfmoe.models import presets
+
+    preset = presets.get(model["preset"])  # ValueError naming the known presets
+    own = {k: value for k, value in model.items() if k != "preset"}
+    if own.get("name", preset["model"]) != preset["model"]:
+        raise ValueError(f"{_OWNER}: `model.name` {own['name']!r} contradicts `model.preset` {model['preset']!r}, "
+                         f"a {preset['model']!r} preset")
+    return {"name": preset["model"], **preset["options"], **own}
 
 
 def _build(cls, values, path):

@@ -39,12 +39,13 @@ from tfmoe.layers import masking
 from tfmoe.models.ctr import inputs as ci
 from tfmoe.models.ctr.backbones import make_backbone
 from tfmoe.models.ctr.heads import PredictionHead, binary_cross_entropy
+from tfmoe.models.keras_conventions import KerasConventions
 from tfmoe.models.losses import training_objective
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
 
 
-class CTRModel(keras.Model):
+class CTRModel(KerasConventions, keras.Model):
     """Base CTR model (see the module docstring); ``BACKBONE`` names the backbone of the subclass."""
 
     BACKBONE: str | None = None
@@ -136,7 +137,15 @@ class CTRModel(keras.Model):
 
     def probabilities(self, features):
         """``sigmoid(logits)`` ``[B]`` float32 in inference mode."""
-        return tf.sigmoid(self(features, training=False))
+        return tf.sigmoid(tf.cast(self(features, training=False), tf.float32))
+
+    def predictions(self, features):
+        """What ``predict`` returns: :meth:`probabilities` ``[B]``."""
+        return self.probabilities(features)
+
+    def metric_inputs(self, y, y_pred):
+        """``(labels [B], probabilities [B])`` for ``compile(metrics=...)`` (``call`` returns logits)."""
+        return tf.reshape(y, [-1]), tf.sigmoid(tf.reshape(tf.cast(y_pred, tf.float32), [-1]))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Mean BCE from logits on ``y [B]`` (weighted by ``sample_weight``) + the auxiliary losses."""

@@ -1,0 +1,88 @@
+"""What ``compile`` / ``fit`` / ``evaluate`` / ``predict`` do for a tfmoe model, in one place.
+
+:class:`KerasConventions` is mixed into the next-item models (:class:`tfmoe.models.SASRec` and its
+family) and the CTR models (:class:`tfmoe.models.ctr.CTRModel`). A model supplies two methods:
+
+* ``predictions(features)``: what ``predict`` returns: ``[B, V]`` scores of the next item (padding
+  column ``-inf``) or ``[B]`` click probabilities;
+* ``metric_inputs(y, y_pred)``: from a batch's labels and the output of ``call``, the ``(y_true,
+  y_pred)`` pair the metrics see: the next-item target and the ``[B, V]`` scores of the last position
+  only (never ``[B, L, V]``), or the click labels and probabilities.
+
+``compile(metrics=[...])`` keeps every :class:`tfmoe.metrics.FeatureMetric` (``NDCG``, ``HitRate``,
+``MRR`` with ``filter_seen``, ``GAUC``) beside the compiled metrics and updates it with the batch's
+features (the seen items, the user ids); every other Keras metric is compiled as usual and sees the
+same ``(y_true, y_pred)``. ``fit`` and ``evaluate`` report them under their names (``"NDCG@10"``).
+
+Example:
+    >>> import numpy as np
+    >>> from tfmoe.metrics import NDCG
+    >>> from tfmoe.models import SASRec
+    >>> model = SASRec(num_items=30, max_len=6, hidden_dim=8)
+    >>> model.compile(optimizer="adam", metrics=[NDCG(k=10, filter_seen=True)])
+    >>> x, targets = {"history": np.array([[0, 3, 4, 5, 6, 7]])}, np.array([8])
+    >>> sorted(model.evaluate(x, targets, verbose=0, return_dict=True))
+    ['NDCG@10', 'loss']
+    >>> model.predict(x, verbose=0).shape
+    (1, 31)
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfmoe.metrics.feature_metric import FeatureMetric
+
+
+class KerasConventions:
+    """Mixin for ``keras.Model`` subclasses: predictions from ``predict``, feature-aware metrics in ``compile``."""
+
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, weighted_metrics=None,
+                **kwargs):
+        """``keras.Model.compile``; :class:`tfmoe.metrics.FeatureMetric` s in ``metrics`` read the features."""
+        flat = list(metrics) if isinstance(metrics, (list, tuple)) else ([] if metrics is None else [metrics])
+        feature_metrics = tuple(m for m in flat if isinstance(m, FeatureMetric))
+        others = [m for m in flat if not isinstance(m, FeatureMetric)]
+        object.__setattr__(self, "_feature_metrics", feature_metrics)  # not tracked: a recompile replaces them
+        super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=others or None,
+                        weighted_metrics=weighted_metrics, **kwargs)
+
+    @property
+    def metrics(self):
+        return [*super().metrics, *getattr(self, "_feature_metrics", ())]
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        y_true, predictions = self.metric_inputs(y, y_pred)
+        for metric in getattr(self, "_feature_metrics", ()):
+            metric.update_from_features(x, y_true, predictions, sample_weight=sample_weight)
+        return super().compute_metrics(x, y_true, predictions, sample_weight=sample_weight)
+
+    @classmethod
+    def from_preset(cls, preset: str, **kwargs):
+        """The model of a named preset (:mod:`tfmoe.models.presets`); ``kwargs`` add ``num_items`` and override.
+
+        ``HyMoERec.from_preset("hymoerec_ml1m", num_items=3416)``; a preset of another class is an error.
+        """
+        from tfmoe.models import presets, registry
+
+        model = presets.get(preset)["model"]
+        if not issubclass(registry.model_class(model), cls):
+            raise ValueError(f"{cls.__name__}.from_preset: preset {preset!r} builds a {model!r} model; "
+                             f"presets of {cls.__name__}: {', '.join(_presets_of(cls)) or 'none'}")
+        return presets.build(preset, **kwargs)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.predictions(x)
+
+    def predictions(self, features):
+        raise NotImplementedError(f"{type(self).__name__} must implement predictions(features)")
+
+    def metric_inputs(self, y, y_pred):
+        raise NotImplementedError(f"{type(self).__name__} must implement metric_inputs(y, y_pred)")
+
+
+def _presets_of(cls) -> list[str]:
+    from tfmoe.models import presets, registry
+
+    return [name for name in presets.available() if issubclass(registry.model_class(presets.get(name)["model"]), cls)]

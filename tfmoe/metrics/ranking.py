@@ -175,7 +175,7 @@ class RankingEvaluator:
         self.filter_seen = v.check_bool("evaluate_ranking", "filter_seen", filter_seen)
         self.scores_fn = scores_fn
         self.metric = RankingMetrics(ks=ks, mrr_ks=mrr_ks, ties=ties)
-        self._step = tf.function(self._update)
+        self._step = tf.function(self._update, reduce_retracing=True)  # the width of "seen" varies by batch
 
     def _update(self, features, targets):
         history = _history(features) if self.filter_seen else None

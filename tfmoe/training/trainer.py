@@ -24,6 +24,12 @@ saved result without training again, unless ``training.epochs`` was raised (and 
 continues from its last epoch, with its early-stopping state, up to the new number of epochs.
 ``evaluate_best(config)`` scores a run's best checkpoint again (e.g. under a newer evaluation protocol).
 
+Multi-worker runs (strategy ``multi_worker``, every worker started with the same config): each global batch is
+split between the workers, so they train on the batches of a single-worker run; every worker validates and tests
+the model itself; only the chief writes ``output_dir``. The other workers only read it (the saved config and state,
+and when resuming the backup and best weights, which they copy) and make the same saves into a private temporary
+directory that is removed when ``train`` returns.
+
 Example:
     >>> from tfmoe.training import TrainConfig, train
     >>> config = TrainConfig.from_dict({"data": {"dir": "prepared", "max_len": 50},
@@ -36,7 +42,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 
 import keras
@@ -47,7 +55,7 @@ from tfmoe.training import callbacks as cb
 from tfmoe.training import run_settings
 from tfmoe.training.config import TrainConfig
 from tfmoe.training.evaluation import task_evaluation
-from tfmoe.training.strategies import get_strategy
+from tfmoe.training.strategies import get_strategy, is_chief, prepare_for_fit
 from tfmoe.utils.files import write_atomic
 
 BACKUP_DIR, BEST_WEIGHTS, STATE_FILE = "backup", "best.weights.h5", "state.json"
@@ -179,7 +187,13 @@ def _training_dataset(config: TrainConfig, task: str, ctr_context: dict):
         from tfmoe.training.evaluation import ctr_sampling
 
         options.update(ctr=ctr_sampling(config), **ctr_context)
-    return dataset.make_dataset(config.data.dir, "train", task, **options)
+    # Multi-worker runs split every global batch between the workers (each reads all records and keeps its part),
+    # so they train on exactly the batches of a single-worker run. TensorFlow's default (AUTO) would instead give
+    # each worker whole files, which fails when there are fewer files than workers (one file per split is what
+    # `tfmoe prepare` writes below 128 MiB). Other strategies ignore the policy.
+    sharding = tf.data.Options()
+    sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.make_dataset(config.data.dir, "train", task, **options).with_options(sharding)
 
 
 def _ctr_context(config: TrainConfig, task: str, sizes: dict) -> dict:
@@ -217,9 +231,12 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
     task = resolve_task(config)
     evaluation = task_evaluation(task)
     monitor = config.training.early_stopping.monitor or evaluation.monitor
-    os.makedirs(config.output_dir, exist_ok=True)
+    strategy = strategy or get_strategy(config.training.strategy)  # before any op: multi_worker sets up collectives
+    chief = is_chief(strategy)
+    if chief:
+        os.makedirs(config.output_dir, exist_ok=True)
     run_settings.check_same_run(config.output_dir, config)
-    if not tf.io.gfile.exists(_path(config, run_settings.RUN_CONFIG_FILE)):
+    if chief and not tf.io.gfile.exists(_path(config, run_settings.RUN_CONFIG_FILE)):
         run_settings.record_run(config.output_dir, config)
     state = cb.TrainingState.load(_path(config, STATE_FILE), monitor)
     complete = state.stopped_early or len(state.history) >= config.training.epochs
@@ -230,7 +247,9 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
 
     sizes = data_sizes(config.data.dir)
     ctr_context = _ctr_context(config, task, sizes)
-    strategy = strategy or get_strategy(config.training.strategy)
+    # every worker runs the same saves (they read synchronised variables); a non-chief worker's go to a private copy
+    work_dir = config.output_dir if chief else _worker_dir(config.output_dir)
+    at = lambda name: os.path.join(work_dir, name)
     previous_policy = keras.config.dtype_policy()
     if config.training.mixed_precision:
         keras.config.set_dtype_policy(config.training.mixed_precision)
@@ -239,6 +258,7 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
         with strategy.scope():
             model = build_model(config, task, sizes)
             model.compile(optimizer=make_optimizer(config.optimizer), jit_compile=config.training.jit_compile)
+        prepare_for_fit(strategy, model)
         config = with_model_inputs(config, model)
         train_ds = _training_dataset(config, task, ctr_context)
         valid_ds = evaluation.dataset(config, "valid", ctr_context=ctr_context)
@@ -248,43 +268,63 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
             cb.EpochTimer(),
             cb.Validation(lambda: evaluate(valid_ds), config.training.epochs,
                           config.training.eval_every, monitor, verbose=verbose != 0),
-            cb.EarlyStoppingWithState(state, _path(config, STATE_FILE), _path(config, BEST_WEIGHTS),
+            cb.EarlyStoppingWithState(state, at(STATE_FILE), at(BEST_WEIGHTS),
                                       config.training.early_stopping.patience,
                                       config.training.early_stopping.min_delta),
-            cb.BackupAndRestore(_path(config, BACKUP_DIR), double_checkpoint=True, delete_checkpoint=False,
+            cb.BackupAndRestore(at(BACKUP_DIR), double_checkpoint=True, delete_checkpoint=False,
                                              save_freq=config.training.backup_every_steps or "epoch"),
-            keras.callbacks.TensorBoard(_path(config, LOG_DIR), write_graph=False, update_freq="epoch",
+            keras.callbacks.TensorBoard(at(LOG_DIR), write_graph=False, update_freq="epoch",
                                         profile_batch=0),
-            _routing_logger(config),
+            _routing_logger(work_dir),
             *callbacks,
         ]
         if not complete:  # a run that stopped early and was cut off before saving skips to the end
             model.fit(train_ds, epochs=config.training.epochs, steps_per_epoch=config.training.steps_per_epoch,
                       callbacks=fit_callbacks, verbose=verbose)
-        if tf.io.gfile.exists(_path(config, BEST_WEIGHTS)):
-            model.load_weights(_path(config, BEST_WEIGHTS))
+        if tf.io.gfile.exists(at(BEST_WEIGHTS)):
+            model.load_weights(at(BEST_WEIGHTS))
         metrics = {"valid": _clean(evaluate(valid_ds))}
         for split in config.evaluation.splits:
             split_ds = evaluation.dataset(config, split, ctr_context=ctr_context)
             metrics[split] = _clean(evaluate(split_ds))
-        model.save(_path(config, MODEL_FILE))
+        model.save(at(MODEL_FILE))
+
+        rows = (train_records(config.data.dir) if task == "next_item" and config.training.steps_per_epoch is None
+                else None)
+        result = TrainResult(
+            model=model, task=task, monitor=monitor, best_epoch=state.best_epoch, epochs_run=len(state.history),
+            stopped_early=state.stopped_early, metrics=metrics,
+            sequences_per_s=sequences_per_s(state.history, rows, config.data.batch_size),
+            output_dir=config.output_dir, history=state.history,
+        )
+        write_atomic(at(METRICS_FILE), json.dumps(
+            {**result.summary(), "device": state.device, "devices": state.devices, "config": config.to_dict(),
+             "history": state.history},
+            indent=1))
+        state.finished = True
+        state.save(at(STATE_FILE))
     finally:
         keras.config.set_dtype_policy(previous_policy)
-
-    rows = train_records(config.data.dir) if task == "next_item" and config.training.steps_per_epoch is None else None
-    result = TrainResult(
-        model=model, task=task, monitor=monitor, best_epoch=state.best_epoch, epochs_run=len(state.history),
-        stopped_early=state.stopped_early, metrics=metrics,
-        sequences_per_s=sequences_per_s(state.history, rows, config.data.batch_size),
-        output_dir=config.output_dir, history=state.history,
-    )
-    write_atomic(_path(config, METRICS_FILE), json.dumps(
-        {**result.summary(), "device": state.device, "devices": state.devices, "config": config.to_dict(),
-         "history": state.history},
-        indent=1))
-    state.finished = True
-    state.save(_path(config, STATE_FILE))
+        if not chief:
+            shutil.rmtree(work_dir, ignore_errors=True)
     return result
+
+
+def _worker_dir(output_dir: str) -> str:
+    """A non-chief worker's private, temporary run directory (removed when ``train`` returns), seeded with what a
+    resumed run reads back from the chief's: the backup and the best weights."""
+    work_dir = tempfile.mkdtemp(prefix="tfmoe-worker-")
+    for name in (BACKUP_DIR, BEST_WEIGHTS):
+        source = os.path.join(output_dir, name)
+        if tf.io.gfile.isdir(source):
+            for folder, _, files in tf.io.gfile.walk(source):
+                target = os.path.join(work_dir, name, os.path.relpath(folder, source))
+                tf.io.gfile.makedirs(target)
+                for file in files:
+                    tf.io.gfile.copy(os.path.join(folder, file), os.path.join(target, file), overwrite=True)
+        elif tf.io.gfile.exists(source):
+            tf.io.gfile.copy(source, os.path.join(work_dir, name), overwrite=True)
+    return work_dir
 
 
 def device_description() -> str:
@@ -331,10 +371,10 @@ def load_result(output_dir: str) -> TrainResult:
                        history=saved.get("history", []))
 
 
-def _routing_logger(config: TrainConfig):
+def _routing_logger(run_dir: str):
     from tfmoe.layers import RoutingStatsLogger
 
-    return RoutingStatsLogger(os.path.join(config.output_dir, LOG_DIR, "routing"), update_freq="epoch")
+    return RoutingStatsLogger(os.path.join(run_dir, LOG_DIR, "routing"), update_freq="epoch")
 
 
 def _clean(metrics: dict) -> dict:

@@ -159,3 +159,20 @@ def test_train_config_expands_a_preset_and_its_overrides_win():
         TrainConfig.from_dict({"data": {"dir": "d"}, "model": {"preset": "fame_ml1m", "name": "sasrec"}})
     with pytest.raises(ValueError, match=r"unknown preset 'nope'"):
         TrainConfig.from_dict({"data": {"dir": "d"}, "model": {"preset": "nope"}})
+
+
+def test_a_saved_compiled_model_loads_compiled_with_its_feature_metrics(tmp_path):
+    from tfmoe.models import load_model
+
+    x, labels = next_item_data(batch=16)
+    model = SASRec(num_items=30, max_len=8, hidden_dim=16)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), metrics=[NDCG(k=5, filter_seen=True),
+                                                                                  HitRate(k=10)])
+    model.fit(x, labels, batch_size=8, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(str(tmp_path / "m.keras"))
+    assert loaded.compiled and float(loaded.optimizer.learning_rate) == pytest.approx(0.01)
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 2
+    assert [(m.name, m.filter_seen) for m in loaded._feature_metrics] == [("NDCG@5", True), ("HR@10", False)]
+    want = model.evaluate(x, labels[:, -1], verbose=0, return_dict=True)
+    assert loaded.evaluate(x, labels[:, -1], verbose=0, return_dict=True) == pytest.approx(want, rel=1e-5)

@@ -47,6 +47,23 @@ class KerasConventions:
         super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=others or None,
                         weighted_metrics=weighted_metrics, **kwargs)
 
+    def get_compile_config(self):
+        """Keras' compile config, with the feature metrics among ``metrics`` (a saved model recompiles with them)."""
+        config = super().get_compile_config()
+        feature_metrics = getattr(self, "_feature_metrics", ())
+        if config and feature_metrics:
+            metrics = config.get("metrics") or []
+            metrics = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+            config["metrics"] = metrics + [keras.saving.serialize_keras_object(m) for m in feature_metrics]
+        return config
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded model (what ``keras.Model.compile_from_config`` does for a non-custom ``compile``)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)  # its variables exist before the weights load
+
     @property
     def metrics(self):
         return [*super().metrics, *getattr(self, "_feature_metrics", ())]

@@ -265,29 +265,33 @@ def synthetic_config(args) -> dict:
                       SYNTHETIC["samples_per_user"], None, ("categories", "session_ids"), 1024)
 
 
-def session_purity(model, data_dir: str, item_themes, max_len: int, seed: int = 0) -> dict:
-    """Purity of the router's argmax theme of each real test-history session against its planted theme.
+def session_assignments(model, data_dir: str, item_themes, max_len: int) -> dict:
+    """Every real session of the test histories (one row per user): its router theme and its planted theme.
 
     Sessions are the model's own grid (``model.grouper``); a session's planted theme is the majority theme of
-    its items (sessions of the generator are single-theme, so the share of unanimous sessions is reported
-    too: it checks that the prepared time-gap sessions recover the planted ones).
+    its items. Returns numpy arrays over the ``N`` sessions: ``assigned`` (argmax of the router's
+    ``routing_probs``), ``planted``, ``unanimous`` (all items of one theme) and ``embeddings [N, d]`` (the
+    masked mean of the session's item embeddings, the ``s_m`` the router pools), plus ``num_themes``.
     """
     import numpy as np
     import tensorflow as tf
 
     from tfmoe.data import dataset
-    from tfmoe.data.synthetic import theme_purity
+    from tfmoe.layers import masking
 
     features = tuple(dict.fromkeys((*model.input_sequence_features(), "session_ids")))
     ds = dataset.make_dataset(data_dir, "test", "ctr", max_len=max_len, batch_size=512,
                               sequence_features=features, ctr=_eval_sampling())
-    assigned, planted, unanimous = [], [], []
+    assigned, planted, unanimous, embeddings = [], [], [], []
     for x, y in ds:
         keep = y.numpy() > 0.5  # one row per user: the positive (negatives repeat the history)
         routing = model.routing(x)
-        _, mask, _ = model.encode(x)
-        ids = model.grouper(tf.cast(x["history"], tf.float32)[..., None], model._session_ids(x, mask), mask=mask)
+        sequence, mask, _ = model.encode(x)
+        session_ids = model._session_ids(x, mask)
+        ids = model.grouper(tf.cast(x["history"], tf.float32)[..., None], session_ids, mask=mask)
         grid, item_mask, session_mask = (t.numpy() for t in ids)
+        vectors, vector_mask, _ = model.grouper(sequence, session_ids, mask=mask)
+        means = masking.masked_mean(tf.cast(vectors, tf.float32), vector_mask, axis=2).numpy()  # [B, M, d]
         probs = routing["routing_probs"].numpy()
         themes = item_themes[grid[..., 0].astype(np.int64)]  # [B, M, P]
         for b in np.flatnonzero(keep):
@@ -297,12 +301,28 @@ def session_purity(model, data_dir: str, item_themes, max_len: int, seed: int = 
                 planted.append(int(counts.argmax()))
                 unanimous.append(bool(counts.max() == len(t)))
                 assigned.append(int(probs[b, m].argmax()))
-    assigned, planted = np.asarray(assigned), np.asarray(planted)
-    k = probs.shape[-1]
+                embeddings.append(means[b, m])
+    return {"assigned": np.asarray(assigned), "planted": np.asarray(planted), "unanimous": np.asarray(unanimous),
+            "embeddings": np.asarray(embeddings, np.float32), "num_themes": int(probs.shape[-1])}
+
+
+def session_purity(model, data_dir: str, item_themes, max_len: int, seed: int = 0) -> dict:
+    """Purity of the router's argmax theme of each real test-history session against its planted theme.
+
+    Sessions are those of :func:`session_assignments` (sessions of the generator are single-theme, so the share
+    of unanimous sessions is reported too: it checks that the prepared time-gap sessions recover the planted
+    ones).
+    """
+    import numpy as np
+
+    from tfmoe.data.synthetic import theme_purity
+
+    sessions = session_assignments(model, data_dir, item_themes, max_len)
+    assigned, planted, k = sessions["assigned"], sessions["planted"], sessions["num_themes"]
     random = np.random.default_rng(seed).integers(0, k, assigned.size)
     return {"purity": theme_purity(assigned, planted), "random_purity": theme_purity(random, planted),
-            "sessions": int(assigned.size), "unanimous_sessions": float(np.mean(unanimous)),
-            "themes_used": int(np.unique(assigned).size), "num_themes": int(k)}
+            "sessions": int(assigned.size), "unanimous_sessions": float(np.mean(sessions["unanimous"])),
+            "themes_used": int(np.unique(assigned).size), "num_themes": k}
 
 
 def _eval_sampling():
@@ -311,15 +331,14 @@ def _eval_sampling():
     return CTRSampling(num_negatives=PROTOCOL["num_negatives"], eval_seed=PROTOCOL["eval_seed"])
 
 
-def purity(args) -> dict:
-    """Generates + prepares the synthetic set, trains MoS-DIN on its CTR task, measures session purity."""
-    import keras
+def prepare_synthetic(args):
+    """Generates and prepares (once) the synthetic set of :data:`SYNTHETIC`; returns ``(data, item_themes)``.
+
+    ``item_themes[n]`` is the planted theme of prepared item index ``n`` (-1 for padding and out-of-vocabulary).
+    """
     import numpy as np
 
     from tfmoe.data import synthetic
-    from tfmoe.training import train
-    from tfmoe.training.config import TrainConfig
-    from tfmoe.training.trainer import build_model, data_sizes
 
     paths = synthetic_paths(args)
     data = synthetic.generate(synthetic.preset_config(SYNTHETIC["preset"], seed=SYNTHETIC["seed"]))
@@ -334,7 +353,19 @@ def purity(args) -> dict:
         raw_ids = [int(line) for line in f if line.strip()]
     item_themes = np.full(len(raw_ids) + 2, -1, np.int64)
     item_themes[1:len(raw_ids) + 1] = data.item_themes[raw_ids]
+    return data, item_themes
 
+
+def purity(args) -> dict:
+    """Generates + prepares the synthetic set, trains MoS-DIN on its CTR task, measures session purity."""
+    import keras
+
+    from tfmoe.training import train
+    from tfmoe.training.config import TrainConfig
+    from tfmoe.training.trainer import build_model, data_sizes
+
+    paths = synthetic_paths(args)
+    data, item_themes = prepare_synthetic(args)
     config_dict = synthetic_config(args)
     _log("== train synthetic-purity mos_din")
     result = train(config_dict)
@@ -513,6 +544,9 @@ def report(args) -> dict:
                      "expert_choice": EXPERT_CHOICE},
         "machine": machine_info(), "command": command_line("benchmarks/long_ctr.py"),
     }
+    for key in ("purity", "nmi", "purity_meta"):  # written by benchmarks/theme_purity.py
+        if key in previous:
+            payload[key] = previous[key]
     write_json(RESULTS, payload)
     print_table(payload)
     print(markdown_table(payload))

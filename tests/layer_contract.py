@@ -97,8 +97,28 @@ def assert_jit_compiles(make_layer, args, kwargs=None, rtol=1e-4, atol=1e-5):
     assert_outputs_close(eager, compiled(*[tf.convert_to_tensor(a) for a in args]), rtol=rtol, atol=atol)
 
 
-def assert_mixed_precision(make_layer, args, kwargs=None, policy="mixed_float16", rtol=5e-2, atol=5e-2):
-    """Under a mixed policy: float32 variables, finite outputs close to the float32 layer's outputs."""
+# Unit roundoff of the reduced compute dtypes: float16 keeps 11 significant bits (relative error <= 2^-11 ~ 4.9e-4 per
+# rounding), bfloat16 8 bits (2^-8 ~ 3.9e-3 per rounding).
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def mixed_precision_tolerance(policy: str, roundings: int = 8) -> float:
+    """Relative tolerance of an output computed under ``policy`` (e.g. ``"mixed_bfloat16"``) vs float32.
+
+    Every rounding to the compute dtype on the output's path (the cast inputs and weights, each matmul,
+    normalisation or activation output) adds at most one unit roundoff of relative error, and float32
+    accumulation inside matmuls adds none worth counting: a layer with a handful of such steps stays within
+    ``roundings`` unit roundoffs (8 by default: 3.9e-3 for float16, 3.1e-2 for bfloat16) of the output's scale.
+    """
+    return roundings * UNIT_ROUNDOFF[policy.split("_", 1)[1]]
+
+
+def assert_mixed_precision(make_layer, args, kwargs=None, policy="mixed_float16", rtol=None, atol=None):
+    """Under a mixed policy: float32 variables, finite outputs close to the float32 layer's outputs.
+
+    Default tolerance: :func:`mixed_precision_tolerance` of the policy, relative to each output and, as an
+    absolute floor, to the output's scale (its largest magnitude, at least 1).
+    """
     reference = make_layer()
     expected = call(reference, args, kwargs)
     previous = keras.config.dtype_policy()
@@ -115,8 +135,12 @@ def assert_mixed_precision(make_layer, args, kwargs=None, policy="mixed_float16"
     for arr in _floating_outputs(got):
         assert np.all(np.isfinite(arr.astype(np.float32))), f"non-finite output under {policy}"
     left, right = _floating_outputs(expected), _floating_outputs(got)
+    tolerance = mixed_precision_tolerance(policy)
     for x, y in zip(left, right):
-        np.testing.assert_allclose(x.astype(np.float32), y.astype(np.float32), rtol=rtol, atol=atol)
+        x = x.astype(np.float32)
+        scale = max(1.0, float(np.abs(x).max())) if x.size else 1.0
+        np.testing.assert_allclose(x, y.astype(np.float32), rtol=tolerance if rtol is None else rtol,
+                                   atol=tolerance * scale if atol is None else atol)
 
 
 def assert_mirrored_strategy(make_layer, args, kwargs=None, rtol=1e-5, atol=1e-5):

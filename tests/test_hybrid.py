@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import check_layer_contract
+from layer_contract import check_layer_contract, mixed_precision_tolerance
 
 from tfmoe.layers.hybrid import HybridMoEFeedForward
 
@@ -174,7 +174,10 @@ def test_mixed_precision(policy):
     assert got.dtype == policy.split("_")[1]
     for v in layer.weights:
         assert v.dtype == ("int64" if v.path.endswith("step") else "float32"), v.path
-    np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=5e-2, atol=5e-2)
+    # unit-scale outputs: mixed_precision_tolerance = 8 unit roundoffs of the compute dtype (see layer_contract)
+    tolerance = mixed_precision_tolerance(policy)
+    np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=tolerance,
+                               atol=tolerance * max(1.0, np.abs(expected).max()))
 
 
 def test_contract(tmp_path):

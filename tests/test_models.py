@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import assert_independent_initial_weights
+from layer_contract import assert_independent_initial_weights, mixed_precision_tolerance
 
 from tfmoe.metrics import evaluate_ranking
 from tfmoe.models import FAME, HyMoERec, SASRec, TransformerBlock
@@ -188,14 +188,27 @@ def test_hymoerec_blocks_warmup_and_load_balance_loss():
 
 
 def test_mixed_precision_scores_and_loss_are_float32():
+    reference = make("fame", item_dropout=0.1)  # float32
+    items = batch(np.random.default_rng(6))
+    labels = np.where(items > 0, items % N_ITEMS + 1, 0)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = make("fame", item_dropout=0.1)
-        items = batch(np.random.default_rng(6))
-        assert model.last_scores(items).dtype == tf.float32
-        labels = np.where(items > 0, items % N_ITEMS + 1, 0)
+        model(items)
+        model.set_weights(reference.get_weights())
+        scores = model.last_scores(items)
+        assert scores.dtype == tf.float32
         loss = model.compute_loss(items, labels, model(items, training=True))
         assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+        # against the float32 model (no dropout outside training): float16 rounds each step's output to 2^-11
+        # relative; a few blocks put ~16 roundings on the scores' path, each of the scores' scale
+        tolerance = mixed_precision_tolerance("mixed_float16", roundings=16)
+        want = reference.last_scores(items).numpy()[:, 1:]
+        np.testing.assert_allclose(scores.numpy()[:, 1:], want, rtol=tolerance,
+                                   atol=tolerance * np.abs(want).max())
+        got = float(model.compute_loss(items, labels, model(items), training=False))
+        assert got == pytest.approx(float(reference.compute_loss(items, labels, reference(items), training=False)),
+                                    rel=tolerance)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -222,19 +235,26 @@ def test_trains_under_mirrored_strategy_with_gather_only_losses(loss, mirrored_s
     assert all(np.isfinite(history))
 
 
+@pytest.mark.slow
 def test_hymoerec_dropless_routing_trains_like_top_k_with_its_no_drop_capacity():
+    """Dropless (packed dispatch, eager) against top-k with capacity E / k under XLA, where top-k really runs its
+    static per-expert buffers (outside XLA it would run the same packed code as dropless)."""
     top_k, dropless = make("hymoerec"), make("hymoerec", routing="dropless")
     dropless.set_weights(top_k.get_weights())
     items = batch(np.random.default_rng(10), size=6)
     labels = np.where(items > 0, items % N_ITEMS + 1, 0)
-    np.testing.assert_allclose(dropless.last_scores(items)[:, 1:], top_k.last_scores(items)[:, 1:], atol=1e-5)
-    grads = []
-    for model in (top_k, dropless):
+    buffered_scores = tf.function(top_k.last_scores, jit_compile=True)(tf.constant(items))
+    np.testing.assert_allclose(dropless.last_scores(items)[:, 1:], buffered_scores.numpy()[:, 1:], atol=1e-5)
+
+    def loss_and_grads(model, inputs):
         with tf.GradientTape() as tape:
-            loss = model.compute_loss(items, labels, model(items, training=True), training=True)
-        grads.append([float(loss)] + [tf.convert_to_tensor(g).numpy() for g in
-                                      tape.gradient(loss, model.trainable_variables)])
-    np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-6)
+            loss = model.compute_loss(inputs, labels, model(inputs, training=True), training=True)
+        return [loss] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+
+    grads = [[t.numpy() for t in tf.function(lambda x: loss_and_grads(top_k, x), jit_compile=True)(
+                 tf.constant(items))],
+             [t.numpy() for t in loss_and_grads(dropless, tf.constant(items))]]
+    np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-5)
     for got, expected in zip(grads[1][1:], grads[0][1:]):
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert type(dropless).from_config(dropless.get_config()).routing == "dropless"
@@ -528,9 +548,17 @@ def test_plugs_into_the_data_sample_builders():
     records = {"user_id": tf.constant([1, 2], tf.int64), "items": tf.ragged.constant([[3, 4, 5, 6], [7, 8]], tf.int64)}
     features, labels = samples.next_item_train(records, max_len=MAX_LEN, sequence_features=())
     model = make("sasrec")
-    loss = model.compute_loss(features, labels, model(features, training=True))
-    expected = model.next_item_loss(model(features), model.item_embeddings, labels)
-    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    output = model(features, training=True)
+    loss = model.compute_loss(features, labels, output)
+    # numpy: full softmax over the items 1..V-1 (column 0 is padding), mean over the labelled positions
+    logits = output.numpy().astype(np.float64) @ model.item_embeddings.numpy().astype(np.float64).T
+    logits[..., 0] = -np.inf
+    log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    labels_np = np.asarray(labels)
+    real = labels_np != 0
+    assert real.sum() == 4  # 3 + 1 next-item labels
+    expected = -np.take_along_axis(log_probs, labels_np[..., None].astype(int), axis=-1)[..., 0][real].mean()
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     eval_records = {**records, "target": tf.constant([7, 9], tf.int64)}
     eval_features, targets = samples.next_item_eval(eval_records, max_len=MAX_LEN, sequence_features=())
     assert model.last_scores(eval_features).shape == (2, N_ITEMS + 1) and targets.shape == (2,)
@@ -571,3 +599,26 @@ def test_trains_on_batches_of_varying_length(name):
     ds = tf.data.Dataset.from_generator(lambda: (({"history": h.astype("int32")}, y.astype("int32"))
                                                  for h, y in batches), output_signature=spec)
     assert np.isfinite(model.fit(ds, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_mirrored_training_equals_single_device_training(mirrored_strategy):
+    """SASRec with the full softmax (no sampled negatives, no dropout): two replicas of half the global batch take
+    the same SGD steps as one device on the whole batch; the loss is a mean over the global batch's items."""
+    # full rows: the loss is a mean over each replica's labelled items, which equals the global batch's mean
+    # only when both halves hold as many items
+    items = batch(np.random.default_rng(8), size=16, min_real=MAX_LEN)
+    labels = items % N_ITEMS + 1
+    single = make("sasrec", dropout=0.0)
+    single.compile(optimizer=keras.optimizers.SGD(0.1))
+    single({"history": items})
+    with mirrored_strategy.scope():
+        mirrored = make("sasrec", dropout=0.0)
+        mirrored.compile(optimizer=keras.optimizers.SGD(0.1))
+        mirrored({"history": items})
+    mirrored.set_weights(single.get_weights())
+    losses = [model.fit({"history": items}, labels, batch_size=8, epochs=2, shuffle=False, verbose=0).history["loss"]
+              for model in (single, mirrored)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    # float32 all-reduce order; SGD, not Adam, whose m / sqrt(v) blows near-zero gradients' noise up to lr-sized steps
+    for a, b in zip(single.trainable_weights, mirrored.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

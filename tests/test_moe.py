@@ -305,22 +305,26 @@ def test_dropless_equals_numpy_top_k_without_capacity_and_top_k_with_a_no_drop_c
     buffered.set_weights(moe.get_weights())
     expected, counts = numpy_top_k_moe(moe, x, mask, 2, 2.0)
     assert counts["dropped_assignments"] == 0
-    with tf.GradientTape(persistent=True) as tape:
-        inputs = tf.constant(x)
-        tape.watch(inputs)
-        got = moe(inputs, mask=mask, training=True)
-        reference = buffered(inputs, mask=mask, training=True)
-        weights = tf.sin(tf.range(got.shape.num_elements(), dtype=tf.float32))
-        loss = tf.reduce_sum(tf.reshape(got, [-1]) * weights) + tf.add_n(moe.losses)
-        reference_loss = tf.reduce_sum(tf.reshape(reference, [-1]) * weights) + tf.add_n(buffered.losses)
+    weights = tf.sin(tf.range(np.prod(x.shape), dtype=tf.float32))
+
+    def run(layer, inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = layer(inputs, mask=mask, training=True)
+            loss = tf.reduce_sum(tf.reshape(out, [-1]) * weights) + tf.add_n(layer.losses)
+        return out, tape.gradient(loss, [inputs, *layer.trainable_variables])
+
+    got, grads = run(moe, tf.constant(x))
+    stats = _stats(moe)
+    # the buffered reference under XLA: outside XLA, capacity_factor = E / k would send it through the packed
+    # dispatch of "dropless" too, and the comparison would be the code with itself
+    reference, reference_grads = tf.function(lambda t: run(buffered, t), jit_compile=True)(tf.constant(x))
+    reference_stats = _stats(buffered)
     np.testing.assert_allclose(got.numpy().reshape(-1, 6), expected, atol=1e-5)
-    np.testing.assert_allclose(got.numpy(), reference.numpy(), atol=1e-6)
-    stats, reference_stats = _stats(moe), _stats(buffered)
+    np.testing.assert_allclose(got.numpy(), reference.numpy(), atol=1e-5)
     assert stats["dropped_assignments"] == 0 and stats["tokens"] == mask.sum()
     for name, value in reference_stats.items():
-        np.testing.assert_allclose(stats[name], value, atol=1e-6, err_msg=name)
-    grads = tape.gradient(loss, [inputs, *moe.trainable_variables])
-    reference_grads = tape.gradient(reference_loss, [inputs, *buffered.trainable_variables])
+        np.testing.assert_allclose(stats[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
     for g, r in zip(grads, reference_grads):
         np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(r).numpy(), atol=1e-5)
     assert np.abs(grads[0].numpy()[~mask]).max() == 0  # masked tokens get no gradient

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +195,31 @@ def test_ctr_eval_split_holds_one_labelled_positive_and_exact_negatives_per_user
             assert (target == record["target"]) if label else (target not in seen)
 
 
+def numpy_test_metrics(serving_dir, examples_dir, k: int = 10) -> dict:
+    """NDCG@k / HR@k of the test split from the SavedModel's scores, ranked in numpy: candidates are the items
+    1..V-1 minus the user's whole history except the target, ties pessimistic (tfmoe's protocol); and HR@k
+    unfiltered with ties as hits (TFMA's top-k accuracy)."""
+    import tensorflow as tf
+
+    from tfmoe.data import schema
+
+    files = sorted(str(p) for p in Path(examples_dir, "Split-test").iterdir())
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    signature = tf.saved_model.load(str(serving_dir)).signatures["serving_default"]
+    scores = np.concatenate([signature(examples=tf.constant(records[i:i + 64]))["scores"].numpy()
+                             for i in range(0, len(records), 64)])
+    ndcg, hits, hits_unfiltered = [], [], []
+    for row, record in zip(scores, map(schema.decode_example, records)):
+        target, seen = record["target"], set(record["items"]) - {record["target"]}
+        candidates = [j for j in range(1, len(row)) if j != target and j not in seen]
+        rank = sum(row[j] >= row[target] for j in candidates)
+        ndcg.append((rank < k) / np.log2(rank + 2))
+        hits.append(float(rank < k))
+        hits_unfiltered.append(float(np.sum(row > row[target]) < k))
+    return {f"NDCG@{k}": float(np.mean(ndcg)), f"HR@{k}": float(np.mean(hits)),
+            f"HR@{k} unfiltered": float(np.mean(hits_unfiltered))}
+
+
 @pytest.mark.slow
 def test_run_fn_trains_with_tfmoe_and_exports_a_servable_model(tmp_path):
     import tensorflow as tf
@@ -205,7 +229,9 @@ def test_run_fn_trains_with_tfmoe_and_exports_a_servable_model(tmp_path):
     from tfmoe.tfx.serving_export import read_metrics
 
     uri = _prepared_examples(tmp_path)
-    fn_args = types.SimpleNamespace(
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    fn_args = FnArgs(
         train_files=[f"{uri}/Split-train/*"], eval_files=[f"{uri}/Split-valid/*"],
         model_run_dir=str(tmp_path / "model_run"), serving_model_dir=str(tmp_path / "model" / "Format-Serving"),
         custom_config={"train_config": PipelineConfig(epochs=1, max_len=12, strategy="default",
@@ -218,7 +244,9 @@ def test_run_fn_trains_with_tfmoe_and_exports_a_servable_model(tmp_path):
     assert (tmp_path / "model_run" / "train" / "model.keras").exists()  # tfmoe's trainer ran there
     recorded = read_metrics(str(serving_dir))
     assert recorded["model"] == "sasrec" and recorded["epochs_run"] == 1
-    assert 0.0 <= recorded["metrics"]["test"]["NDCG@10"] <= recorded["metrics"]["test"]["HR@10"] <= 1.0
+    reference = numpy_test_metrics(serving_dir, uri)  # the exported scores, ranked by numpy
+    assert recorded["metrics"]["test"]["NDCG@10"] == pytest.approx(reference["NDCG@10"], abs=1e-6)
+    assert recorded["metrics"]["test"]["HR@10"] == pytest.approx(reference["HR@10"], abs=1e-6)
     assert json.loads((tmp_path / "model_run" / "tfmoe_metrics.json").read_text()) == recorded
 
     # what TFMA feeds it: serialized test examples -> scores [B, V] with a finite padding column
@@ -396,13 +424,16 @@ def test_tfx_cli_runs_caches_gates_and_pushes_a_servable_model(tmp_path):
     metrics = tfma_metrics(latest_artifact_uri(root, "Evaluator", "evaluation"))
     users = int(json.loads(Path(examples, "summary.json").read_text())["counts"]["users"])
     assert metrics["example_count"] == users
-    assert 0.0 <= metrics["sparse_top_k_categorical_accuracy"] <= 1.0
+    model_dir = Path(latest_artifact_uri(root, "Trainer", "model"), "Format-Serving")
+    reference = numpy_test_metrics(model_dir, examples)
+    # TFMA's top-k accuracy: unfiltered, ties count as hits (tf.math.in_top_k)
+    assert metrics["sparse_top_k_categorical_accuracy"] == pytest.approx(reference["HR@10 unfiltered"], abs=1e-6)
 
     versions = layout.complete_versions(config.serving_model_dir)
     assert len(versions) == 1
     pushed = Path(config.serving_model_dir, str(versions[0]))
     recorded = read_metrics(str(pushed))  # tfmoe's full-ranking NDCG@10 travels with the pushed model
-    assert 0.0 <= recorded["metrics"]["test"]["NDCG@10"] <= 1.0
+    assert recorded["metrics"]["test"]["NDCG@10"] == pytest.approx(reference["NDCG@10"], abs=1e-6)
 
     histories = [u["history"] for u in sample_users(examples, count=2)]
     served = serve_and_recommend(config.serving_dir, config.serving_model_name, histories, in_process=True)

@@ -190,7 +190,8 @@ def test_tfmoe_query_top_k_from_arguments_and_file(server, exported, tmp_path, c
     assert lines[2].startswith("user 1 (history 4 5 6): ")
 
 
-def test_tfmoe_query_status_metadata_predict_classify(server, capsys):
+def test_tfmoe_query_status_metadata_predict_classify(server, exported, capsys):
+    models = exported[2]
     code, out, _ = run_query(["status", "--target", server, "--model", "recs"], capsys)
     assert (code, out) == (0, "recs  version 1  AVAILABLE\n")
     code, out, _ = run_query(["metadata", "--target", server, "--model", "recs"], capsys)
@@ -199,10 +200,15 @@ def test_tfmoe_query_status_metadata_predict_classify(server, capsys):
     code, out, _ = run_query(["predict", "--target", server, "--model", "recs", "--history", "1,2", "--show", "3"],
                              capsys)
     assert code == 0 and out.startswith("model recs version 1 signature serving_default\nuser 0 (history 1 2) scores: ")
-    assert len(out.splitlines()[1].split(": ", 1)[1].split(", ")) == 3
+    # the 3 best items with their scores, as the in-memory model scores them
+    scores = models["recs"]({"history": requests.pad_histories([[1, 2]], MAX_LEN)}).numpy()[0]
+    best = np.argsort(-scores, kind="stable")[:3]
+    assert out.splitlines()[1].split(": ", 1)[1] == ", ".join(f"{i} ({scores[i]:.4f})" for i in best)
     code, out, _ = run_query(["classify", "--target", server, "--model", "ctr", "--history", "1,2", "--target-item",
                               "7"], capsys)
-    assert code == 0 and out.splitlines()[1].startswith("row 0 (1 2): 0: 0.")
+    p = float(models["ctr"]({"history": requests.pad_histories([[1, 2]], MAX_LEN),
+                             "target_item": np.array([7])}).numpy().reshape(-1)[0])
+    assert code == 0 and out.splitlines() == ["model ctr version 1", f"row 0 (1 2): 0: {1 - p:.4f}, 1: {p:.4f}"]
 
 
 def test_tfmoe_query_reports_errors_readably(server, capsys):

@@ -45,13 +45,28 @@ def numpy_session_logits(layer, items, item_mask):
     return numpy_theme_logits(layer, reps)
 
 
-def numpy_theme_logits(layer, x):
+def numpy_projection(layer, x):
+    """``(z, C)`` of the layer's theme space (l2-normalised for cosine similarity)."""
     w = _weights(layer)
     proj, protos = x @ w["projection_kernel"], w["prototypes"]
     if layer.similarity == "cosine":
         proj = proj / np.maximum(np.linalg.norm(proj, axis=-1, keepdims=True), 1e-6)  # empty sessions: 0
         protos = protos / np.linalg.norm(protos, axis=-1, keepdims=True)
+    return proj, protos
+
+
+def numpy_theme_logits(layer, x):
+    proj, protos = numpy_projection(layer, x)
+    if layer.router == "codebook":  # minus squared Euclidean distances to the prototypes
+        return -((proj[..., None, :] - protos) ** 2).sum(-1) / layer.temperature
     return proj @ protos.T / layer.temperature
+
+
+def numpy_session_embeddings(layer, items, item_mask):
+    """Projected session means ``z [B, M, d_c]`` (mean pooling)."""
+    count = np.maximum(item_mask.sum(-1, keepdims=True), 1)
+    reps = (items.astype(np.float64) * item_mask[..., None]).sum(2) / count
+    return numpy_projection(layer, reps)
 
 
 def numpy_route(layer, items, item_mask, target=None):
@@ -85,6 +100,11 @@ def numpy_route(layer, items, item_mask, target=None):
                 out["theme_item_mask"][b, k, span] = item_mask[b, m]
     out["selection_mask"] = out["session_indices"] >= 0
     out["theme_mask"] = out["selection_mask"].any(-1)
+    if layer.router == "codebook":
+        z, protos = numpy_session_embeddings(layer, items, item_mask)
+        distances = ((z[..., None, :] - protos) ** 2).sum(-1)
+        out["session_codes"] = np.where(valid, distances.argmin(-1), -1)
+        out["quantized_sessions"] = protos[distances.argmin(-1)] * valid[..., None]
     if target is not None:
         out["target_probs"] = _softmax(numpy_theme_logits(layer, target.astype(np.float64)))
     return out
@@ -117,6 +137,9 @@ def _assert_matches(got, expected):
         {"assignment": "expert_choice", "pooling": "attention", "projection_dim": 6},
         {"assignment": "argmax", "similarity": "cosine", "temperature": 0.5, "probability_scaling": "none"},
         {"assignment": "expert_choice", "probability_scaling": "straight_through", "sessions_per_theme": 4},
+        {"router": "codebook"},
+        {"router": "codebook", "similarity": "cosine", "temperature": 0.5, "projection_dim": 6},
+        {"router": "codebook", "assignment": "expert_choice", "probability_scaling": "straight_through"},
     ],
 )
 def test_matches_numpy_reference(kwargs):
@@ -394,6 +417,12 @@ def test_contract(tmp_path):
         ),
         ({"load_balance_weight": -1.0}, r"`load_balance_weight` must be a finite number >= 0.0, got -1.0"),
         ({"projection_dim": 0}, r"`projection_dim` must be an integer >= 1, got 0"),
+        ({"router": "vq"}, r"SessionThemeRouter: `router` must be one of 'softmax', 'codebook'; got 'vq'"),
+        ({"router": None}, r"`router` must be one of 'softmax', 'codebook'; got None"),
+        ({"codebook_weight": -0.1}, r"`codebook_weight` must be a finite number >= 0.0, got -0.1"),
+        ({"commitment_weight": float("nan")}, r"`commitment_weight` must be a finite number >= 0.0, got nan"),
+        ({"dead_code_threshold": 1.5}, r"`dead_code_threshold` must be a finite number in \[0.0, 1.0\], got 1.5"),
+        ({"usage_decay": 1.0}, r"`usage_decay` must be a finite number in \[0.0, 1.0\), got 1.0"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
@@ -424,3 +453,263 @@ def test_statistics_function_derives_the_session_mask():
     np.testing.assert_allclose(stats["expert_load"], [0.5, 0.5])
     np.testing.assert_allclose(stats["mean_probs"], [0.45, 0.55], rtol=1e-6)
     assert float(stats["tokens"]) == 2 and float(stats["dropped_tokens"]) == 1 and float(stats["z_loss"]) == 0
+
+
+# ----- codebook router (VQ-VAE) ---------------------------------------------------------------------------
+def _codebook(**kwargs):
+    return SessionThemeRouter(**{"num_themes": 3, "sessions_per_theme": 2, "router": "codebook", **kwargs})
+
+
+def test_codebook_assigns_each_session_its_nearest_prototype():
+    """Hand-placed prototypes and identity projection: the codes are the numpy argmin, padding gets -1."""
+    items, mask, _ = _batch(seed=8, d=4)
+    layer = _codebook(load_balance_weight=0.0)
+    layer(items, mask)
+    layer.projection_kernel.assign(np.eye(4, dtype="float32"))
+    protos = np.array([[1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 0.5, 0.5]], "float32")
+    layer.prototypes.assign(protos)
+    out = layer(items, mask)
+    valid = mask.any(-1)
+    means = (items * mask[..., None]).sum(2) / np.maximum(mask.sum(-1, keepdims=True), 1)
+    distances = ((means[..., None, :] - protos) ** 2).sum(-1)
+    np.testing.assert_array_equal(out["session_codes"].numpy(), np.where(valid, distances.argmin(-1), -1))
+    np.testing.assert_allclose(out["quantized_sessions"], protos[distances.argmin(-1)] * valid[..., None], atol=1e-6)
+    np.testing.assert_allclose(out["routing_probs"], _softmax(-distances) * valid[..., None], rtol=1e-5, atol=1e-7)
+    assert set(out["session_codes"].numpy()[valid]) == {0, 1, 2}  # the batch exercises every code
+
+
+def test_straight_through_gradient_is_the_upstream_gradient():
+    rng = np.random.default_rng(9)
+    layer = _codebook()
+    layer(*_batch()[:2])
+    z = tf.constant(rng.normal(size=(4, 5, 4)), tf.float32)
+    mask = rng.random((4, 5)) > 0.3
+    upstream = tf.constant(rng.normal(size=(4, 5, 4)), tf.float32)
+    protos = tf.convert_to_tensor(layer.prototypes)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([z, protos])
+        out = layer.quantize_sessions(z, protos, mask)
+        total = tf.reduce_sum(out["quantized"] * upstream)
+    np.testing.assert_allclose(tape.gradient(total, z), upstream.numpy() * mask[..., None], rtol=1e-6)
+    assert tape.gradient(total, protos) is None  # the codes enter only through the stop-gradient
+    # forward value: the nearest prototype
+    nearest = ((z.numpy()[..., None, :] - protos.numpy()) ** 2).sum(-1).argmin(-1)
+    np.testing.assert_allclose(out["quantized"], protos.numpy()[nearest] * mask[..., None], atol=1e-6)
+
+
+def test_codebook_and_commitment_losses():
+    items, mask, _ = _batch(seed=10)
+    layer = _codebook(load_balance_weight=0.5, codebook_weight=0.7, commitment_weight=0.3)
+    layer(items, mask)
+    balance, codebook, commitment = layer.losses
+    z, protos = numpy_session_embeddings(layer, items, mask)
+    valid = mask.any(-1)
+    nearest = ((z[..., None, :] - protos) ** 2).sum(-1).argmin(-1)
+    expected = ((z - protos[nearest]) ** 2).sum(-1)[valid].mean()  # mean over real sessions only
+    np.testing.assert_allclose(codebook, 0.7 * expected, rtol=1e-5)
+    np.testing.assert_allclose(commitment, 0.3 * expected, rtol=1e-5)
+    stats = layer.routing_statistics
+    np.testing.assert_allclose([stats["codebook_loss"], stats["commitment_loss"]], [expected] * 2, rtol=1e-5)
+    # the codebook loss moves only the prototypes, the commitment loss only the session embeddings
+    with tf.GradientTape(persistent=True) as tape:
+        layer(items, mask)
+        _, codebook, commitment = layer.losses
+    kernel, prototypes = layer.projection_kernel, layer.prototypes
+    norm = lambda grad: float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(grad))))  # gathered rows: IndexedSlices
+    assert tape.gradient(codebook, kernel) is None and norm(tape.gradient(codebook, prototypes)) > 0
+    assert tape.gradient(commitment, prototypes) is None and norm(tape.gradient(commitment, kernel)) > 0
+    # weights 0 add no loss; the softmax router adds none of the two
+    quiet = _codebook(load_balance_weight=0.0, codebook_weight=0.0, commitment_weight=0.0)
+    quiet(items, mask)
+    assert quiet.losses == []
+    softmax = SessionThemeRouter(num_themes=3, sessions_per_theme=2, commitment_weight=5.0)
+    softmax(items, mask)
+    assert len(softmax.losses) == 1 and "codebook_loss" not in softmax.routing_statistics
+
+
+def test_codebook_padding_sessions_and_empty_rows_never_count():
+    items, mask, _ = _batch(seed=11)
+    layer = _codebook(load_balance_weight=0.1, commitment_weight=0.25)
+    out = layer(items, mask)
+    losses = [float(x) for x in layer.losses]
+    noisy = np.where(mask[..., None], items, 1e4).astype("float32")
+    _assert_matches(layer(noisy, mask), {k: v.numpy() for k, v in out.items()})
+    np.testing.assert_allclose([float(x) for x in layer.losses], losses, rtol=1e-6)
+    # extra all-padding rows: no assignment, same losses
+    padded_items = np.concatenate([items, np.full_like(items[:2], 7.0)])
+    padded_mask = np.concatenate([mask, np.zeros_like(mask[:2])])
+    padded = layer(padded_items, padded_mask)
+    np.testing.assert_allclose([float(x) for x in layer.losses], losses, rtol=1e-5)
+    np.testing.assert_array_equal(padded["session_codes"].numpy()[-2:], -1)
+    np.testing.assert_array_equal(padded["quantized_sessions"].numpy()[-2:], 0.0)
+    np.testing.assert_array_equal(padded["routing_probs"].numpy()[-2:], 0.0)
+    assert not padded["selection_mask"].numpy()[-2:].any()
+    # a batch without any real session: every loss is 0, nothing is NaN
+    empty = layer(items, np.zeros_like(mask))
+    assert [float(x) for x in layer.losses] == [0.0, 0.0, 0.0]
+    assert all(np.isfinite(v.numpy()).all() for v in empty.values() if v.dtype.is_floating)
+
+
+def _real_session_embeddings(layer, items, mask):
+    z, _ = numpy_session_embeddings(layer, items, mask)
+    return z[mask.any(-1)].astype("float32")
+
+
+def _is_one_of(vector, candidates):
+    return np.abs(candidates - vector).max(-1).min() < 1e-5
+
+
+def test_first_training_call_initialises_the_codebook_from_real_sessions():
+    items, mask, _ = _batch(seed=12)
+    layer = _codebook(num_themes=4)
+    layer(items, mask)  # inference: no restart, no usage update
+    initial = layer.prototypes.numpy().copy()
+    np.testing.assert_array_equal(layer.code_usage.numpy(), 0.0)
+    layer(items, mask, training=False)
+    np.testing.assert_array_equal(layer.prototypes.numpy(), initial)
+    layer(items, mask, training=True)
+    codes = layer.prototypes.numpy()
+    sessions = _real_session_embeddings(layer, items, mask)
+    assert all(_is_one_of(c, sessions) for c in codes), "a code was not set to a real session's embedding"
+    assert len({tuple(np.round(c, 5)) for c in codes}) == 4  # four distinct sessions
+    np.testing.assert_allclose(layer.code_usage.numpy(), 0.25)
+    assert float(layer.routing_statistics["restarted_codes"].numpy()) == 4
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_dead_codes_restart_inside_a_compiled_step(compiled):
+    """Codes 2 and 3 far from every session: their usage decays under the threshold and they restart."""
+    items, mask, _ = _batch(seed=13)
+    layer = _codebook(num_themes=4, dead_code_threshold=0.5, usage_decay=0.5)
+    layer(items, mask)
+    far = np.array([[1e3] * 4, [-1e3] * 4], "float32")
+    call = lambda: layer(items, mask, training=True)["session_codes"]
+    step = tf.function(call, jit_compile=True) if compiled else call
+    layer.prototypes.assign(np.concatenate([layer.prototypes.numpy()[:2], far]))
+    layer.code_usage.assign([0.5, 0.3, 0.2, 0.2])  # alive: 0.5 * 0.25 = 0.125 is the threshold
+    before = layer.prototypes.numpy().copy()
+    codes = step().numpy()
+    valid = mask.any(-1)
+    share = np.bincount(codes[valid], minlength=4) / valid.sum()
+    assert share[2:].sum() == 0  # nobody chose the far codes
+    after = layer.prototypes.numpy()
+    np.testing.assert_array_equal(after, before)  # usage was above the threshold before this batch
+    np.testing.assert_allclose(layer.code_usage.numpy(), 0.5 * np.array([0.5, 0.3, 0.2, 0.2]) + 0.5 * share,
+                               rtol=1e-6)
+    step()  # now u_2 = u_3 = 0.1 < 0.125: both restart from real sessions; codes 0 and 1 are kept
+    after = layer.prototypes.numpy()
+    np.testing.assert_array_equal(after[:2], before[:2])
+    sessions = _real_session_embeddings(layer, items, mask)
+    assert _is_one_of(after[2], sessions) and _is_one_of(after[3], sessions)
+    np.testing.assert_allclose(layer.code_usage.numpy()[2:], 0.25)
+    assert float(layer.routing_statistics["restarted_codes"].numpy()) == 2
+
+
+def test_restarts_need_real_sessions():
+    items, mask, _ = _batch(seed=14)
+    layer = _codebook(num_themes=4)
+    layer(items, mask)
+    initial = layer.prototypes.numpy().copy()
+    layer(items, np.zeros_like(mask), training=True)  # no real session: nothing to restart from
+    np.testing.assert_array_equal(layer.prototypes.numpy(), initial)
+    np.testing.assert_array_equal(layer.code_usage.numpy(), 0.0)
+    one = np.zeros_like(mask)
+    one[3, 2, 0] = True  # a single real session (one item): only one code can restart
+    layer(items, one, training=True)
+    changed = np.abs(layer.prototypes.numpy() - initial).max(-1) > 0
+    assert changed.sum() == 1
+    np.testing.assert_allclose(layer.prototypes.numpy()[changed][0], _real_session_embeddings(layer, items, one)[0],
+                               rtol=1e-5)
+    np.testing.assert_allclose(layer.code_usage.numpy()[changed], 0.25)
+    disabled = _codebook(num_themes=4, dead_code_threshold=0.0)
+    disabled(items, mask)
+    initial = disabled.prototypes.numpy().copy()
+    disabled(items, mask, training=True)
+    np.testing.assert_array_equal(disabled.prototypes.numpy(), initial)
+
+
+def test_restarts_are_skipped_under_a_multi_replica_strategy(mirrored_strategy):
+    items, mask, _ = _batch(seed=15, batch=8)
+    with mirrored_strategy.scope():
+        layer = _codebook(num_themes=4)
+        layer(items[:2], mask[:2])
+    initial = layer.prototypes.numpy().copy()
+    dist = mirrored_strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((items, mask)).batch(8))
+
+    @tf.function
+    def step(inputs):
+        return mirrored_strategy.run(lambda a, b: layer(a, b, training=True)["session_codes"], args=inputs)
+
+    with pytest.warns(UserWarning, match=r"dead-code restarts are skipped under a 2-replica strategy"):
+        step(next(iter(dist)))
+    np.testing.assert_array_equal(layer.prototypes.numpy(), initial)
+
+
+def test_codebook_config_round_trip_and_from_config():
+    layer = _codebook(codebook_weight=0.4, commitment_weight=0.1, dead_code_threshold=0.2, usage_decay=0.8)
+    config = layer.get_config()
+    assert {k: config[k] for k in ("router", "codebook_weight", "commitment_weight", "dead_code_threshold",
+                                   "usage_decay")} == {"router": "codebook", "codebook_weight": 0.4,
+                                                       "commitment_weight": 0.1, "dead_code_threshold": 0.2,
+                                                       "usage_decay": 0.8}
+    clone = SessionThemeRouter.from_config(config)
+    assert clone.get_config() == config and clone.router == "codebook"
+    assert SessionThemeRouter(num_themes=3, sessions_per_theme=2).get_config()["router"] == "softmax"
+
+
+def test_codebook_contract(tmp_path):
+    items, mask, _ = _clustered_sessions(np.random.default_rng(1), batch=4, num_sessions=5, session_length=3, d=4)
+    mask[0, 1] = False
+    mask[1, 2, :2] = False
+    target = items[:, -1, 0] + 0.1
+    check_layer_contract(lambda: _codebook(commitment_weight=0.25), (items, mask, target), tmp_path)
+
+
+def test_codebook_distances_are_float32_under_mixed_precision():
+    items, mask, target = _batch(seed=16)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = _codebook()
+        out = layer(items, mask, target=target, training=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert out["theme_items"].dtype == tf.float16
+    for name in ("routing_probs", "quantized_sessions", "target_probs"):
+        assert out[name].dtype == tf.float32, name
+    assert all(loss.dtype == tf.float32 for loss in layer.losses)
+    assert layer.prototypes.dtype == "float32" and layer.code_usage.dtype == "float32"
+
+
+@pytest.mark.parametrize("router", ["softmax", "codebook"])
+def test_target_routing_of_a_large_batch_matches_numpy(router):
+    """1,024 target rows: TensorFlow 2.16's oneDNN ``einsum("...d,dc->...c")`` gets 2-D inputs of this size wrong."""
+    rng = np.random.default_rng(17)
+    layer = SessionThemeRouter(num_themes=8, sessions_per_theme=2, router=router)
+    items, mask, _ = _batch(d=16)
+    layer(items, mask)
+    target = rng.normal(size=(1024, 16)).astype("float32")
+    out = layer(items[:1].repeat(1024, 0), mask[:1].repeat(1024, 0), target=target)
+    np.testing.assert_allclose(out["target_probs"], _softmax(numpy_theme_logits(layer, target)), rtol=1e-4, atol=1e-6)
+
+
+def test_a_codebook_router_learns_clustered_sessions():
+    """Three separated clusters: a few VQ training steps give one cluster per code (data-initialised codebook)."""
+    items, mask, clusters = _clustered_sessions(np.random.default_rng(0))
+    keras.utils.set_random_seed(0)
+    router = _codebook(load_balance_weight=0.0)
+    router(items, mask)
+    optimizer = keras.optimizers.Adam(0.05)
+
+    @tf.function
+    def train_step():
+        with tf.GradientTape() as tape:
+            router(items, mask, training=True)
+            loss = tf.add_n(router.losses)
+        optimizer.apply_gradients(zip(tape.gradient(loss, router.trainable_weights), router.trainable_weights))
+
+    for _ in range(30):
+        train_step()
+    codes = router(items, mask)["session_codes"].numpy()
+    pairs = set(zip(codes.ravel().tolist(), clusters.ravel().tolist()))
+    assert _one_cluster_per_theme(pairs), f"(code, cluster) pairs after training: {sorted(pairs)}"

@@ -177,10 +177,25 @@ def test_early_stopping_keeps_the_best_epoch(prepared, tmp_path):
 
 
 def test_resumes_after_an_interruption_mid_epoch(prepared, tmp_path):
+    backups = {}  # optimizer step -> the weights right after it, at the steps of a backup (every 4)
+
     class Crash(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if self.model.optimizer.iterations.numpy() == 8 * 2 + 5:  # epoch 2 (8 batches per epoch), batch 5
+            step = int(self.model.optimizer.iterations.numpy())
+            if step % 4 == 0:  # runs after the trainer's BackupAndRestore: the weights it just saved
+                backups[step] = [v.numpy().copy() for v in [*self.model.weights, *self.model.optimizer.variables]]
+            if step == 8 * 2 + 5:  # epoch 2 (8 batches per epoch), batch 5
                 raise KeyboardInterrupt("simulated crash")
+
+    class Restored(keras.callbacks.Callback):
+        at_start = None
+
+        def on_train_begin(self, logs=None):  # after the trainer's BackupAndRestore has restored the backup
+            Restored.at_start = (int(self.model.optimizer.iterations.numpy()), [
+                v.numpy().copy() for v in [*self.model.weights, *self.model.optimizer.variables]])
+
+        def on_train_end(self, logs=None):
+            Restored.steps = int(self.model.optimizer.iterations.numpy())
 
     class Epochs(keras.callbacks.Callback):
         begun = []
@@ -199,14 +214,50 @@ def test_resumes_after_an_interruption_mid_epoch(prepared, tmp_path):
                                                r"training.seed: 0 when the run started, 1 now"):
         train(other)  # another model in the same directory: refused before anything is touched
     assert json.load(open(tmp_path / "backup" / "training_metadata.json"))["epoch"] == 2
-    result = train(values, callbacks=[Epochs()])
+    result = train(values, callbacks=[Epochs(), Restored()])
     assert Epochs.begun == [2, 3]  # continued with the interrupted epoch, not from scratch
+    # the restart starts from the last backup (step 20): weights and optimizer state (step, Adam moments) alike ...
+    step, weights = Restored.at_start
+    assert step == 20
+    assert len(weights) == len(backups[20])
+    for got, saved in zip(weights, backups[20]):
+        np.testing.assert_array_equal(got, saved)
+    # ... and (Keras restarts the interrupted epoch from its first batch) runs epochs 2 and 3 in full
+    assert Restored.steps == 20 + 2 * 8
     assert result.epochs_run == 4 and [h["epoch"] for h in result.history] == [0, 1, 2, 3]
     assert result.test_metrics["HR@10"] > 0.9
     assert load_result(str(tmp_path)).best_epoch == result.best_epoch
     Epochs.begun = []
     longer = train({**values, "training": {**values["training"], "epochs": 6}}, callbacks=[Epochs()])
     assert Epochs.begun == [4, 5] and [h["epoch"] for h in longer.history] == list(range(6))  # extended
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_between_epochs_ends_like_an_uninterrupted_one(prepared, tmp_path):
+    """Deterministic settings (no dropout, seed 0, no shuffling): a crash right after epoch 1 and a restart give
+    the weights of the run that never stopped (the backup of epoch 1 held weights, optimizer state and epoch)."""
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.model.optimizer.iterations.numpy() == 8 * 2 + 1:  # first batch of epoch 2
+                raise KeyboardInterrupt("simulated crash")
+
+    class Final(keras.callbacks.Callback):  # the state when fit ends (the trainer then reloads the best epoch's)
+        def on_train_end(self, logs=None):
+            self.values = [v.numpy().copy() for v in [*self.model.weights, *self.model.optimizer.variables]]
+            self.paths = [v.path for v in [*self.model.weights, *self.model.optimizer.variables]]
+
+    data = {"dir": prepared, "max_len": MAX_LEN, "batch_size": 32, "shuffle": False}
+    values = config(prepared, tmp_path / "interrupted", data=data, training={"epochs": 3, "verbose": 0})
+    with pytest.raises(KeyboardInterrupt):
+        train(values, callbacks=[Crash()])
+    resumed, straight = Final(), Final()
+    train(values, callbacks=[resumed])
+    train({**values, "output_dir": str(tmp_path / "straight")}, callbacks=[straight])
+    assert resumed.paths == straight.paths
+    for a, b, path in zip(resumed.values, straight.values, resumed.paths):  # weights, step, Adam moments
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
+    assert int(resumed.values[resumed.paths.index("adam/iteration")]) == 3 * 8
 
 
 def test_two_replicas_match_one_replica(tmp_path, mirrored_strategy):

@@ -1,8 +1,9 @@
-"""MoS theme-aware session router: sessions -> learnable themes -> static theme subsequences."""
+"""MoS theme-aware session router: sessions -> themes (softmax or VQ codebook) -> static theme subsequences."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import tensorflow as tf
@@ -12,6 +13,7 @@ from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer
 
 _MISSING = -1  # session index of an unused slot
+ROUTERS = ("softmax", "codebook")
 
 
 def prototype_diversity_loss(prototypes):
@@ -104,6 +106,43 @@ def select_target_themes(router_outputs: dict, num_active_themes: int) -> dict:
     return {"theme_indices": top.indices, "target_weights": top.values, **selected}
 
 
+def _single_replica(owner: str) -> bool:
+    """False (with a warning) inside a step of a multi-replica ``tf.distribute`` strategy.
+
+    Dead-code restarts rewrite the codebook from the replica's own batch; keeping the replicas' copies
+    identical would need a collective inside the forward pass, and under ``MirroredStrategy`` a
+    collective there interleaves the replicas' calls and mixes their ``add_loss`` terms. So restarts are
+    skipped there (the VQ losses still train the codebook, through all-reduced gradients).
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:  # Python values: decided while tracing
+        return True
+    warnings.warn(
+        f"{owner}: dead-code restarts are skipped under a {context.num_replicas_in_sync}-replica strategy "
+        "(they would make the replicas' codebooks differ)",
+        stacklevel=3,
+    )
+    return False
+
+
+def _matmul_last(x, kernel):
+    """``x [..., a] @ kernel [a, b] -> [..., b]`` (a reshape and a matmul).
+
+    Not ``tf.einsum("...a,ab->...b")``: with TensorFlow 2.16's oneDNN CPU kernels (the default on x86) that
+    einsum returns wrong values for 2-D inputs of a few hundred rows or more (e.g. the target routing of a
+    1,024-row batch), while the matmul is exact.
+    """
+    return tf.tensordot(x, tf.convert_to_tensor(kernel), axes=1)
+
+
+def squared_distances(points, codes):
+    """``||x - c_k||^2`` for float32 ``points [..., d]`` and ``codes [K, d]`` -> ``[..., K]`` (>= 0)."""
+    points, codes = tf.cast(points, tf.float32), tf.cast(codes, tf.float32)
+    cross = _matmul_last(points, tf.transpose(codes))
+    norms = tf.reduce_sum(tf.square(points), axis=-1, keepdims=True)
+    return tf.maximum(norms - 2.0 * cross + tf.reduce_sum(tf.square(codes), axis=-1), 0.0)
+
+
 @keras.saving.register_keras_serializable(package="tfmoe")
 class SessionThemeRouter(keras.layers.Layer):
     r"""Routes sessions to ``K`` learnable themes and gathers one static subsequence per theme (MoS).
@@ -113,7 +152,10 @@ class SessionThemeRouter(keras.layers.Layer):
 
         s_m     = masked_mean_i e_{m,i}        (pooling="mean")
                   sum_i softmax_i(e_{m,i} . u / sqrt(d)) e_{m,i}   (pooling="attention", learnable u)
-        p_{m,k} = softmax_k( sim(W_s^T s_m, c_k) / tau )    sim = dot product, or cosine
+        z_m     = W_s^T s_m                    (z_m and c_k l2-normalised when similarity="cosine")
+        router="softmax":   p_{m,k} = softmax_k( sim(z_m, c_k) / tau )    sim = dot product, or cosine
+        router="codebook":  p_{m,k} = softmax_k( -||z_m - c_k||^2 / tau ),
+                            so argmax_k p_{m,k} = the nearest prototype  k*_m = argmin_k ||z_m - c_k||^2
         score_{k,m} = p_{m,k} if session m is eligible for theme k else -inf
                   eligible: m is a real session and (assignment="argmax") argmax_j p_{m,j} = k,
                   or (assignment="expert_choice") any real session
@@ -124,12 +166,47 @@ class SessionThemeRouter(keras.layers.Layer):
     Routing math runs in float32. Empty (fully padded) sessions get ``p_m = 0``, are never
     selected and are excluded from every statistic and loss; if a theme has fewer than ``C``
     eligible sessions the extra slots are masked. With a target ``e_q [B, d]`` the layer also
-    returns ``p_{q,k} = softmax_k(sim(W_s^T e_q, c_k) / tau)`` so a model can run only the
-    target's top themes (see :func:`select_target_themes`). Auxiliary losses (``add_loss``, per replica):
+    returns ``p_{q,k}`` (the same formula with ``s_m`` replaced by ``e_q``) so a model can run only
+    the target's top themes (see :func:`select_target_themes`). Auxiliary losses (``add_loss``,
+    per replica):
 
         load_balance_weight * K * sum_k f_k P_k   (f_k: fraction of real sessions with argmax k,
                                                    P_k: their mean p_{.,k}; Switch/GShard)
         diversity_weight * ||C_n C_n^T - I||_F^2  (C_n: row-normalised prototypes)
+
+    **Codebook router** (``router="codebook"``, VQ-VAE, van den Oord et al. 2017). Each real session
+    is quantised to its nearest prototype; the layer returns the quantised sessions with the
+    straight-through estimator and adds the VQ-VAE codebook and commitment losses, averaged over
+    the ``N`` real sessions of the call (0 when there are none)::
+
+        q_m = z_m + sg(c_{k*_m} - z_m)        forward value c_{k*_m}; d q_m / d z_m = I
+        codebook_weight   * (1/N) sum_m ||sg(z_m) - c_{k*_m}||^2   (moves the prototypes to their sessions)
+        commitment_weight * (1/N) sum_m ||z_m - sg(c_{k*_m})||^2   (keeps z_m near its prototype; beta)
+
+    ``sg`` is stop-gradient. The codebook is learned through these losses, not by EMA updates: it
+    stays an ordinary trainable weight, so the optimizer, checkpoints, mixed precision and
+    ``tf.distribute`` (gradients all-reduced across replicas) treat it like every other weight, the
+    loss weights are plain knobs, and the only state updated inside the call is the code usage below.
+    (EMA updates converge faster in VQ-VAE's image models, but need per-replica cluster statistics
+    to be all-reduced by hand and decouple the codebook from the learning-rate schedule.)
+
+    Dead codes are restarted, in training calls only (``training=True``), inside any
+    ``tf.function`` / XLA step (non-trainable variables, ``tf.where`` and ``assign``; skipped, with a
+    warning, under a multi-replica ``tf.distribute`` strategy, where the replicas' codebooks would
+    otherwise drift apart: there the codebook keeps its initializer's values until the VQ losses move
+    it). Code ``k`` is dead when its usage ``u_k`` (share of real sessions whose
+    nearest prototype is ``k``, an EMA with ``usage_decay`` over the training batches with real
+    sessions) is below ``dead_code_threshold / K`` before the batch; a dead code is re-initialised
+    to the projected embedding ``z`` of a random real session of the batch (distinct sessions for
+    distinct codes; a code stays as it is if the batch has too few real sessions) and its usage is
+    reset to ``1/K``. The usage starts at 0, so the first training batch initialises every code
+    from the data (the data-dependent initialisation and re-initialisation of unused codes of
+    Łańcucki et al. 2020): prototypes far from every session would otherwise never be chosen.
+
+    The codebook router's gradient paths: the quantised sessions ``q`` (output
+    ``quantized_sessions``, for a model that consumes session codes), the soft assignment ``p``
+    through ``probability_scaling`` (a model that uses the gathered items, like MoS), the target's
+    ``p_{q,k}``, and the two VQ losses.
 
     Args:
         num_themes: ``K``.
@@ -139,26 +216,39 @@ class SessionThemeRouter(keras.layers.Layer):
             ``"expert_choice"`` (each theme takes its top-``C`` sessions; a session may feed several).
         pooling: ``"mean"`` or ``"attention"`` session representation.
         projection_dim: ``d_c``; default ``d``.
-        similarity: ``"dot"`` or ``"cosine"``.
+        similarity: ``"dot"`` or ``"cosine"`` (for the codebook router: Euclidean distances between
+            the raw, or the l2-normalised, ``z_m`` and ``c_k``).
         probability_scaling: ``"multiply"``, ``"straight_through"`` or ``"none"`` (no gradient path
             from the gathered items to the router).
         load_balance_weight, diversity_weight: auxiliary loss weights (>= 0; 0 disables).
+        router: ``"softmax"`` (prototype similarities, the default) or ``"codebook"`` (nearest
+            prototype, VQ-VAE); the arguments below apply to ``"codebook"`` only.
+        codebook_weight: weight of the codebook loss (>= 0; 0 disables).
+        commitment_weight: ``beta``, weight of the commitment loss (>= 0; default 0.25 as in VQ-VAE;
+            MoS uses 0: without a reconstruction loss it locks sessions to their first codes).
+        dead_code_threshold: restart a code when its usage EMA falls under this fraction of the
+            uniform share ``1/K`` (in ``[0, 1]``; 0 disables restarts).
+        usage_decay: decay of the usage EMA, in ``[0, 1)``.
         track_statistics: keep the last call's statistics (:func:`theme_routing_statistics` plus
-            ``diversity_loss``) in ``routing_statistics``, a dict name -> non-trainable float32
-            variable, the protocol :class:`RoutingStatsLogger` reads.
+            ``diversity_loss``; with the codebook router also ``codebook_loss``, ``commitment_loss``
+            (unweighted) and ``restarted_codes``) in ``routing_statistics``, a dict name ->
+            non-trainable float32 variable, the protocol :class:`RoutingStatsLogger` reads.
         kernel_initializer, prototype_initializer: initializers of ``W_s`` (and ``u``) and ``C``.
 
     Call arguments:
         session_items: ``[B, M, P, d]`` (e.g. from :class:`SessionGrouper`).
         item_mask: ``[B, M, P]`` (``True`` = real item).
         target: optional ``[B, d]`` target embedding.
+        training: restarts dead codes and updates the code usage when ``True`` (codebook router).
 
     Returns:
         dict: ``theme_items [B, K, C*P, d]``, ``theme_item_mask [B, K, C*P]``,
         ``session_indices [B, K, C]`` (int32, time-sorted, -1 for unused slots),
         ``selection_mask [B, K, C]``, ``selection_weights [B, K, C]`` (``p_{m,k}`` of the chosen
         sessions), ``theme_mask [B, K]`` (theme received at least one session),
-        ``routing_probs [B, M, K]`` and, with a target, ``target_probs [B, K]``.
+        ``routing_probs [B, M, K]``, with a target ``target_probs [B, K]`` and, with the codebook
+        router, ``session_codes [B, M]`` (int32 ``k*_m``, -1 for empty sessions) and
+        ``quantized_sessions [B, M, d_c]`` (float32 ``q_m``, 0 for empty sessions).
 
     Example:
         >>> import numpy as np
@@ -170,6 +260,22 @@ class SessionThemeRouter(keras.layers.Layer):
         ((4, 3, 12, 8), (4, 3))
         >>> float(router.routing_statistics["tokens"].numpy())  # last call's statistics: 20 sessions
         20.0
+        >>> vq = layers.SessionThemeRouter(num_themes=3, sessions_per_theme=2, router="codebook")
+        >>> out = vq(items, np.ones((4, 5, 6), bool), training=True)
+        >>> tuple(out["quantized_sessions"].shape), len(vq.losses)  # load balance, codebook, commitment
+        ((4, 5, 8), 3)
+        >>> codes = out["session_codes"].numpy()
+        >>> bool((codes == out["routing_probs"].numpy().argmax(-1)).all())  # argmax p = nearest prototype
+        True
+
+    References:
+        * MoS: Lin et al., "Mixture of Sequence: Theme-Aware Mixture-of-Experts for Long-Sequence
+          Recommendation", WWW 2026, https://arxiv.org/abs/2604.20858 (what is known of it:
+          ``docs/models.md``, Part A; its Sec. 4.1 cites VQ-VAE).
+        * VQ-VAE: van den Oord, Vinyals, Kavukcuoglu, "Neural Discrete Representation Learning",
+          NeurIPS 2017, https://arxiv.org/abs/1711.00937.
+        * Dead-code restarts and data-dependent codebook initialisation: Łańcucki et al., "Robust
+          Training of Vector Quantized Bottleneck Models", IJCNN 2020, https://arxiv.org/abs/2005.08520.
     """
 
     def __init__(
@@ -187,6 +293,11 @@ class SessionThemeRouter(keras.layers.Layer):
         track_statistics: bool = True,
         kernel_initializer="glorot_uniform",
         prototype_initializer="orthogonal",
+        router: str = "softmax",
+        codebook_weight: float = 1.0,
+        commitment_weight: float = 0.25,
+        dead_code_threshold: float = 0.1,
+        usage_decay: float = 0.9,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -206,9 +317,20 @@ class SessionThemeRouter(keras.layers.Layer):
         )
         self.diversity_weight = v.check_float(owner, "diversity_weight", diversity_weight, minimum=0.0)
         self.track_statistics = v.check_bool(owner, "track_statistics", track_statistics)
+        self.router = v.check_choice(owner, "router", router, ROUTERS)
+        self.codebook_weight = v.check_float(owner, "codebook_weight", codebook_weight, minimum=0.0)
+        self.commitment_weight = v.check_float(owner, "commitment_weight", commitment_weight, minimum=0.0)
+        self.dead_code_threshold = v.check_float(
+            owner, "dead_code_threshold", dead_code_threshold, minimum=0.0, maximum=1.0
+        )
+        self.usage_decay = v.check_float(
+            owner, "usage_decay", usage_decay, minimum=0.0, maximum=1.0, max_inclusive=False
+        )
         self._statistic_names = ()
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.prototype_initializer = keras.initializers.get(prototype_initializer)
+        if self.router == "codebook":
+            self._restart_seeds = keras.random.SeedGenerator(name="restart_seeds")
 
     def build(self, session_items_shape):
         owner = type(self).__name__
@@ -245,17 +367,24 @@ class SessionThemeRouter(keras.layers.Layer):
                 initializer=fresh_initializer(self.kernel_initializer, "pooling_query"),
                 autocast=False,
             )
+        if self.router == "codebook":
+            self.code_usage = self.add_weight(
+                name="code_usage",
+                shape=(self.num_themes,),
+                initializer="zeros",
+                trainable=False,
+                autocast=False,
+            )
         if self.track_statistics:
             self._build_statistics()
         self.built = True
 
     def _build_statistics(self):
         stats = routing_stats.add_routing_statistics(self, self.num_themes)
-        for name, shape in (
-            ("mean_probs", (self.num_themes,)),
-            ("selected_sessions", (self.num_themes,)),
-            ("diversity_loss", ()),
-        ):
+        extra = [("mean_probs", (self.num_themes,)), ("selected_sessions", (self.num_themes,)), ("diversity_loss", ())]
+        if self.router == "codebook":
+            extra += [("codebook_loss", ()), ("commitment_loss", ()), ("restarted_codes", ())]
+        for name, shape in extra:
             stats[name] = self.add_weight(
                 name=name, shape=shape, initializer="zeros", trainable=False, autocast=False
             )
@@ -276,14 +405,81 @@ class SessionThemeRouter(keras.layers.Layer):
         weights = masking.masked_softmax(scores, item_mask)
         return tf.einsum("bmp,bmpd->bmd", weights, items32)
 
-    def theme_logits(self, representations):
-        """``sim(W_s^T x, c_k) / tau`` for float32 ``x [..., d]`` -> ``[..., K]``."""
-        projected = tf.einsum("...d,dc->...c", representations, self.projection_kernel)
-        prototypes = self.prototypes
+    def project(self, representations):
+        """``(z, C)``: ``z = W_s^T x`` for float32 ``x [..., d]`` and the prototypes ``C [K, d_c]``,
+        both l2-normalised when ``similarity="cosine"`` (the space the themes live in)."""
+        projected = _matmul_last(representations, self.projection_kernel)
+        prototypes = tf.convert_to_tensor(self.prototypes)
         if self.similarity == "cosine":
             projected = tf.math.l2_normalize(projected, axis=-1)
             prototypes = tf.math.l2_normalize(prototypes, axis=-1)
-        return tf.einsum("...c,kc->...k", projected, prototypes) / self.temperature
+        return projected, prototypes
+
+    def theme_logits(self, representations):
+        """``sim(z, c_k) / tau`` (softmax) or ``-||z - c_k||^2 / tau`` (codebook) for float32 ``x [..., d]``
+        -> ``[..., K]``."""
+        projected, prototypes = self.project(representations)
+        if self.router == "codebook":
+            return -squared_distances(projected, prototypes) / self.temperature
+        return _matmul_last(projected, tf.transpose(prototypes)) / self.temperature
+
+    def quantize_sessions(self, projected, prototypes, session_mask=None):
+        """Nearest-prototype quantisation of projected sessions ``z [B, M, d_c]`` (float32).
+
+        Returns a dict: ``codes [B, M]`` (int32 ``argmin_k ||z_m - c_k||^2``, -1 where
+        ``session_mask`` is False), ``quantized [B, M, d_c]`` (``z + sg(c_code - z)``, 0 at masked
+        sessions), ``distances [B, M, K]`` and the unweighted ``codebook_loss`` and
+        ``commitment_loss`` (means over the unmasked sessions, 0 if there are none).
+        """
+        projected = tf.cast(projected, tf.float32)
+        prototypes = tf.cast(prototypes, tf.float32)
+        if session_mask is None:
+            session_mask = tf.ones(tf.shape(projected)[:-1], tf.bool)
+        session_mask = masking.as_bool_mask(session_mask)
+        distances = squared_distances(projected, prototypes)
+        codes = tf.argmin(distances, axis=-1, output_type=tf.int32)
+        chosen = tf.gather(prototypes, codes)
+        valid = tf.cast(session_mask, tf.float32)[..., None]
+        quantized = (projected + tf.stop_gradient(chosen - projected)) * valid
+        count = tf.maximum(tf.reduce_sum(valid), 1.0)
+        codebook_loss = tf.reduce_sum(tf.square(tf.stop_gradient(projected) - chosen) * valid) / count
+        commitment_loss = tf.reduce_sum(tf.square(projected - tf.stop_gradient(chosen)) * valid) / count
+        return {
+            "codes": tf.where(session_mask, codes, _MISSING),
+            "quantized": quantized,
+            "distances": distances,
+            "codebook_loss": codebook_loss,
+            "commitment_loss": commitment_loss,
+        }
+
+    def _restart_dead_codes(self, projected, codes, session_valid):
+        """Training step: re-initialises dead codes from random real sessions and updates the usage EMA.
+
+        Graph-safe (no Python branching on tensors): every code is written with ``tf.where``.
+        Returns the number of restarted codes (float32).
+        """
+        k = self.num_themes
+        valid = tf.reshape(session_valid, [-1])
+        flat_codes = tf.reshape(codes, [-1])
+        counts = tf.reduce_sum(
+            tf.one_hot(tf.where(valid, flat_codes, 0), k) * tf.cast(valid, tf.float32)[:, None], axis=0
+        )
+        # K distinct random real sessions (k extra padding candidates keep top_k valid for tiny batches).
+        flat = tf.reshape(tf.stop_gradient(projected), [-1, projected.shape[-1]])
+        noise = keras.random.uniform(tf.shape(valid), seed=self._restart_seeds)
+        scores = tf.concat([tf.where(valid, noise, -1.0), -tf.ones([k])], axis=0)
+        top = tf.math.top_k(scores, k=k)
+        candidates = tf.gather(tf.concat([flat, tf.zeros([k, flat.shape[-1]])], axis=0), top.indices)
+        usable = top.values >= 0.0
+        sessions = tf.reduce_sum(counts)
+        previous = tf.convert_to_tensor(self.code_usage)
+        share = counts / tf.maximum(sessions, 1.0)
+        usage = tf.where(sessions > 0, self.usage_decay * previous + (1.0 - self.usage_decay) * share, previous)
+        dead = previous < self.dead_code_threshold / k  # all codes at the first training batch (usage 0)
+        restart = tf.logical_and(tf.logical_and(dead, usable), sessions > 0)
+        self.prototypes.assign(tf.where(restart[:, None], candidates, self.prototypes))
+        self.code_usage.assign(tf.where(restart, 1.0 / k, usage))
+        return tf.reduce_sum(tf.cast(restart, tf.float32))
 
     def _select(self, routing_probs, session_valid):
         """Time-sorted top-``C`` sessions per theme: indices ``[B, K, C]`` (-1 unused) and their mask."""
@@ -307,7 +503,7 @@ class SessionThemeRouter(keras.layers.Layer):
             return selected * (1.0 + weights - tf.stop_gradient(weights))  # forward 1, gradient of p
         return selected
 
-    def _losses_and_statistics(self, routing_logits, routing_probs, session_valid, session_indices):
+    def _losses_and_statistics(self, routing_logits, routing_probs, session_valid, session_indices, codebook):
         """Adds the weighted auxiliary losses and records the statistics (one pass over the values)."""
         stats = {}
         if self.track_statistics:
@@ -325,21 +521,37 @@ class SessionThemeRouter(keras.layers.Layer):
             self.add_loss(self.load_balance_weight * stats["load_balance_loss"])
         if self.diversity_weight > 0:
             self.add_loss(self.diversity_weight * stats["diversity_loss"])
+        if codebook is not None:
+            stats.update({name: codebook[name] for name in ("codebook_loss", "commitment_loss", "restarted_codes")})
+            if self.codebook_weight > 0:
+                self.add_loss(self.codebook_weight * codebook["codebook_loss"])
+            if self.commitment_weight > 0:
+                self.add_loss(self.commitment_weight * codebook["commitment_loss"])
         if self.track_statistics:
             for name, variable in self.routing_statistics.items():
-                variable.assign(stats[name])
+                variable.assign(tf.cast(stats[name], tf.float32))
 
-    def call(self, session_items, item_mask, target=None):
+    def call(self, session_items, item_mask, target=None, training=None):
         dtype = self.compute_dtype
         items = tf.cast(session_items, dtype)
         item_mask = masking.as_bool_mask(item_mask)
         session_valid = tf.reduce_any(item_mask, axis=-1)  # [B, M]
 
         representations = self._pool_sessions(tf.cast(items, tf.float32), item_mask)
-        routing_logits = self.theme_logits(representations)
+        codebook = None
+        if self.router == "codebook":
+            projected, prototypes = self.project(representations)
+            codebook = self.quantize_sessions(projected, prototypes, session_valid)
+            routing_logits = -codebook["distances"] / self.temperature
+            restarted = 0.0
+            if training and self.dead_code_threshold > 0 and _single_replica(type(self).__name__):
+                restarted = self._restart_dead_codes(projected, codebook["codes"], session_valid)
+            codebook["restarted_codes"] = restarted
+        else:
+            routing_logits = self.theme_logits(representations)
         routing_probs = masking.masked_softmax(routing_logits, session_valid[..., None])
         indices, selection_mask, probs_by_theme = self._select(routing_probs, session_valid)
-        self._losses_and_statistics(routing_logits, routing_probs, session_valid, indices)
+        self._losses_and_statistics(routing_logits, routing_probs, session_valid, indices, codebook)
         safe = tf.maximum(indices, 0)
         weights = tf.gather(probs_by_theme, safe, batch_dims=2) * tf.cast(selection_mask, tf.float32)
         theme_items = tf.gather(items, safe, batch_dims=1)  # [B, K, C, P, d]
@@ -357,6 +569,9 @@ class SessionThemeRouter(keras.layers.Layer):
             "theme_mask": tf.reduce_any(selection_mask, axis=-1),
             "routing_probs": routing_probs,
         }
+        if codebook is not None:
+            outputs["session_codes"] = codebook["codes"]
+            outputs["quantized_sessions"] = codebook["quantized"]
         if target is not None:
             target32 = tf.cast(target, tf.float32)
             if target32.shape.rank != 2 or target32.shape[-1] != self._feature_dim:
@@ -386,5 +601,10 @@ class SessionThemeRouter(keras.layers.Layer):
             track_statistics=self.track_statistics,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             prototype_initializer=keras.initializers.serialize(self.prototype_initializer),
+            router=self.router,
+            codebook_weight=self.codebook_weight,
+            commitment_weight=self.commitment_weight,
+            dead_code_threshold=self.dead_code_threshold,
+            usage_decay=self.usage_decay,
         )
         return config

@@ -4,9 +4,11 @@ Reconstructed from the abstract and the spec of ``docs/models.md`` (Part A, sect
 paper's body was not available, so every unknown is an option whose default is the spec's::
 
     sessions   [B, M, P, d] <- SessionGrouper(e, mask)        session_mode (S1 time gap / S2 chunks)
-    router     p_{m,k} = softmax_k(W_s s_m . c_k / tau)       SessionThemeRouter (routing unit = session)
+    router     p_{m,k} = softmax_k(-||W_s s_m - c_k||^2 / tau)  SessionThemeRouter (routing unit = session):
+                         argmax = nearest prototype, VQ-VAE losses (router="codebook", default),
+               or        softmax_k(W_s s_m . c_k / tau)          (router="softmax")
                X^(k)   = top-C sessions of theme k, time order, items scaled by p_{m,k}  [B, K, C*P, d]
-               p_{q,k} = softmax_k(W_s q . c_k / tau)         target routing
+               p_{q,k} = the same with s_m <- q               target routing
     themes     sparse (R1): E_k = Backbone(X^(k), q) for the k_q themes with the largest p_{q,k}
                dense  (R2): all K themes
                target_weighting: E_k <- p_{q,k} E_k   (the gradient path of the target routing)
@@ -15,6 +17,7 @@ paper's body was not available, so every unknown is an option whose default is t
     fusion     h = sum_s g_s E_s,  g = softmax(MLP([q ; mean_s E_s]))   MultiScaleFusion over [glob, short, themes]
     head       logit = MLP([h ; q ; h * q])          (shared CTR head)
     loss       BCE + load_balance_weight * K sum_k f_k P_k + diversity_weight * ||C C^T - I||^2
+               (+ codebook_weight * ||sg(z) - c||^2 + commitment_weight * ||z - sg(c)||^2 with router="codebook")
 
 Options (defaults = the spec's suggestions; [I] = inferred, not from the paper):
     session_mode: ``"chunk"`` (S2: chunks of ``session_length`` real items from the most recent;
@@ -39,6 +42,15 @@ Options (defaults = the spec's suggestions; [I] = inferred, not from the paper):
     target_weighting: scale theme outputs by ``p_{q,k}`` (default True) [I].
     load_balance_weight: Switch load balance over sessions (default 1e-2).
     diversity_weight: prototype orthogonality penalty (default 0).
+    router: ``"codebook"`` (default: each session to its nearest prototype, with VQ-VAE codebook and
+        commitment losses and dead-code restarts) [I: the paper's Sec. 4.1 cites VQ-VAE] or
+        ``"softmax"`` (prototype similarities). ``benchmarks/theme_purity.py`` measures how well each
+        recovers the planted themes of the synthetic data.
+        codebook_weight (default 1) and commitment_weight (``beta``) weight the two losses; ``beta``
+        defaults to 0 here (VQ-VAE: 0.25): MoS has no reconstruction loss to keep the session
+        embeddings honest, so the commitment term pulls each session towards the code it already has
+        and locks early mistakes in (``purity_meta.diagnostics`` of ``benchmarks/results/long_ctr.json``).
+        See :class:`~tfmoe.layers.SessionThemeRouter`.
     fusion_units: hidden sizes of the fusion gate MLP (default [64]).
     plus the common options of :class:`~tfmoe.models.ctr.base.CTRModel`.
 
@@ -89,7 +101,8 @@ class MoS(CTRModel):
                  active_themes=1, shared_experts=True, short_window=20, global_expert="full",
                  router_temperature=1.0, assignment="argmax", session_pooling="mean",
                  probability_scaling="multiply", target_weighting=True, load_balance_weight=1e-2,
-                 diversity_weight=0.0, fusion_units=(64,), **kwargs):
+                 diversity_weight=0.0, fusion_units=(64,), router="codebook", codebook_weight=1.0,
+                 commitment_weight=0.0, **kwargs):
         super().__init__(num_items, max_len, num_categories, **kwargs)
         owner = type(self).__name__
         self.session_mode = v.check_choice(owner, "session_mode", session_mode, SESSION_MODES)
@@ -118,7 +131,8 @@ class MoS(CTRModel):
         self.router = self._checked(
             SessionThemeRouter, self.num_themes, self.resolved["sessions_per_theme"], temperature=router_temperature,
             assignment=assignment, pooling=session_pooling, probability_scaling=probability_scaling,
-            load_balance_weight=load_balance_weight, diversity_weight=diversity_weight, dtype=self.dtype_policy,
+            load_balance_weight=load_balance_weight, diversity_weight=diversity_weight, router=router,
+            codebook_weight=codebook_weight, commitment_weight=commitment_weight, dtype=self.dtype_policy,
             name="theme_router",
         )
         self.theme_experts = self._checked(
@@ -247,7 +261,15 @@ class MoS(CTRModel):
             load_balance_weight=router.load_balance_weight,
             diversity_weight=router.diversity_weight,
             fusion_units=list(self.fusion.hidden_units),
+            router=router.router,
+            codebook_weight=router.codebook_weight,
+            commitment_weight=router.commitment_weight,
         )
+
+    @classmethod
+    def from_config(cls, config):
+        # A config without `router` was saved before the codebook router existed: its model routes with softmax.
+        return cls(**{"router": "softmax", **config})
 
 
 @registry.register_model("mos_din", task="ctr")

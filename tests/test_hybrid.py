@@ -78,13 +78,13 @@ def test_output_is_shared_ffn_plus_alpha_times_moe():
 
 
 def test_entropy_load_balance_loss_is_added_with_its_weight():
-    layer = _built(load_balance_weight=0.05, warmup_steps=0)
+    layer = _built(entropy_loss_weight=0.05, warmup_steps=0)
     layer(X, mask=MASK)
     flat = X.reshape(-1, 8)[MASK.reshape(-1)].astype(np.float64)
     mean_gate = _softmax(flat @ layer.moe.router.kernel.numpy()).mean(0)
     expected = 0.05 * np.sum(mean_gate * np.log(mean_gate))
     assert [float(v) for v in layer.losses] == pytest.approx([expected], rel=1e-5)
-    assert _built(load_balance_weight=0.0).losses == []
+    assert _built(entropy_loss_weight=0.0).losses == []
 
 
 def test_gradients_reach_alpha_shared_ffn_router_and_experts():
@@ -131,7 +131,7 @@ def test_keras_fit_advances_the_step_once_per_batch_under_mirrored_strategy(mirr
         (dict(warmup_steps=-1), r"HybridMoEFeedForward: `warmup_steps` must be an integer >= 0, got -1"),
         (dict(routing="expert_choice"), r"HybridMoEFeedForward: `routing` must be one of 'top_k', 'dense'"),
         (dict(k=5), r"HybridMoEFeedForward: MixtureOfExperts: `k` must be an integer in \[1, 4\], got 5"),
-        (dict(load_balance_weight=-1.0), r"HybridMoEFeedForward: `load_balance_weight` .* got -1.0"),
+        (dict(entropy_loss_weight=-1.0), r"HybridMoEFeedForward: `entropy_loss_weight` .* got -1.0"),
         (dict(alpha_logit_init=float("inf")), r"HybridMoEFeedForward: `alpha_logit_init` .* got inf"),
         (dict(dropout=2.0), r"HybridMoEFeedForward: FeedForward: `dropout` .* got 2.0"),
         (dict(hidden_dim=0), r"HybridMoEFeedForward: `hidden_dim` must be an integer >= 1, got 0"),
@@ -182,3 +182,15 @@ def test_mixed_precision(policy):
 
 def test_contract(tmp_path):
     check_layer_contract(_factory, (X, MASK), tmp_path, policies=())
+
+
+def test_a_config_saved_by_tfmoe_0_1_loads_with_its_losses_under_their_names():
+    """tfmoe 0.1 saved the entropy loss as `load_balance_weight` and the Switch loss as `switch_loss_weight`."""
+    old = {**HybridMoEFeedForward(hidden_dim=8, num_experts=2, k=1).get_config(), "load_balance_weight": 0.05,
+           "switch_loss_weight": 0.2}
+    old.pop("entropy_loss_weight")
+    layer = HybridMoEFeedForward.from_config(old)
+    config = layer.get_config()
+    assert (config["entropy_loss_weight"], config["load_balance_weight"]) == (0.05, 0.2)
+    assert "switch_loss_weight" not in config
+    assert (layer.moe.entropy_loss_weight, layer.moe.load_balance_weight) == (0.05, 0.2)

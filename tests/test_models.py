@@ -176,7 +176,7 @@ def test_frequency_proposal_is_saved_with_the_weights(tmp_path):
 
 
 def test_hymoerec_blocks_warmup_and_load_balance_loss():
-    model = make("hymoerec", moe_blocks=1, warmup_steps=4, load_balance_weight=0.1)
+    model = make("hymoerec", moe_blocks=1, warmup_steps=4, entropy_loss_weight=0.1)
     kinds = [block.ffn_type for block in model.transformer_blocks]
     assert kinds == ["dense", "hybrid_moe"]
     ffn = model.transformer_blocks[1].ffn

@@ -7,7 +7,7 @@ int64 counter incremented only by calls with ``training=True``; inference uses t
 Training therefore starts from the dense FFN (``alpha = 0``) and blends the experts in linearly.
 
 ``MoE`` is a :class:`MixtureOfExperts` (sparse top-k by default, ``routing="dense"`` to run every expert)
-whose HyMoERec load-balance regulariser ``load_balance_weight * sum_e m_e log m_e`` (``m_e`` the mean
+whose HyMoERec load-balance regulariser ``entropy_loss_weight * sum_e m_e log m_e`` (``m_e`` the mean
 router probability of expert ``e`` over unmasked tokens) is added with ``add_loss``.
 
 The layer replaces the position-wise FFN of a transformer block: the residual connection, the
@@ -50,8 +50,9 @@ class HybridMoEFeedForward(keras.layers.Layer):
         dropout: hidden dropout rate of every FFN.
         alpha_logit_init: initial value of ``a`` (``alpha = sigmoid(a)`` after warm-up; 0 gives 0.5).
         warmup_steps: training calls over which ``alpha`` ramps linearly from 0 (0 = no warm-up).
-        load_balance_weight: weight of the HyMoERec entropy regulariser (0 disables).
-        switch_loss_weight: weight of the Switch/GShard load-balance loss (default 0).
+        entropy_loss_weight: weight of the HyMoERec entropy regulariser (default 0.01; 0 disables).
+        load_balance_weight: weight of the Switch/GShard load-balance loss (default 0), as in
+            :class:`MixtureOfExperts`.
         z_loss_weight: weight of the router z-loss (default 0).
         noise_std, seed: top-k router noise in training and its seed.
         kernel_initializer: initializer of the FFN kernels.
@@ -82,8 +83,8 @@ class HybridMoEFeedForward(keras.layers.Layer):
         dropout=0.0,
         alpha_logit_init=0.0,
         warmup_steps=0,
-        load_balance_weight=0.01,
-        switch_loss_weight=0.0,
+        entropy_loss_weight=0.01,
+        load_balance_weight=0.0,
         z_loss_weight=0.0,
         noise_std=0.0,
         seed=None,
@@ -99,8 +100,8 @@ class HybridMoEFeedForward(keras.layers.Layer):
         self.alpha_logit_init = check_float(owner, "alpha_logit_init", alpha_logit_init)
         self.warmup_steps = check_int(owner, "warmup_steps", warmup_steps, minimum=0)
         for name, value in (
+            ("entropy_loss_weight", entropy_loss_weight),
             ("load_balance_weight", load_balance_weight),
-            ("switch_loss_weight", switch_loss_weight),
             ("z_loss_weight", z_loss_weight),
         ):
             check_float(owner, name, value, minimum=0.0)
@@ -125,9 +126,9 @@ class HybridMoEFeedForward(keras.layers.Layer):
                 activation=activation,
                 dropout=dropout,
                 kernel_initializer=fresh_initializer(self.kernel_initializer, "moe"),
-                load_balance_weight=switch_loss_weight,
+                load_balance_weight=load_balance_weight,
                 z_loss_weight=z_loss_weight,
-                entropy_loss_weight=load_balance_weight,
+                entropy_loss_weight=entropy_loss_weight,
                 track_statistics=track_statistics,
                 name="moe",
             )
@@ -191,6 +192,15 @@ class HybridMoEFeedForward(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         return mask
 
+
+    @classmethod
+    def from_config(cls, config):
+        if "switch_loss_weight" in config:  # saved by tfmoe 0.1: load_balance_weight was the entropy loss
+            config = {**config, "entropy_loss_weight": config.get("load_balance_weight", 0.01),
+                      "load_balance_weight": config["switch_loss_weight"]}
+            del config["switch_loss_weight"]
+        return cls(**config)
+
     def get_config(self):
         config = super().get_config()
         moe = self.moe.get_config()
@@ -206,8 +216,8 @@ class HybridMoEFeedForward(keras.layers.Layer):
             dropout=moe["dropout"],
             alpha_logit_init=self.alpha_logit_init,
             warmup_steps=self.warmup_steps,
-            load_balance_weight=moe["entropy_loss_weight"],
-            switch_loss_weight=moe["load_balance_weight"],
+            entropy_loss_weight=moe["entropy_loss_weight"],
+            load_balance_weight=moe["load_balance_weight"],
             z_loss_weight=moe["z_loss_weight"],
             noise_std=moe["noise_std"],
             seed=moe["seed"],

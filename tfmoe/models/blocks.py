@@ -166,7 +166,7 @@ class TransformerBlock(keras.layers.Layer):
         activation: FFN activation.
         ffn: ``"dense"`` or ``"hybrid_moe"``.
         ffn_options: extra keyword arguments of :class:`~tfmoe.layers.HybridMoEFeedForward`
-            (``num_experts``, ``k``, ``warmup_steps``, ``load_balance_weight``, ...).
+            (``num_experts``, ``k``, ``warmup_steps``, ``entropy_loss_weight``, ...).
         attention_experts: expert queries per head (FAME-style MoE attention with ``W_O``); 1 = plain.
         layer_norm_epsilon: LayerNorm epsilon.
         kernel_initializer: initializer of the attention and FFN kernels (each gets its own draw).

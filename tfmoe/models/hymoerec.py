@@ -2,7 +2,7 @@
 
 Each selected block's FFN is a :class:`~tfmoe.layers.HybridMoEFeedForward`:
 ``y = FFN_shared(x) + sigmoid(a) * min(1, t / warmup_steps) * sum_{e in topk} g_e f_e(x)``, routed on the
-token's hidden state, with the entropy load-balance loss ``load_balance_weight * sum_e m_e log m_e``
+token's hidden state, with the entropy load-balance loss ``entropy_loss_weight * sum_e m_e log m_e``
 added to the training loss. Everything else (and the loss switch) is :class:`~tfmoe.models.SASRec`.
 
 Options the paper leaves open, with the defaults chosen here:
@@ -41,7 +41,7 @@ class HyMoERec(SASRec):
         num_experts: experts ``E`` per hybrid FFN (default 4).
         k: experts per token (default 2).
         warmup_steps: training calls over which ``alpha`` ramps from 0 (default 0 = none).
-        load_balance_weight: ``lambda_lb`` of the entropy regulariser (default 0.01).
+        entropy_loss_weight: ``lambda_lb`` of the entropy regulariser (default 0.01).
         moe_blocks: number of last blocks with the hybrid FFN (``None`` = all).
         expert_hidden_dim: expert inner size (default: the FFN inner size).
         routing: ``"top_k"``, ``"dense"`` or ``"dropless"``.
@@ -54,7 +54,7 @@ class HyMoERec(SASRec):
         num_experts=4,
         k=2,
         warmup_steps=0,
-        load_balance_weight=0.01,
+        entropy_loss_weight=0.01,
         moe_blocks=None,
         expert_hidden_dim=None,
         routing="top_k",
@@ -64,7 +64,7 @@ class HyMoERec(SASRec):
         self.num_experts = v.check_int(owner, "num_experts", num_experts, minimum=1)
         self.k = v.check_int(owner, "k", k, minimum=1, maximum=self.num_experts)
         self.warmup_steps = v.check_int(owner, "warmup_steps", warmup_steps, minimum=0)
-        self.load_balance_weight = v.check_float(owner, "load_balance_weight", load_balance_weight, minimum=0.0)
+        self.entropy_loss_weight = v.check_float(owner, "entropy_loss_weight", entropy_loss_weight, minimum=0.0)
         self.moe_blocks = v.check_optional_int(owner, "moe_blocks", moe_blocks, minimum=1)
         self.expert_hidden_dim = v.check_optional_int(owner, "expert_hidden_dim", expert_hidden_dim, minimum=1)
         self.routing = v.check_choice(owner, "routing", routing, ("top_k", "dense", "dropless"))
@@ -84,8 +84,8 @@ class HyMoERec(SASRec):
                 "routing": self.routing,
                 "capacity_factor": self.num_experts / self.k,
                 "warmup_steps": self.warmup_steps,
-                "load_balance_weight": self.load_balance_weight,
-                "switch_loss_weight": 0.0,
+                "entropy_loss_weight": self.entropy_loss_weight,
+                "load_balance_weight": 0.0,
                 "expert_hidden_dim": self.expert_hidden_dim,
             }
         return options
@@ -96,9 +96,16 @@ class HyMoERec(SASRec):
             num_experts=self.num_experts,
             k=self.k,
             warmup_steps=self.warmup_steps,
-            load_balance_weight=self.load_balance_weight,
+            entropy_loss_weight=self.entropy_loss_weight,
             moe_blocks=self.moe_blocks,
             expert_hidden_dim=self.expert_hidden_dim,
             routing=self.routing,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        if "load_balance_weight" in config:  # saved by tfmoe 0.1, where it named the entropy loss
+            config = {k: value for k, value in config.items() if k != "load_balance_weight"} | {
+                "entropy_loss_weight": config["load_balance_weight"]}
+        return super().from_config(config)

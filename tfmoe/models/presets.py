@@ -40,7 +40,7 @@ RECSYS23_SASREC = {"hidden_dim": 64, "num_blocks": 2, "dropout": 0.1, "initializ
 BEAUTY = {"hidden_dim": 64, "num_blocks": 1, "dropout": 0.2}
 SASREC = {"num_heads": 1}
 FAME = {"num_heads": 2, "num_experts": 2, "item_projection_init": "chunks"}
-HYMOEREC = {"num_heads": 1, "num_experts": 4, "k": 2, "warmup_steps": 50, "load_balance_weight": 0.01}
+HYMOEREC = {"num_heads": 1, "num_experts": 4, "k": 2, "warmup_steps": 50, "entropy_loss_weight": 0.01}
 
 _PRESETS = {
     "sasrec_ml1m": ("sasrec", 200, {**RECSYS23_SASREC, **SASREC}),

@@ -2,7 +2,8 @@
 # The README's test command: builds both locked environments if needed, lints, and runs the tests in each.
 #   leg 1, .venv (Python 3.10, TF 2.16, TFX 1.16): the whole suite, doctests and end-to-end tests included;
 #   leg 2, .venv-modern (Python 3.12, TF 2.21, Keras 3.15, numpy 2, as Colab): every test that does not
-#          need TFX, without the doctests and the end-to-end tests, then the notebook examples/quickstart.ipynb.
+#          need TFX, without the doctests and the end-to-end tests, then the notebook examples/quickstart.ipynb
+#          (skipped when the arguments name tests, or with TFMOE_NOTEBOOK=0).
 # Extra arguments go to pytest in both legs, e.g.  scripts/test.sh tests/test_moe.py
 # TFMOE_LEGS=tfx or TFMOE_LEGS=modern runs one leg only.
 set -euo pipefail
@@ -25,7 +26,11 @@ if [[ ",$legs," == *",modern,"* ]]; then
   echo "tfmoe: leg 2/2, .venv-modern (Python 3.12, TF 2.21, Keras 3.15, numpy 2): all but TFX, doctests, e2e"
   leg=0
   .venv-modern/bin/python -m pytest -o addopts="-ra --strict-markers" -m "not tfx and not e2e" "$@" || leg=$?
-  if [ "$leg" -eq 0 ] && [ "$#" -eq 0 ]; then
+  selects_tests=0  # arguments that name tests (paths, node ids) run those only: no notebook then
+  for arg in "$@"; do
+    case "$arg" in tests*|tfmoe*|*.py|*::*) selects_tests=1 ;; esac
+  done
+  if [ "$leg" -eq 0 ] && [ "$selects_tests" -eq 0 ] && [ "${TFMOE_NOTEBOOK:-1}" = 1 ]; then
     .venv-modern/bin/python scripts/run_notebook.py examples/quickstart.ipynb || leg=$?
   fi
   echo "tfmoe: leg 2/2 took $(( $(date +%s) - start )) s (exit $leg)"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmoe.metrics.ctr import EPSILON, CTRMetrics
+from tfmoe.metrics.ctr import EPSILON, CTRMetrics, _prepare
 from tfmoe.metrics.feature_metric import FeatureMetric, require_feature
 
 
@@ -85,12 +85,10 @@ class LogLoss(keras.metrics.Metric):
         self.weight = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="weight")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        p = tf.reshape(tf.cast(y_pred, tf.float64), [-1])
+        y, p, w = _prepare(y_true, y_pred, sample_weight)  # flat float64, weights 1 by default
         if self.from_logits:
             p = tf.sigmoid(p)
         p = tf.clip_by_value(p, EPSILON, 1.0 - EPSILON)
-        y = tf.reshape(tf.cast(y_true, tf.float64), [-1])
-        w = tf.ones_like(y) if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float64), [-1])
         self.total.assign_add(tf.reduce_sum(-w * (y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))))
         self.weight.assign_add(tf.reduce_sum(w))
 

@@ -34,9 +34,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmoe.metrics.feature_metric import require_feature
 from tfmoe.utils import validation as v
 
 TIES = ("pessimistic", "optimistic")
+# Where the items to filter are, first found first: the whole history, else the model input's window.
+HISTORY_KEYS = ("seen", "history", "items")
 DEFAULT_KS = (5, 10, 20)
 DEFAULT_MRR_KS = (10,)
 
@@ -131,13 +134,7 @@ class RankingMetrics(keras.metrics.Metric):
 
 
 def _history(features):
-    if isinstance(features, dict):
-        for key in ("seen", "history", "items"):
-            if key in features:
-                return features[key]
-        raise ValueError(
-            f"evaluate_ranking: features need 'seen', 'history' or 'items' to filter, got {sorted(features)}")
-    return features
+    return require_feature("evaluate_ranking", features, HISTORY_KEYS)
 
 
 def evaluate_ranking(

@@ -36,10 +36,8 @@ import keras
 import tensorflow as tf
 
 from tfmoe.metrics.feature_metric import FeatureMetric, require_feature
-from tfmoe.metrics.ranking import TIES, metrics_from_ranks, ranks
+from tfmoe.metrics.ranking import HISTORY_KEYS, TIES, metrics_from_ranks, ranks
 from tfmoe.utils import validation as v
-
-HISTORY_KEYS = ("seen", "history", "items")
 
 
 class TopKMetric(FeatureMetric):

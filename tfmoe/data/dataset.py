@@ -48,8 +48,8 @@ import tensorflow as tf
 
 from tfmoe.data import negatives, samples, schema
 from tfmoe.utils import validation as v
+from tfmoe.utils.choices import TASKS
 
-TASKS = ("next_item", "ctr")
 COMPRESSIONS = ("GZIP", "ZLIB", "")
 _KEY = "_sample_key"  # per-record randomness key travelling with the features (bucketed CTR training)
 _OWNER = "make_dataset"

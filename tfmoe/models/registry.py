@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import importlib
 
-TASKS = ("next_item", "ctr")
+from tfmoe.utils.choices import TASKS
+
 _REGISTRY: dict[str, tuple[type, str]] = {}
 # Modules that register more models when imported (looked up lazily, so `import tfmoe.models` stays light).
 _PROVIDERS = ("tfmoe.models.ctr",)

@@ -29,8 +29,8 @@ import re
 from dataclasses import dataclass
 
 from tfmoe.utils import validation as v
+from tfmoe.utils.choices import TASKS
 
-TASKS = ("next_item", "ctr")
 ID_DTYPES = ("int32", "int64")
 SCALAR_DTYPES = ("int32", "int64", "float32")
 CTR_OUTPUTS = ("probability", "logit")

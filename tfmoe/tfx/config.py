@@ -72,9 +72,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-TASKS = ("next_item", "ctr")
+from tfmoe.utils.choices import STRATEGIES, TASKS
+
 RUNNERS = ("local", "kubeflow_v2")
-STRATEGIES = ("mirrored", "multi_worker", "tpu", "default", "one_device")  # tfmoe.training.get_strategy names
 SCHEMA_MODES = ("curated", "infer")
 PRESETS = ("tiny", "small", "medium")
 CURATED_SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "schema.pbtxt")

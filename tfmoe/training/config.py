@@ -57,9 +57,8 @@ from typing import Any
 import yaml
 
 from tfmoe.utils import validation as v
+from tfmoe.utils.choices import STRATEGIES, TASKS
 
-TASKS = ("next_item", "ctr")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 VERBOSITY = ("auto", 0, 1, 2)

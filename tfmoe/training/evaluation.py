@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tfmoe.utils import validation as v
+from tfmoe.utils.choices import TASKS
 
 LOWER_IS_BETTER = ("loss", "logloss")
 PROTOCOLS = {"next_item": 2, "ctr": 1}
@@ -56,7 +57,7 @@ class TaskEvaluation:
 
 
 def task_evaluation(task: str) -> TaskEvaluation:
-    v.check_choice("task_evaluation", "task", task, ("next_item", "ctr"))
+    v.check_choice("task_evaluation", "task", task, TASKS)
     return TaskEvaluation(task, "NDCG@10" if task == "next_item" else "AUC")
 
 

@@ -24,7 +24,8 @@ key               value
 ================  =====================================================================================
 
 Optional keys: ``converted_from`` (the results file a record was converted from; its ``machine``, ``command``,
-``commit``, ``date`` and ``data_hash`` are ``null`` where the file did not have them), ``notes``.
+``commit``, ``date`` and ``data_hash`` are ``null`` where the file did not have them, and ``command`` is the command
+line string the file held), ``notes``.
 
 Example:
     >>> import tempfile
@@ -152,11 +153,15 @@ def validate(record: dict, source: str = "<record>") -> dict:
         if record[key] is None and key not in NULLABLE and not (converted and key in UNKNOWN_WHEN_CONVERTED):
             raise ValueError(f"{source}: record key {key!r} is null")
     checks = {"benchmark": str, "variant": str, "config": dict, "metrics": dict, "partial": bool, "date": str,
-              "machine": dict, "command": list, "commit": dict, "data_hash": str, "epochs": (int, float)}
+              "machine": dict, "commit": dict, "data_hash": str, "epochs": (int, float)}
     for key, kind in checks.items():
         if record[key] is not None and not isinstance(record[key], kind):
             raise ValueError(f"{source}: record key {key!r} must be {getattr(kind, '__name__', 'a number')}, got "
                              f"{type(record[key]).__name__}")
+    if converted and isinstance(record["command"], str):
+        pass  # the command line as the source file recorded it
+    elif record["command"] is not None and not isinstance(record["command"], list):
+        raise ValueError(f"{source}: record key 'command' must be list, got {type(record['command']).__name__}")
     if record["commit"] is not None and not {"sha", "dirty"} <= set(record["commit"]):
         raise ValueError(f"{source}: record key 'commit' must hold 'sha' and 'dirty'")
     seed = record.get("seed", record.get("seeds"))

@@ -1,4 +1,5 @@
-"""benchmarks/next_item.py: valid configs, chunked turns, partial labels, kept throughput rates, cost ablation."""
+"""benchmarks/next_item.py: valid configs from the settings file, chunked turns, partial records, throughput, cost and
+ablation records, the table over the records."""
 
 import json
 import os
@@ -13,170 +14,143 @@ from test_training import NUM_ITEMS, successor_sequences
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import next_item, next_item_tables  # noqa: E402
+from benchmarks import next_item, next_item_tables, records  # noqa: E402
 from tfmoe.models import presets  # noqa: E402
 from tfmoe.training.run_settings import RunSettingsError  # noqa: E402
 
 
-def test_every_dataset_model_and_cost_variant_gives_a_valid_config(tmp_path):
+def test_every_variant_and_cost_variant_gives_a_valid_config(tmp_path):
     from tfmoe.training import TrainConfig
-
-    for dataset in next_item.DATASETS:
-        for model in next_item.MODELS:
-            config = TrainConfig.from_dict(next_item.run_config(dataset, model, 2, str(tmp_path), 200, 10))
-            assert config.model["name"] == model and config.training.epochs == 200
-            assert config.output_dir == str(tmp_path / dataset / model / "seed2")
-        for model, options in next_item.COST_VARIANTS.values():
-            config = TrainConfig.from_dict(next_item.run_config(dataset, model, 0, str(tmp_path), 1, 1, options))
-            assert all(config.model[k] == v for k, v in options.items())
-    for model, options, optimizer, datasets_data in next_item.ABLATIONS.values():
-        for dataset, data in datasets_data.items():
-            settings = next_item.run_config(dataset, model, 0, "w", 1, 1, options, optimizer, data)
-            config = TrainConfig.from_dict(settings)
-            assert all(getattr(config.data, k) == v for k, v in data.items())
-    # Beauty's main runs draw random batches; its variants trained with length buckets keep them
-    assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["bucket_boundaries"] is None
-    _, _, _, item_dropout = next_item.ABLATIONS["sasrec item_dropout=0.2"]
-    assert item_dropout["beauty"]["bucket_boundaries"] == [10, 20, 30]
-    _, options, optimizer, initializer = next_item.ABLATIONS["sasrec initializer_range=0.02"]
-    assert initializer["beauty"]["shuffle_buffer"] == 10_000
-    # ML-1M's main runs: the reference code's settings with random batches; its variants trained on top of the
-    # earlier main settings (length buckets, tfmoe's defaults, beta_2 0.98) carry them
-    ml1m = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)
-    assert ml1m["data"]["bucket_boundaries"] is None and ml1m["data"]["shuffle_buffer"] == 32768
-    assert ml1m["model"]["norm"] == "sasrec" and ml1m["model"]["initializer_range"] == 0.02
-    assert ml1m["optimizer"]["beta_2"] == 0.999
-    earlier = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1, options, optimizer, initializer["ml-1m"])
-    assert earlier["data"]["bucket_boundaries"] == [50, 100, 150] and earlier["optimizer"]["beta_2"] == 0.98
-    assert {k: earlier["model"][k] for k in ("initializer_range", "norm", "positions", "inner_dim")} == {
-        "initializer_range": 0.02, "norm": "pre", "positions": "recency", "inner_dim": None}
-    _, options, optimizer, buckets = next_item.ABLATIONS["sasrec length buckets"]
-    beauty_model = TrainConfig.from_dict(next_item.run_config("beauty", "sasrec", 0, "w", 1, 1, options, optimizer,
-                                                              buckets["beauty"])).model
-    from tfmoe.training.run_settings import model_option_defaults
-
-    defaults = model_option_defaults("sasrec")  # the written-out earlier options are SASRec's defaults on Beauty
-    assert all(defaults[k] == beauty_model[k] for k in next_item.ML1M_EARLIER_MODEL)
-    # the main runs' twins among the variants: same model, optimizer and data settings
-    assert next_item.ablation_twins("ml-1m", "sasrec") == ["sasrec original random batches"]
-    assert next_item.ablation_twins("ml-1m", "hymoerec") == ["hymoerec original random batches"]
-    assert next_item.ablation_twins("beauty", "sasrec") == ["sasrec random batches"]
-    # FAME's main settings: 2 experts per head; the FAME variants trained with the earlier 4 keep them
-    assert next_item.ablation_twins("ml-1m", "fame") == next_item.ablation_twins("beauty", "fame") == [
-        "fame num_experts=2"]
-    assert next_item.run_config("beauty", "fame", 0, "w", 1, 1)["model"]["num_experts"] == 2
-    # the regularisation ablation on Beauty: the main settings of each model with dropout 0.3 instead of 0.2
-    for model in ("sasrec", "fame", "hymoerec"):
-        _, options, optimizer, data = next_item.ABLATIONS[f"{model} dropout=0.3"]
-        variant = next_item.run_config("beauty", model, 0, "w", 1, 1, options, optimizer, data["beauty"])
-        main = next_item.run_config("beauty", model, 0, "w", 1, 1)
-        assert (variant["model"].pop("dropout"), main["model"].pop("dropout")) == (0.3, 0.2)
-        assert variant == main
-    since_two_experts = {"fame num_experts=2", "fame dropout=0.3"}  # trained with the benchmark's 2 (checked above)
-    for label, (model, options, optimizer, datasets_data) in next_item.ABLATIONS.items():
-        if model == "fame" and label not in since_two_experts:
-            for dataset, data in datasets_data.items():
-                expected = 1 if "num_experts=1" in label else 4
-                assert next_item.run_config(dataset, model, 0, "w", 1, 1, options, optimizer, data)["model"][
-                    "num_experts"] == expected, label
-    random_batches = next_item.run_config("beauty", "sasrec", 0, "w", 1, 1, None, None, next_item.RANDOM_BATCHES)
-    assert random_batches["data"]["bucket_boundaries"] is None and random_batches["data"]["max_len"] == 50
-    assert next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 200
-    assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["data"]["max_len"] == 50
-    assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1)["model"]["expert_hidden_dim"] == 128
-    beauty = next_item.run_config("beauty", "hymoerec", 0, "w", 1, 1)["model"]
-    assert beauty["hidden_dim"] == 64 and "expert_hidden_dim" not in beauty
-    assert next_item.run_config("ml-1m", "hymoerec", 0, "w", 1, 1, {"expert_hidden_dim": None})["model"][
-        "expert_hidden_dim"] is None
-    # a dataset's optimizer settings sit between the defaults and an ablation's overrides
-    spec = {**next_item.DATASETS["ml-1m"], "optimizer": {"beta_2": 0.999, "learning_rate": 5e-4}}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(next_item.DATASETS, "ml-1m", spec)
-        optimizer = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1, None, {"learning_rate": 1e-4})["optimizer"]
-    assert optimizer == {"name": "adam", "learning_rate": 1e-4, "beta_2": 0.999}
-    assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["optimizer"]["beta_2"] == 0.98
-    # the written-out PyTorch in-projection initializer is tfmoe's, at both datasets' d 64
     from tfmoe.utils.initializers import torch_in_projection
 
-    assert next_item.TORCH_IN_PROJECTION_64 == torch_in_projection(64)
-    # the models' settings are the presets', at the data's history length
-    for dataset, spec in next_item.DATASETS.items():
+    for dataset, variants in next_item.VARIANTS.items():
+        assert set(next_item.MODELS) <= set(variants)
+        for label in variants:
+            config = TrainConfig.from_dict(next_item.run_config(dataset, label, 2, str(tmp_path), 200, 10))
+            assert config.training.epochs == 200 and config.training.seed == 2
+            assert config.output_dir == os.path.join(str(tmp_path), dataset, records.variant_dir(label), "seed2")
+        for label, variant in next_item.COST_VARIANTS.items():
+            overrides = variant["overrides"]
+            config = TrainConfig.from_dict(next_item.run_config(dataset, variant["model"], 0, "w", 1, 1, overrides))
+            assert all(config.model[k] == v for k, v in overrides["model"].items()), label
+        # the main runs are the presets at the data's history length, with the dataset's data and optimizer
+        spec = next_item.DATASETS[dataset]
         for model in next_item.MODELS:
-            preset = presets.get(f"{model}_{spec['presets']}")
-            assert preset["options"]["hidden_dim"] == 64 and preset["max_len"] == spec["data"]["max_len"]
-            assert next_item.run_config(dataset, model, 0, "w", 1, 1)["model"] == {"name": model, **preset["options"]}
+            preset = presets.get(variants[model]["preset"])
+            assert preset["model"] == model and preset["max_len"] == spec["data"]["max_len"]
+            config = next_item.run_config(dataset, model, 0, "w", 1, 1)
+            assert config["model"] == {"name": model, **preset["options"]}
+            assert config["optimizer"] == spec["optimizer"] and config["data"] == {"dir": f"w/data/{dataset}",
+                                                                                  **spec["data"]}
+    ml1m = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1)
+    assert ml1m["data"]["bucket_boundaries"] is None and ml1m["data"]["shuffle_buffer"] == 32768
+    assert ml1m["data"]["max_len"] == 200 and ml1m["optimizer"]["beta_2"] == 0.999
+    assert next_item.run_config("beauty", "sasrec", 0, "w", 1, 1)["optimizer"]["beta_2"] == 0.98
+    # an ablation is the main run with its overrides, nothing else
+    for model in next_item.MODELS:
+        variant = next_item.run_config("beauty", f"{model} dropout=0.3", 0, "w", 1, 1)
+        main = next_item.run_config("beauty", model, 0, "w", 1, 1)
+        assert (variant["model"].pop("dropout"), main["model"].pop("dropout")) == (0.3, 0.2)
+        assert {**variant, "output_dir": None} == {**main, "output_dir": None}
+    pytorch = next_item.run_config("ml-1m", "sasrec pytorch settings", 0, "w", 1, 1)
+    assert pytorch["model"]["attention_initializer"] == torch_in_projection(64)
+    assert pytorch["model"]["layer_norm_epsilon"] == 1e-8 and pytorch["optimizer"]["epsilon"] == 1e-8
+    assert next_item.ablations("ml-1m") == ["sasrec attention_output_dropout=0", "sasrec torch attention init",
+                                            "sasrec pytorch settings"]
+    # the command-line overrides sit on top of the variant's; only data, model and optimizer can be overridden
+    optimizer = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1, {"optimizer": {"learning_rate": 1e-4}})
+    assert optimizer["optimizer"] == {"name": "adam", "learning_rate": 1e-4, "beta_2": 0.999}
+    with pytest.raises(ValueError, match="variant 'sasrec' overrides 'training'; only data, model and optimizer"):
+        next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1, {"training": {"epochs": 3}})
 
 
 @pytest.fixture()
 def tiny_benchmark(tmp_path, monkeypatch):
-    """The benchmark pointed at a tiny prepared dataset (``tiny``) with small models; results in tmp_path."""
+    """The benchmark pointed at a tiny prepared dataset (``tiny``) with small models; records in tmp_path/records."""
     work = tmp_path / "work"
     write_prepared(str(work / "data" / "tiny"), successor_sequences(users=80), shards=1, num_items=NUM_ITEMS)
     monkeypatch.setattr(next_item, "DATASETS", {"tiny": {
-        "data": {"max_len": 12, "batch_size": 32, "eval_batch_size": 64}, "presets": "tiny"}})
+        "data": {"max_len": 12, "batch_size": 32, "eval_batch_size": 64},
+        "optimizer": {"name": "adam", "learning_rate": 1e-3}}})
     small = {"hidden_dim": 8, "num_blocks": 1, "dropout": 0.0}
     monkeypatch.setitem(presets._PRESETS, "sasrec_tiny", ("sasrec", 12, {**small, "num_heads": 1}))
     monkeypatch.setitem(presets._PRESETS, "hymoerec_tiny", ("hymoerec", 12, {**small, "num_experts": 2, "k": 1,
                                                                              "warmup_steps": 2}))
     monkeypatch.setattr(next_item, "MODELS", ("sasrec", "hymoerec"))
-    monkeypatch.setattr(next_item, "COST_VARIANTS", {"hymoerec": ("hymoerec", {}), "hymoerec expert_hidden_dim=4":
-                                                     ("hymoerec", {"expert_hidden_dim": 4})})
-    monkeypatch.setattr(next_item, "RESULTS", str(tmp_path / "next_item.json"))
-    monkeypatch.setattr(next_item, "COST_RESULTS", str(tmp_path / "next_item_cost.json"))
-    monkeypatch.setattr(next_item, "ABLATION_RESULTS", str(tmp_path / "next_item_ablation.json"))
-    monkeypatch.setattr(next_item, "ABLATIONS", {"hymoerec k=2": ("hymoerec", {"k": 2}, {}, {"tiny": {}}),
-                                                 "sasrec beta_2=0.9": ("sasrec", {}, {"beta_2": 0.9}, {"tiny": {}}),
-                                                 "sasrec elsewhere": ("sasrec", {"dropout": 0.5}, {}, {"ml-1m": {}}),
-                                                 "sasrec shuffle_buffer=7": ("sasrec", {}, {},
-                                                                             {"tiny": {"shuffle_buffer": 7}})})
+    monkeypatch.setattr(next_item, "VARIANTS", {"tiny": {
+        "sasrec": {"preset": "sasrec_tiny"}, "hymoerec": {"preset": "hymoerec_tiny"},
+        "hymoerec k=2": {"preset": "hymoerec_tiny", "overrides": {"model": {"k": 2}}},
+        "sasrec beta_2=0.9": {"preset": "sasrec_tiny", "overrides": {"optimizer": {"beta_2": 0.9},
+                                                                     "data": {"shuffle_buffer": 7}}}}})
+    monkeypatch.setattr(next_item, "COST_VARIANTS", {
+        "hymoerec": {"model": "hymoerec"},
+        "hymoerec expert_hidden_dim=4": {"model": "hymoerec", "overrides": {"model": {"expert_hidden_dim": 4}}}})
+    monkeypatch.setattr(next_item, "RECORDS", str(tmp_path / "records"))
+    monkeypatch.setattr(next_item_tables, "MODEL_ORDER", ("sasrec", "hymoerec"))
+    monkeypatch.setattr(next_item_tables, "VARIANTS", next_item.VARIANTS)
+    monkeypatch.setattr(next_item_tables, "COST_VARIANTS", next_item.COST_VARIANTS)
     return work
 
 
-def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(tiny_benchmark, tmp_path):
+def _runs(tmp_path, variant, budget=None):
+    """The records of ``variant``'s runs (of those run with an epoch budget of ``budget``), in seed order."""
+    return sorted((r for r in records.load_records(str(tmp_path / "records"), "next_item") if r["variant"] == variant
+                   and budget in (None, r["config"]["training"]["epochs"])), key=lambda r: r["seed"])
+
+
+def test_chunked_runs_are_recorded_partial_with_their_epochs(tiny_benchmark, tmp_path):
     work = str(tiny_benchmark)
-    args = ["--datasets", "tiny", "--work-dir", work, "--epochs", "3", "--seeds", "0"]
+    args = ["--datasets", "tiny", "--work-dir", work, "--epochs", "3", "--patience", "5", "--seeds", "0"]
     # models take turns 1 epoch at a time; stop after the first turn by asking for 1 epoch of a 3-epoch budget
     next_item.train_all(["tiny"], ["sasrec", "hymoerec"], [0], work, epochs=1, patience=5, chunk=1)
+    (early,) = _runs(tmp_path, "tiny/sasrec", 1)
+    assert early["metrics"]["test_unfiltered"] is None  # a training turn's record: no extra evaluation
     next_item.main(args + ["--models", "sasrec", "hymoerec", "--phase", "throughput", "report", "--rounds", "1",
                            "--steps", "2"])
-    payload = json.load(open(tmp_path / "next_item.json"))
     for model in ("sasrec", "hymoerec"):
-        entry = payload["tiny"][model]
-        assert entry["partial"] and entry["epochs"] == 1 and entry["seeds"] == 1  # 1 of 3 epochs
-        assert 0.0 <= entry["ndcg@10"] <= entry["hr@10"] <= 1.0
-        assert entry["runs"][0]["test"]["count"] == 80
-        assert entry["trained_on"][0].startswith("CPU (")  # a cut-off run knows its device too (state.json)
-        assert entry["sequences_per_s_source"] == next_item.THROUGHPUT_SOURCE
+        assert not _runs(tmp_path, f"tiny/{model}", 1)[0]["partial"]  # the turn's own budget, 1 epoch, is done
+        (record,) = _runs(tmp_path, f"tiny/{model}", 3)
+        assert record["partial"] and record["epochs"] == 1 and record["seed"] == 0  # 1 of 3 epochs
+        test, unfiltered = record["metrics"]["test"], record["metrics"]["test_unfiltered"]
+        assert 0.0 <= test["NDCG@10"] <= test["HR@10"] <= 1.0 and test["count"] == 80
+        assert record["metrics"]["device"].startswith("CPU (")  # a cut-off run knows its device too (state.json)
         # filtering seen items only removes competitors of the target: never worse than the unfiltered ranking
-        assert entry["unfiltered"]["ndcg@10"] <= entry["ndcg@10"] + 1e-6
-        assert entry["unfiltered"]["hr@10"] <= entry["hr@10"] + 1e-6
-    rate = payload["tiny"]["hymoerec"]["sequences_per_s"]
+        assert unfiltered["NDCG@10"] <= test["NDCG@10"] + 1e-6 and unfiltered["HR@10"] <= test["HR@10"] + 1e-6
+        assert record["config"]["output_dir"] == f"<work-dir>/tiny/{model}/seed0"
+        assert record["config"]["training"]["epochs"] == 3
+        assert record["command"][-2:] == ["--steps", "2"] and record["data_hash"].startswith("sha256:")
+        assert record["data_hash"] == records.data_hash([os.path.join(work, "data", "tiny")])
+    rates = {r["variant"]: r["metrics"]["sequences_per_s"]
+             for r in records.load_records(str(tmp_path / "records"), "next_item_throughput")}
+    assert set(rates) == {"tiny/sasrec", "tiny/hymoerec"} and all(rate > 0 for rate in rates.values())
+    payload = next_item_tables.aggregate(records.load_records(str(tmp_path / "records")))
+    assert payload["tiny"]["hymoerec"]["sequences_per_s"] == rates["tiny/hymoerec"]
     assert payload["tiny"]["hymoerec"]["epoch_time_vs_sasrec"] == pytest.approx(
-        payload["tiny"]["sasrec"]["sequences_per_s"] / rate)
+        rates["tiny/sasrec"] / rates["tiny/hymoerec"])
 
-    # a later report without the throughput phase keeps the measured rates, and a finished budget is complete
+    # the finished budget replaces the partial record of the same run (same settings, same file)
     next_item.train_all(["tiny"], ["sasrec"], [0], work, epochs=3, patience=5, chunk=3)
-    next_item.main(args + ["--models", "sasrec", "hymoerec", "--phase", "report"])
-    again = json.load(open(tmp_path / "next_item.json"))
-    assert again["tiny"]["hymoerec"]["sequences_per_s"] == rate
-    assert again["tiny"]["sasrec"]["epochs"] == 3 and not again["tiny"]["sasrec"]["partial"]
-    assert again["tiny"]["hymoerec"]["partial"]
-    assert again["_meta"]["budget"]["epochs"] == 3
+    next_item.main(args + ["--models", "sasrec", "--phase", "report"])
+    (done,) = _runs(tmp_path, "tiny/sasrec", 3)
+    assert done["epochs"] == 3 and not done["partial"]
+    table = next_item_tables.main_table(next_item_tables.aggregate(records.load_records(str(tmp_path / "records"))))
+    row = table.splitlines()[2]
+    assert row.startswith(f"| tiny | sasrec | {done['metrics']['test']['NDCG@10']:.4f} (1 seed) |")
+    assert "(partial)" in table.splitlines()[3]  # hymoerec
 
-    # a changed model config: the old run is not reported under it (nor resumed), and once retrained the old
-    # throughput rate is dropped for the training epochs' rate
+    # a changed model config: the old run is not reported under it (nor resumed)
     model, max_len, options = presets._PRESETS["hymoerec_tiny"]
     presets._PRESETS["hymoerec_tiny"] = (model, max_len, {**options, "expert_hidden_dim": 4})
     with pytest.raises(RunSettingsError, match="model.expert_hidden_dim: null when the run started, 4 now"):
         next_item.main(args + ["--models", "hymoerec", "--phase", "report"])
     with pytest.raises(RunSettingsError):
         next_item.train_all(["tiny"], ["hymoerec"], [0], work, epochs=3, patience=5, chunk=1)
+    # once retrained elsewhere, its record is another file, and the table takes the one of the current settings
     shutil.move(os.path.join(work, "tiny", "hymoerec"), os.path.join(work, "hymoerec_before"))
     next_item.train_all(["tiny"], ["hymoerec"], [0], work, epochs=1, patience=5, chunk=1)
-    next_item.main(args + ["--models", "hymoerec", "--phase", "report"])
-    changed = json.load(open(tmp_path / "next_item.json"))["tiny"]["hymoerec"]
-    assert changed["sequences_per_s_source"] != next_item.THROUGHPUT_SOURCE
-    assert changed["sequences_per_s"] == pytest.approx(changed["runs"][0]["sequences_per_s"])
+    assert len(_runs(tmp_path, "tiny/hymoerec", 1)) == 2
+    chosen = next_item_tables.select(records.load_records(str(tmp_path / "records")))
+    assert chosen["next_item", "tiny/hymoerec", 0]["config"]["model"]["expert_hidden_dim"] == 4
 
     # a finished run records its device and evaluation protocol; metrics of an older protocol are evaluated again
     from tfmoe.training import evaluate_best
@@ -184,7 +158,6 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
     metrics_path = pathlib.Path(work) / "tiny" / "sasrec" / "seed0" / "metrics.json"
     saved = json.loads(metrics_path.read_text())
     assert saved["evaluation_protocol"] == 2 and saved["device"].startswith("CPU (")
-    assert again["tiny"]["sasrec"]["trained_on"] == [saved["device"]]
     old = {k: x for k, x in saved.items() if k not in ("evaluation_protocol", "device")}
     old["metrics"] = {split: {**m, "NDCG@10": -1.0} for split, m in saved["metrics"].items()}
     metrics_path.write_text(json.dumps(old))
@@ -196,170 +169,90 @@ def test_chunked_runs_are_reported_partial_with_their_epochs_and_rates_are_kept(
     assert rewritten["metrics"]["test"]["NDCG@10"] == pytest.approx(saved["metrics"]["test"]["NDCG@10"], abs=1e-6)
     config = next_item.run_config("tiny", "sasrec", 0, work, 3, 5)
     assert evaluate_best(config, ["test"])["test"] == pytest.approx(rewritten["metrics"]["test"], abs=1e-6)
-    reported = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
-    assert reported["ndcg@10"] == pytest.approx(saved["metrics"]["test"]["NDCG@10"], abs=1e-6)
-    assert reported["trained_on"] == ["unrecorded"]  # the rewritten file had no device
+    (reported,) = _runs(tmp_path, "tiny/sasrec", 3)
+    assert reported["metrics"]["test"]["NDCG@10"] == pytest.approx(saved["metrics"]["test"]["NDCG@10"], abs=1e-6)
+    assert reported["metrics"]["device"] is None  # the rewritten file had no device
     with pytest.raises(FileNotFoundError, match="no best checkpoint"):
         evaluate_best(next_item.run_config("tiny", "sasrec", 5, work, 3, 5))
 
 
-def test_a_report_keeps_the_seeds_of_earlier_reports_whose_runs_are_not_on_this_machine(tiny_benchmark, tmp_path):
+def test_the_table_keeps_the_seeds_whose_runs_are_not_on_this_machine(tiny_benchmark, tmp_path):
+    """Records outlive the machine that trained them: a report elsewhere keeps every seed's record."""
     work = str(tiny_benchmark)
     report = ["--datasets", "tiny", "--work-dir", work, "--epochs", "1", "--models", "sasrec", "--phase", "report"]
     next_item.train_all(["tiny"], ["sasrec"], [0, 1], work, epochs=1, patience=5, chunk=1)
     next_item.main(report + ["--seeds", "0", "1"])
-    both = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
-    assert both["seeds"] == 2 and [r["seed"] for r in both["runs"]] == [0, 1]
+    both = next_item_tables.aggregate(records.load_records(str(tmp_path / "records")))["tiny"]["sasrec"]
+    assert both["seeds"] == 2 and [r["seed"] for r in both["runs"]] == [0, 1] and both["ndcg@10_std"] > 0
     shutil.rmtree(tiny_benchmark / "tiny" / "sasrec" / "seed1")  # trained on another machine
     next_item.main(report + ["--seeds", "0", "1"])
-    kept = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
+    kept = next_item_tables.aggregate(records.load_records(str(tmp_path / "records")))["tiny"]["sasrec"]
     assert kept["seeds"] == 2 and kept["ndcg@10"] == pytest.approx(both["ndcg@10"])
-    assert kept["runs"][1] == {**both["runs"][1], "reported_earlier": True}
-    assert "reported_earlier" not in kept["runs"][0]
-    assert kept["ndcg@10_std"] == pytest.approx(both["ndcg@10_std"]) and both["ndcg@10_std"] > 0
-    next_item.main(report + ["--seeds", "0"])  # only the seeds asked for
-    assert json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]["seeds"] == 1
-    # runs of other settings are never mixed in
-    config = next_item.run_config("tiny", "sasrec", 0, "<work-dir>", 1, next_item.BUDGET["patience"])
-    assert len(next_item._earlier_runs(both, config, [0, 1], {0})) == 1
-    other = {**config, "model": {**config["model"], "dropout": 0.5}}
-    assert next_item._earlier_runs(both, other, [0, 1], {0}) == []
 
 
-def test_the_report_takes_the_main_settings_seeds_that_ran_as_ablation_twins(tiny_benchmark, tmp_path):
-    """A variant whose settings are the main run's is a main run: the report takes its seed from its directory,
-    else from the ablation results (test metrics, no unfiltered ones); variants of other settings never count,
-    nor does a twin that ran a shorter budget; an entry of other settings is dropped, not kept under the new ones."""
-    work = str(tiny_benchmark)
-    ablations = {"sasrec twin": ("sasrec", {"dropout": 0.0}, {"learning_rate": 1e-3}, {"tiny": {}}),
-                 "sasrec dropout=0.5": ("sasrec", {"dropout": 0.5}, {}, {"tiny": {}})}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(next_item, "ABLATIONS", ablations)
-        assert next_item.ablation_twins("tiny", "sasrec") == ["sasrec twin"]
-        assert next_item.ablation_twins("tiny", "hymoerec") == []
-        for label in ablations:
-            next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "2",
-                            "--ablation-patience", "5", "--ablations", label])
-        variants = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]
-        report = ["--datasets", "tiny", "--work-dir", work, "--epochs", "2", "--patience", "5", "--models", "sasrec",
-                  "--phase", "report"]
-        next_item.main(report)
-        local = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
-        (run,) = local["runs"]
-        assert run["trained_as"] == "sasrec twin" and run["test"] == variants["sasrec twin"]["test"]
-        assert run["valid_ndcg@10_curve"] == [round(x, 5) for x in variants["sasrec twin"]["valid_ndcg@10"]]
-        assert local["unfiltered"]["ndcg@10"] <= local["ndcg@10"] + 1e-6 and local["unfiltered_seeds"] == 1
-        assert local["ndcg@10"] != pytest.approx(variants["sasrec dropout=0.5"]["test"]["NDCG@10"], abs=1e-9)
-
-        # on another machine with neither the run nor an earlier report: the ablation results' entry
-        shutil.rmtree(tiny_benchmark / "tiny" / "ablation" / "sasrec_twin")
-        os.remove(tmp_path / "next_item.json")
-        next_item.main(report)
-        remote = json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]
-        (run,) = remote["runs"]
-        assert run["source"] == "next_item_ablation.json" and run["test"] == variants["sasrec twin"]["test"]
-        assert run["best_epoch"] == variants["sasrec twin"]["best_epoch"] - 1 and run["epochs"] == 2
-        assert remote["ndcg@10"] == pytest.approx(local["ndcg@10"]) and remote["unfiltered"] is None
-        assert remote["sequences_per_s"] is None and remote["epoch_time_vs_sasrec"] is None
-        row = next_item_tables.main_table(json.load(open(tmp_path / "next_item.json"))).splitlines()[-1]
-        assert row.startswith(f"| tiny | sasrec | {remote['ndcg@10']:.4f} (1 seed) |") and row.endswith(
-            "| n/a | 1 | 2 | n/a | n/a |")
-
-        # a twin entry of a shorter budget than the report's (2 epochs of 3, neither stopped early nor cut off)
-        longer = ["--datasets", "tiny", "--work-dir", work, "--epochs", "3", "--patience", "5", "--models", "sasrec",
-                  "--phase", "report"]
-        next_item.main(longer)
-        assert "sasrec" not in json.load(open(tmp_path / "next_item.json"))["tiny"]  # and the 2-epoch entry dropped
-
-        # other main settings: the variant is no twin any more, and the entry of the earlier settings is dropped
-        next_item.main(report)
-        assert json.load(open(tmp_path / "next_item.json"))["tiny"]["sasrec"]["seeds"] == 1
-        model, max_len, options = presets._PRESETS["sasrec_tiny"]
-        patch.setitem(presets._PRESETS, "sasrec_tiny", (model, max_len, {**options, "dropout": 0.3}))
-        assert next_item.ablation_twins("tiny", "sasrec") == []
-        next_item.main(report)
-        assert "sasrec" not in json.load(open(tmp_path / "next_item.json"))["tiny"]
-
-
-def test_cost_phase_writes_every_variant_relative_to_sasrec(tiny_benchmark, tmp_path):
+def test_cost_phase_records_every_variant_relative_to_sasrec(tiny_benchmark, tmp_path):
     next_item.main(["--datasets", "tiny", "--work-dir", str(tiny_benchmark), "--phase", "cost", "--rounds", "1",
                     "--steps", "2"])
-    section = json.load(open(tmp_path / "next_item_cost.json"))["tiny"]
-    assert set(section) == {"sasrec", "hymoerec", "hymoerec expert_hidden_dim=4"}
-    assert section["sasrec"]["epoch_time_vs_sasrec"] == 1.0
-    for entry in section.values():
-        assert entry["sequences_per_s"] > 0
-    assert section["hymoerec expert_hidden_dim=4"]["model_options"] == {"expert_hidden_dim": 4}
-    assert section["hymoerec expert_hidden_dim=4"]["model"] == "hymoerec"
+    found = records.load_records(str(tmp_path / "records"), "next_item_cost")
+    rows = next_item_tables.cost_rows(found, "tiny")
+    assert list(rows) == ["sasrec", "hymoerec", "hymoerec expert_hidden_dim=4"]
+    assert rows["sasrec"]["metrics"]["epoch_time_vs_sasrec"] == 1.0
+    assert all(r["metrics"]["sequences_per_s"] > 0 and r["epochs"] is None for r in rows.values())
+    variant = rows["hymoerec expert_hidden_dim=4"]["config"]
+    assert variant["model"]["expert_hidden_dim"] == 4 and variant["model"]["name"] == "hymoerec"
+    assert variant["timing"] == {"rounds": 1, "steps_per_round": 2, "warmup_rounds": 1}
+    table = next_item_tables.cost_table(rows, "tiny").splitlines()
+    assert table[0] == "| cost on tiny | sequences/s | epoch time / SASRec |" and table[2].endswith("| 1.00 |")
 
 
-def test_ablation_trains_each_variant_and_lines_up_validation_curves(tiny_benchmark, tmp_path):
+def test_ablation_trains_each_variant_with_its_overrides_into_records(tiny_benchmark, tmp_path):
     work = str(tiny_benchmark)
-    next_item.train_all(["tiny"], ["sasrec"], [0], work, epochs=3, patience=5, chunk=3)
-    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "2"])
-    section = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]
-    assert len(section["sasrec"]["valid_ndcg@10"]) == 2  # the main run's first 2 epochs of 3
-    assert "hymoerec" not in section  # not trained: no empty entry
-    variant = section["hymoerec k=2"]
-    assert variant["model_options"]["k"] == 2 and variant["model_options"]["num_experts"] == 2
-    assert len(variant["valid_ndcg@10"]) == 2 and all(0.0 <= x <= 1.0 for x in variant["valid_ndcg@10"])
-    state_path = tiny_benchmark / "tiny" / "ablation" / "hymoerec_k=2" / "seed0" / "state.json"
-    state = json.load(open(state_path))
-    assert [h["val_NDCG@10"] for h in state["history"]] == variant["valid_ndcg@10"]
-    saved = json.load(open(state_path.parent / "metrics.json"))
-    assert variant["test"] == saved["metrics"]["test"] and variant["test"]["count"] == 80
-    assert variant["epochs"] == 2 and 1 <= variant["best_epoch"] <= 2 and not variant["stopped_early"]
-    # optimizer overrides reach the run; variants of other datasets are not trained here
-    optimizer = section["sasrec beta_2=0.9"]["optimizer"]
-    assert optimizer["beta_2"] == 0.9 and optimizer["learning_rate"] == next_item.BUDGET["learning_rate"]
-    assert "sasrec elsewhere" not in section
-    # data overrides reach the run (its recorded settings) and the entry
-    assert section["sasrec shuffle_buffer=7"]["data"] == {"shuffle_buffer": 7}
-    recorded = json.load(open(tiny_benchmark / "tiny" / "ablation" / "sasrec_shuffle_buffer=7" / "seed0" /
-                              "run_config.json"))
-    assert recorded["data"]["shuffle_buffer"] == 7 and "data" not in section["hymoerec k=2"]
-    assert not (tiny_benchmark / "tiny" / "ablation" / "sasrec_elsewhere").exists()
-
-    # a variant that has the epochs already is not retrained (its state is left as it is)
+    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "2",
+                    "--ablation-patience", "5"])
+    variant = _runs(tmp_path, "tiny/hymoerec k=2")[0]
+    assert variant["config"]["model"]["k"] == 2 and variant["config"]["model"]["num_experts"] == 2
+    assert variant["epochs"] == 2 and 1 <= variant["metrics"]["best_epoch"] <= 2 and not variant["partial"]
+    state = json.load(open(tiny_benchmark / "tiny" / "hymoerec_k=2" / "seed0" / "state.json"))
+    assert [round(h["val_NDCG@10"], 5) for h in state["history"]] == variant["metrics"]["valid_ndcg@10_curve"]
+    saved = json.load(open(tiny_benchmark / "tiny" / "hymoerec_k=2" / "seed0" / "metrics.json"))
+    assert variant["metrics"]["test"] == saved["metrics"]["test"] and variant["metrics"]["test"]["count"] == 80
+    # optimizer and data overrides reach the run (its recorded settings) and the record
+    (beta,) = _runs(tmp_path, "tiny/sasrec beta_2=0.9")
+    assert beta["config"]["optimizer"] == {"name": "adam", "learning_rate": 1e-3, "beta_2": 0.9}
+    recorded = json.load(open(tiny_benchmark / "tiny" / "sasrec_beta_2=0.9" / "seed0" / "run_config.json"))
+    assert recorded["data"]["shuffle_buffer"] == 7 == beta["config"]["data"]["shuffle_buffer"]
+    assert not _runs(tmp_path, "tiny/sasrec")  # the main runs are not ablations
+    # a variant that has its epochs already is not retrained; another seed is its own record
+    state_path = tiny_benchmark / "tiny" / "hymoerec_k=2" / "seed0" / "state.json"
     before = state_path.stat().st_mtime_ns
-    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "1"])
+    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "2",
+                    "--ablation-patience", "5", "--seeds", "0", "1", "--ablations", "hymoerec k=2"])
     assert state_path.stat().st_mtime_ns == before
-    short = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["hymoerec k=2"]
-    assert short["valid_ndcg@10"] == variant["valid_ndcg@10"][:1]
-    # --no-train reports a run that has fewer epochs than asked as it is, marked partial
-    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "4",
-                    "--no-train"])
-    assert state_path.stat().st_mtime_ns == before
-    partial = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["hymoerec k=2"]
-    assert partial["partial"] and partial["epochs"] == 2 and partial["valid_ndcg@10"] == variant["valid_ndcg@10"]
-    assert not variant["partial"]
-    # on a machine without the main runs, their saved curves are kept, not overwritten by empty ones
-    main_curve = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["sasrec"]["valid_ndcg@10"]
-    assert len(main_curve) == 3
-    shutil.rmtree(tiny_benchmark / "tiny" / "sasrec")
-    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "4",
-                    "--no-train"])
-    assert json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]["sasrec"]["valid_ndcg@10"] == main_curve
-
-    # another seed is trained into its own directory and reported beside seed 0, which keeps its entry
-    before = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]
-    next_item.main(["--datasets", "tiny", "--work-dir", work, "--phase", "ablation", "--ablation-epochs", "1",
-                    "--seeds", "1", "--ablations", "hymoerec k=2"])
-    after = json.load(open(tmp_path / "next_item_ablation.json"))["tiny"]
-    assert after["hymoerec k=2"] == before["hymoerec k=2"] and before["hymoerec k=2"]["seed"] == 0
-    seed1 = after["hymoerec k=2 (seed 1)"]
-    assert seed1["seed"] == 1 and seed1["epochs"] == 1 and len(seed1["valid_ndcg@10"]) == 1
-    assert (tiny_benchmark / "tiny" / "ablation" / "hymoerec_k=2" / "seed1" / "metrics.json").exists()
+    assert [r["seed"] for r in _runs(tmp_path, "tiny/hymoerec k=2")] == [0, 1]
+    with pytest.raises(SystemExit):
+        next_item.main(["--datasets", "tiny", "--phase", "ablation", "--ablations", "sasrec"])
 
 
-def _merge_one(path, key):
-    from benchmarks._timing import merge_json
+def test_the_table_prefers_the_current_settings_then_measured_then_newest_records(tiny_benchmark):
+    def record(config, date, converted=False, ndcg=0.1):
+        metrics = {"test": {"NDCG@10": ndcg, "HR@10": 0.2}, "test_unfiltered": None, "valid_ndcg@10_curve": [ndcg],
+                   "sequences_per_s_training": None}
+        return {"benchmark": "next_item", "variant": "tiny/sasrec", "config": config, "metrics": metrics,
+                "epochs": 1, "seed": 0, "date": date, "partial": False,
+                **({"converted_from": "old.json"} if converted else {})}
 
-    merge_json(path, {"section": {key: {"value": key}}})
+    current = next_item.run_config("tiny", "sasrec", 0, "<work-dir>", 1, 1)
+    other = {**current, "model": {**current["model"], "dropout": 0.5}}
+    pick = next_item_tables.select
+    key = ("next_item", "tiny/sasrec", 0)
+    assert pick([record(other, "2027"), record(current, None, True)])[key]["config"] == current
+    assert pick([record(current, None, True), record(current, "2026")])[key]["date"] == "2026"
+    assert pick([record(other, "2026-01-02", ndcg=0.3), record(other, "2026-01-01")])[key]["metrics"]["test"][
+        "NDCG@10"] == 0.3
 
 
 def test_merge_json_keeps_the_entries_of_processes_writing_at_the_same_time(tmp_path):
-    """Two ablations running at once each add their entries (no stale copy written back, no torn file)."""
+    """Two processes merging at once each add their entries (no stale copy written back, no torn file)."""
     import multiprocessing
 
     from benchmarks._timing import merge_json
@@ -377,6 +270,12 @@ def test_merge_json_keeps_the_entries_of_processes_writing_at_the_same_time(tmp_
     assert json.load(open(path)) == merged and not list(tmp_path.glob("*.tmp*"))
 
 
+def _merge_one(path, key):
+    from benchmarks._timing import merge_json
+
+    merge_json(path, {"section": {key: {"value": key}}})
+
+
 def test_the_ml1m_example_config_trains_the_benchmarks_ml1m_sasrec(tmp_path):
     """configs/sasrec_ml1m.yaml (the README's training example) is the benchmark's main ML-1M SASRec run."""
     from tfmoe.training import TrainConfig
@@ -390,7 +289,7 @@ def test_the_ml1m_example_config_trains_the_benchmarks_ml1m_sasrec(tmp_path):
         check_same_run(benchmark.output_dir, example.override(["optimizer.beta_2=0.98"]))
 
 
-def test_seed_means_row_averages_a_variants_finished_seeds():
+def test_seed_means_row_averages_an_archived_variants_finished_seeds():
     """Hand-computed: NDCG@10 0.05 and 0.07 -> mean 0.06, sample std 0.01 * sqrt(2); a partial run and another
     variant's run stay out, and a variant without a finished run is an error naming it."""
     def run(ndcg, curve, **extra):
@@ -402,8 +301,6 @@ def test_seed_means_row_averages_a_variants_finished_seeds():
     assert next_item_tables.seed_means_row("v dropout", section) == "| v dropout | 0 | 0.1000 | 0.2000 | 0.1000 | 1.0 |"
     with pytest.raises(ValueError, match="'w' has no finished run"):
         next_item_tables.seed_means_row("w", section)
-    # the keys of a variant's seeds, any seed, inverse of seed_suffix: not a longer label's, not a malformed one
     keys = ["v (seed 12)", "v", "v (seed 1)", "v dropout", "v (seed 01)", "v (seed x)", "v dropout (seed 1)"]
-    assert next_item.variant_seed_keys(dict.fromkeys(keys), "v") == {0: "v", 1: "v (seed 1)", 12: "v (seed 12)"}
-    assert all(next_item.variant_seed_keys({"v" + next_item.seed_suffix(k): 0}, "v") == {
-        k: "v" + next_item.seed_suffix(k)} for k in (0, 3, 40))
+    assert next_item_tables.archived_seed_keys(dict.fromkeys(keys), "v") == {0: "v", 1: "v (seed 1)",
+                                                                              12: "v (seed 12)"}

@@ -94,7 +94,9 @@ def next_item_cost(payload: dict) -> list[dict]:
 
 
 def next_item_ablation(payload: dict) -> list[dict]:
-    meta, out = payload["_meta"], []
+    """Its ``_meta`` describes only the last command that merged into the file: the records keep no machine nor
+    command."""
+    out = []
     for dataset in {dataset for dataset, _ in ABLATION_LABELS}:
         for key, entry in payload[dataset].items():
             for (source_dataset, source_label), label in ABLATION_LABELS.items():

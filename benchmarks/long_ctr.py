@@ -1,4 +1,6 @@
-"""Long-sequence CTR benchmark (issue #6): MoS vs its backbones and token-routed MoE baselines.
+"""Long-sequence CTR benchmark: MoS vs its backbones and token-routed MoE baselines.
+
+Settings: ``benchmarks/settings/long_ctr.yaml`` (the protocol, the models' options per length, the side experiments).
 
 Tasks (``docs/evaluation.md``, "Long-sequence CTR"):
 
@@ -29,12 +31,12 @@ Phases (``--phase``; each resumable, ``report`` always last):
    resumes from its backup when the command is run again; finished runs are not retrained; raising
    ``--epochs`` extends them.
 4. ``taobao`` and ``purity``: the two side experiments above.
-5. ``report``: ``benchmarks/results/long_ctr.json`` shaped ``{"ml-1m-ctr": {length: {model: {"auc", "gauc",
-   "logloss", "flops", "seeds", ...}}}, "taobao-smoke": ..., "synthetic-purity": ..., "comparisons": ...}``.
-   Runs stopped before their budget are reported from their best checkpoint. Every entry that does not
-   follow the full protocol (:data:`PROTOCOL`: 3 seeds, ``samples_per_user``, the epoch budget or early
-   stopping, a full epoch) has ``"partial": true`` and the reasons; models that were not trained have
-   FLOPs only (``"auc": null``, ``"seeds": 0``).
+5. ``report``: a record (:mod:`benchmarks.records`) per run this machine holds, under
+   ``benchmarks/results/records/long_ctr/ml-1m-ctr/L<length>/<model>/`` (and ``taobao-smoke/<model>``; the
+   ``purity`` phase writes ``synthetic-small/mos_din``): test AUC, GAUC and LogLoss at the best validation-AUC
+   epoch, the Hanley-McNeil standard error of the AUC, FLOPs and parameters. Runs stopped before their budget are
+   recorded from their best checkpoint; a run that does not follow the full protocol (its epoch budget or early
+   stopping, ``samples_per_user``, a full epoch) is ``"partial": true``. The report prints the table of what ran.
 
 The full protocol is one command, resumable over many sessions (hours on 2 CPU cores, most of it at
 length 1,000; minutes per model on a GPU)::
@@ -60,38 +62,32 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import _paths as paths
-from benchmarks._runs import saved_run
-from benchmarks._timing import command_line, machine_info, read_json, write_json
+import yaml
 
-SHARED = paths.SHARED_DATA
-RESULTS = os.path.join(paths.RESULTS, "long_ctr.json")
+from benchmarks import _paths as paths
+from benchmarks import records
+from benchmarks._runs import saved_run
+from benchmarks._timing import read_json, write_json
+
+SETTINGS_FILE = os.path.join(paths.BENCHMARKS, "settings", "long_ctr.yaml")
+with open(SETTINGS_FILE, encoding="utf-8") as _f:
+    SETTINGS = yaml.safe_load(_f)
+PROTOCOL, VARIANTS, COMMON, BACKBONES = (SETTINGS[k] for k in ("protocol", "variants", "common", "backbones"))
+VARIANTS = tuple(VARIANTS)
+LENGTHS, EVAL_BATCH, MOS, GSHARD, EXPERT_CHOICE = (SETTINGS[k] for k in ("lengths", "eval_batch", "mos", "gshard",
+                                                                          "expert_choice"))
+TAOBAO, SYNTHETIC = SETTINGS["taobao"], SETTINGS["synthetic"]
+BENCHMARK = "long_ctr"
+RECORDS = records.ROOT
 DEFAULT_WORK_DIR = os.path.join(paths.RUNS, "long_ctr")
 DEFAULT_DATA_DIR = os.path.join(paths.RUNS, "data")
 
-DATASETS = {  # name -> tfmoe prepare arguments
-    "ml-1m": ["--format", "ml1m-sasrec", "--input", os.path.join(SHARED, "ml-1m", "ml-1m.txt")],
-    "taobao": ["--format", "taobao", "--input", os.path.join(SHARED, "taobao-userbehavior", "UserBehavior.csv"),
-               "--on-error", "skip"],
-}
-VARIANTS = ("", "mos_", "gshard_", "expert_choice_")
-COMMON = {"embedding_dim": 64, "mlp_units": [200, 80], "dropout": 0.1}
-BACKBONES = {"din": {}, "transact": {"backbone_options": {"num_layers": 1, "num_heads": 2}},
-             "twin": {"backbone_options": {"top_k": 50}}}
-# length -> MoS structure (ML-1M has no timestamps: sessions are chunks of `session_length` items); the
-# baselines get num_experts = num_themes
-LENGTHS = {
-    50: {"session_length": 5, "num_themes": 4, "sessions_per_theme": 3, "short_window": 10},
-    200: {"session_length": 10, "num_themes": 4, "sessions_per_theme": 5, "short_window": 20},
-    1000: {"session_length": 20, "num_themes": 8, "sessions_per_theme": 7, "short_window": 50},
-}
-MOS = {"session_mode": "chunk", "active_themes": 1, "load_balance_weight": 1e-2}
-GSHARD = {"k": 2, "capacity_factor": 1.25, "load_balance_weight": 1e-2}
-EXPERT_CHOICE = {"capacity_factor": 2.0}
-# the full protocol; anything run with less is reported as partial
-PROTOCOL = {"seeds": 3, "epochs": 30, "patience": 3, "samples_per_user": 10, "num_negatives": 1, "eval_seed": 0,
-            "learning_rate": 1e-3, "batch_size": 1024}
-EVAL_BATCH = {50: 2048, 200: 1024, 1000: 256}
+
+def prepare_arguments(name: str) -> list[str]:
+    """``tfmoe prepare`` arguments of dataset ``name`` (settings file's ``datasets``)."""
+    spec = SETTINGS["datasets"][name]
+    out = ["--format", spec["format"], "--input", os.path.join(paths.SHARED_DATA, spec["input"])]
+    return out + (["--on-error", spec["on_error"]] if spec.get("on_error") else [])
 
 
 def model_name(variant: str, backbone: str) -> str:
@@ -168,7 +164,8 @@ def prepare(names, data_dir: str) -> None:
         out = os.path.join(data_dir, name)
         if os.path.exists(os.path.join(out, "summary.json")):
             continue
-        command = [os.path.join(os.path.dirname(sys.executable), "tfmoe"), "prepare", *DATASETS[name], "--out", out]
+        command = [os.path.join(os.path.dirname(sys.executable), "tfmoe"), "prepare", *prepare_arguments(name),
+                   "--out", out]
         _log("+ " + " ".join(command))
         subprocess.run(command, check=True)
 
@@ -380,6 +377,10 @@ def purity(args) -> dict:
            "model": config_dict["model"], "epochs": result.epochs_run, "best_epoch": _one_based(result.best_epoch),
            "test": result.test_metrics, **trained, "untrained_router_purity": untrained_purity["purity"]}
     write_json(paths["result"], out)
+    metrics = {k: x for k, x in out.items() if k not in ("model", "data", "epochs")}
+    write_run_record(args, f"synthetic-{SYNTHETIC['preset']}/mos_din", config_dict, metrics, result.epochs_run,
+                     SYNTHETIC["seed"], not result.stopped_early and result.epochs_run < SYNTHETIC["epochs"],
+                     f"synthetic-{SYNTHETIC['preset']}", data=out["data"])
     _log(f"== purity {json.dumps(out)}")
     return out
 
@@ -483,8 +484,37 @@ def comparisons(section: dict) -> dict:
     return out
 
 
+PROTOCOL_TEXT = ("ML-1M CTR: history = items before t, 1 uniform negative from untouched items; test = last position, "
+                 "valid = second-last (negatives seeded by (eval_seed, user_id), identical across models and seeds); "
+                 "train = random earlier positions, samples_per_user per user and epoch; test AUC/GAUC/LogLoss at the "
+                 "best validation-AUC epoch; FLOPs = analytic forward FLOPs per example")
+COMMAND = None  # the command line records name: main's, else this process's argv
+
+
+def _placeholders(config: dict, args) -> dict:
+    """``config`` with this machine's folders written as ``<data-dir>`` and ``<work-dir>`` (records compare across
+    machines)."""
+    text = json.dumps(config).replace(json.dumps(args.data_dir)[1:-1], "<data-dir>")
+    return json.loads(text.replace(json.dumps(args.work_dir)[1:-1], "<work-dir>"))
+
+
+def data_files(args, name: str) -> list[str]:
+    """The files a dataset's runs read: the raw input when this machine has it, else the prepared data."""
+    spec = SETTINGS["datasets"].get(name)
+    raw = os.path.join(paths.SHARED_DATA, spec["input"]) if spec else ""
+    return [raw] if os.path.isfile(raw) else [os.path.join(args.data_dir, name)]
+
+
+def write_run_record(args, variant: str, config: dict, metrics: dict, epochs, seed: int, partial: bool,
+                     dataset: str, root: str | None = None, **extra) -> str:
+    record = records.make_record(BENCHMARK, variant, _placeholders(config, args), metrics, epochs=epochs, seed=seed,
+                                 partial=partial, data_files=data_files(args, dataset), command=COMMAND, **extra)
+    return records.write_record(record, root or getattr(args, "records", None) or RECORDS)
+
+
 def report(args) -> dict:
-    previous = read_json(RESULTS)
+    """A record of every ML-1M CTR and Taobao run this machine holds (partial unless the run followed the full
+    protocol: its epoch budget or early stopping, ``samples_per_user``, a full epoch), and the tables of what ran."""
     flops_path = os.path.join(args.work_dir, "flops.json")
     flops_table = read_json(flops_path)
     section = {}
@@ -494,60 +524,35 @@ def report(args) -> dict:
             for variant in VARIANTS:
                 name = model_name(variant, backbone)
                 runs, tag = [], None
+                flops_row = flops_table.get(str(length), {}).get(name) or {}
                 for tag in _budget_tags(args, length, name):  # the first budget with any run
                     spu, steps = parse_tag(tag)
                     for seed in args.seeds:
-                        result = _run_result(ml1m_config(args, name, length, seed, None, spu, steps))
-                        if result is not None:
-                            runs.append({"seed": seed, **result})
+                        config = ml1m_config(args, name, length, seed, None, spu, steps)
+                        result = _run_result(config)
+                        if result is None:
+                            continue
+                        runs.append({"seed": seed, **result})
+                        full = result["budget_reached"] and spu == PROTOCOL["samples_per_user"] and steps is None
+                        metrics = {"test": result["test"], "valid": result["valid"],
+                                   "best_epoch": result["best_epoch"], "stopped_early": result["stopped_early"],
+                                   "auc_se_hanley_mcneil": _se(result["test"]), "flops": flops_row.get("analytic"),
+                                   "flops_profiler": flops_row.get("profiler"), "params": flops_row.get("params")}
+                        write_run_record(args, f"ml-1m-ctr/L{length}/{name}", config, metrics, result["epochs"], seed,
+                                         not full, "ml-1m")
                     if runs:
                         break
-                entry = _entry(runs, flops_table.get(str(length), {}).get(name), tag if runs else None)
-                spu, steps = parse_tag(tag) if runs else (PROTOCOL["samples_per_user"], None)
-                entry["config"] = ml1m_config(args, name, length, 0, PROTOCOL["epochs"], spu, steps)
-                entry["config"]["data"]["dir"] = "<data-dir>/ml-1m"
-                entry["config"]["output_dir"] = (f"<work-dir>/ml-1m-ctr/L{length}/{name}/"
-                                                 f"{sampling_tag(spu, steps)}/seed<k>")
-                row[name] = entry
+                row[name] = _entry(runs, flops_row or None, tag if runs else None)
         section[str(length)] = row
     payload = {"ml-1m-ctr": section, "comparisons": comparisons(section)}
-
-    smoke = {}
     for name in ("mos_din", "din"):
         config = taobao_config(args, name)
         result = _run_result(config)
         if result is not None:
-            smoke[name] = {"auc": result["test"]["AUC"], "gauc": result["test"]["GAUC"],
-                           "logloss": result["test"]["LogLoss"], "seeds": 1, "epochs": result["epochs"],
-                           "best_epoch": result["best_epoch"], "test_impressions": result["test"].get("count"),
-                           "auc_se_hanley_mcneil": _se(result["test"]),
-                           "partial": True, "partial_reasons": ["smoke run: 1 seed, few epochs"],
-                           "model": config["model"], "max_len": TAOBAO["max_len"],
-                           "samples_per_user": TAOBAO["samples_per_user"]}
-    summary_path = os.path.join(args.data_dir, "taobao", "summary.json")
-    if smoke and os.path.exists(summary_path):
-        summary = json.load(open(summary_path))
-        smoke["_data"] = {k: summary.get(k) for k in ("counts", "features", "sequence_length",
-                                                       "sessions_per_user", "sessions") if k in summary}
-    payload["taobao-smoke"] = smoke or previous.get("taobao-smoke", {})
-    purity_path = synthetic_paths(args)["result"]
-    payload["synthetic-purity"] = json.load(open(purity_path)) if os.path.exists(purity_path) else previous.get(
-        "synthetic-purity", {})
-    payload["_meta"] = {
-        "protocol": "ML-1M CTR: history = items before t, 1 uniform negative from untouched items; test = last "
-                    "position, valid = second-last (negatives seeded by (eval_seed, user_id), identical across "
-                    "models and seeds); train = random earlier positions, samples_per_user per user and epoch; "
-                    "test AUC/GAUC/LogLoss at the best validation-AUC epoch; FLOPs = analytic forward FLOPs per "
-                    "example (flops_profiler: TF profiler count of the same graph)",
-        "full_protocol": PROTOCOL,
-        "settings": {"common": COMMON, "backbones": BACKBONES, "lengths": LENGTHS, "mos": MOS, "gshard": GSHARD,
-                     "expert_choice": EXPERT_CHOICE},
-        "machine": machine_info(), "command": command_line("benchmarks/long_ctr.py"),
-    }
-    for key in ("purity", "nmi", "purity_meta"):  # written by benchmarks/theme_purity.py
-        if key in previous:
-            payload[key] = previous[key]
-    write_json(RESULTS, payload)
+            metrics = {"test": result["test"], "valid": result["valid"], "best_epoch": result["best_epoch"],
+                       "stopped_early": result["stopped_early"], "auc_se_hanley_mcneil": _se(result["test"])}
+            write_run_record(args, f"taobao-smoke/{name}", config, metrics, result["epochs"], 0, True, "taobao",
+                             notes="smoke run: 1 seed, few epochs")
     print_table(payload)
     print(markdown_table(payload))
     return payload
@@ -600,7 +605,10 @@ def main(argv=None) -> int:
                         help="training batches per epoch (default: one pass over the users)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="runs (outside the repo)")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="prepared data (outside the repo)")
+    parser.add_argument("--records", default=RECORDS, help="where records are written")
     args = parser.parse_args(argv)
+    global COMMAND
+    COMMAND = sys.argv if argv is None else ["benchmarks/long_ctr.py", *argv]
     from tfmoe.utils.devices import quiet_tensorflow
 
     quiet_tensorflow()

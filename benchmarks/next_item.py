@@ -75,7 +75,8 @@ def run_config(dataset: str, variant: str, seed: int, work_dir: str, epochs: int
             sections[section].update(copy.deepcopy(values))
     return {**sections,
             "training": {"epochs": epochs, "seed": seed, "verbose": 2, "early_stopping": {"patience": patience}},
-            "evaluation": copy.deepcopy(SETTINGS["evaluation"]), "output_dir": run_dir(work_dir, dataset, variant, seed)}
+            "evaluation": copy.deepcopy(SETTINGS["evaluation"]),
+            "output_dir": run_dir(work_dir, dataset, variant, seed)}
 
 
 def ablations(dataset: str) -> list[str]:
@@ -172,9 +173,9 @@ def throughput(datasets, models, work_dir: str, rounds: int, steps: int, root: s
     rates = _throughput(datasets, {m: (m, {}) for m in models}, work_dir, rounds, steps)
     for dataset, section in rates.items():
         for model, rate in section.items():
-            records.write_record(_record(THROUGHPUT, f"{dataset}/{model}", _timing_config(dataset, model, rounds, steps),
-                                         {"sequences_per_s": rate}, dataset, work_dir, epochs=None, seed=0,
-                                         partial=False), root or RECORDS)
+            config = _timing_config(dataset, model, rounds, steps)
+            records.write_record(_record(THROUGHPUT, f"{dataset}/{model}", config, {"sequences_per_s": rate}, dataset,
+                                         work_dir, epochs=None, seed=0, partial=False), root or RECORDS)
     return rates
 
 

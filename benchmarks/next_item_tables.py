@@ -90,7 +90,7 @@ def aggregate(found: list[dict]) -> dict:
     ``partial`` when any seed is."""
     chosen = select([r for r in found if r["benchmark"] in (BENCHMARK, THROUGHPUT)])
     runs, rates = {}, {}
-    for (benchmark, variant, seed), record in sorted(chosen.items(), key=lambda item: (item[0][1], item[0][2])):
+    for (benchmark, variant, _), record in sorted(chosen.items(), key=lambda item: (item[0][1], item[0][2])):
         if benchmark == THROUGHPUT:
             rates[variant] = record["metrics"]["sequences_per_s"]
         else:
@@ -100,7 +100,8 @@ def aggregate(found: list[dict]) -> dict:
         dataset, _, label = variant.partition("/")
         ndcg = [r["metrics"]["test"]["NDCG@10"] for r in rows]
         unfiltered = [r["metrics"]["test_unfiltered"] for r in rows if r["metrics"].get("test_unfiltered")]
-        trained = [r["metrics"]["sequences_per_s_training"] for r in rows if r["metrics"].get("sequences_per_s_training")]
+        trained = [r["metrics"]["sequences_per_s_training"] for r in rows
+                   if r["metrics"].get("sequences_per_s_training")]
         payload.setdefault(dataset, {})[label] = {
             "ndcg@10": statistics.fmean(ndcg),
             "hr@10": statistics.fmean(r["metrics"]["test"]["HR@10"] for r in rows),

@@ -1,4 +1,4 @@
-"""Does MoS's router find the planted themes? Session purity and NMI of its assignments (issue 27).
+"""Does MoS's router find the planted themes? Session purity and NMI of its assignments.
 
 Data: the ``synthetic-purity`` set of ``benchmarks/long_ctr.py`` (:data:`long_ctr.SYNTHETIC`: preset ``small``,
 data seed 0, 8 planted themes, single-theme sessions, prepared with 30-minute time-gap sessions), unchanged.
@@ -18,8 +18,10 @@ each trained model, k-means on other session representations (the codebook model
 ``s_m``, each router's projected ``W_s^T s_m``), and the codebook router trained alone by its VQ losses on fixed
 session embeddings with and without the commitment loss (:func:`codebook_on_fixed_embeddings`).
 
-The results are merged into ``benchmarks/results/long_ctr.json`` under ``"purity"``, ``"nmi"`` and
-``"purity_meta"`` (every other key is kept). Trained runs live in ``<work-dir>/theme-purity/<router>/seed<k>``; a
+The result is a record (:mod:`benchmarks.records`) under
+``benchmarks/results/records/theme_purity/synthetic-small/<routers>/``: ``metrics`` holds ``purity``, ``nmi`` and
+``purity_meta`` (what the assignments, data and diagnostics were), ``config`` each router's run config. Trained runs
+live in ``<work-dir>/theme-purity/<router>/seed<k>``; a
 finished run is loaded, not retrained. One command (about 10 minutes per router on 2 CPU cores)::
 
     .venv/bin/python benchmarks/theme_purity.py --epochs 10 --seed 0
@@ -28,10 +30,7 @@ finished run is loaded, not retrained. One command (about 10 minutes per router 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -39,11 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from benchmarks import _paths as paths
-from benchmarks import long_ctr
-from benchmarks._timing import _locked, command_line, machine_info, read_json, write_json
+from benchmarks import long_ctr, records
 
-RESULTS = os.path.join(paths.RESULTS, "long_ctr.json")
+BENCHMARK = "theme_purity"
 ROUTERS = ("softmax", "codebook")
 PREPARED = f"<data-dir>/synthetic-{long_ctr.SYNTHETIC['preset']}/prepared"
 KEYS = ("softmax", "codebook", "random", "untrained", "kmeans")
@@ -191,14 +188,6 @@ def _projected(model, embeddings: np.ndarray) -> np.ndarray:
     return model.router.project(tf.constant(embeddings, tf.float32))[0].numpy()
 
 
-def _git(*command) -> str:
-    try:
-        return subprocess.run(["git", *command], cwd=paths.REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def measure(args) -> dict:
     """Trains (or loads) the two MoS-DINs and scores every assignment; returns the three result entries."""
     import keras
@@ -259,7 +248,6 @@ def measure(args) -> dict:
         diagnostics[f"{router}_themes_used"] = int(np.unique(assignments[router]).size)
         diagnostics[f"{router}_theme_sizes"] = np.bincount(assignments[router], minlength=k).tolist()
     meta = {
-        "command": command_line("benchmarks/theme_purity.py"),
         "description": "purity / NMI (2 I / (H_A + H_T)) of the session -> theme assignments against the planted "
                        "themes, over every real session of the test histories (one row per user)",
         "data": {"generator": "tfmoe.data.synthetic", "preset": long_ctr.SYNTHETIC["preset"],
@@ -276,31 +264,28 @@ def measure(args) -> dict:
         "ctr_auc": {router: runs[router]["auc"] for router in args.routers},
         "runs": runs,
         "diagnostics": diagnostics,
-        "commit": _git("rev-parse", "HEAD"),
-        "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "machine": {"platform": platform.platform(), **machine_info()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     purity_row = {name: table[name]["purity"] for name in KEYS if name in table}
     nmi_row = {name: table[name]["nmi"] for name in KEYS if name in table}
     return {"purity": purity_row, "nmi": nmi_row, "purity_meta": meta}
 
 
-def merge_results(path: str, entries: dict) -> dict:
-    """Replaces the top-level keys of ``entries`` in the JSON object at ``path``, keeping every other key (read and
-    written under the benchmarks' file lock)."""
-    with _locked(path):
-        payload = read_json(path)
-        payload.update(entries)
-        write_json(path, payload)
-    return payload
+def purity_record(entries: dict, args, command) -> dict:
+    """The record of one :func:`measure`: partial when a trained run stopped before ``--epochs`` without early
+    stopping; ``data_hash`` over the prepared synthetic set."""
+    meta = entries["purity_meta"]
+    partial = any(not run["stopped_early"] and run["epochs_run"] < args.epochs for run in meta["runs"].values())
+    prepared = long_ctr.synthetic_paths(args)["prepared"]
+    return records.make_record(BENCHMARK, f"synthetic-{long_ctr.SYNTHETIC['preset']}/{'+'.join(meta['config'])}",
+                               meta["config"], entries, epochs=args.epochs, seed=args.seed, partial=partial,
+                               data_files=[prepared], command=command)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=long_ctr.SYNTHETIC["epochs"], help="max epochs per model")
     parser.add_argument("--seed", type=int, default=0, help="training seed (also of the random and k-means baselines)")
-    parser.add_argument("--out", default=RESULTS, help="results JSON to merge into")
+    parser.add_argument("--records", default=records.ROOT, help="where the record is written")
     parser.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS))
     parser.add_argument("--ablate-commitment", action="store_true",
                         help="also train MoS-DIN with the codebook router and VQ-VAE's commitment weight 0.25")
@@ -311,7 +296,8 @@ def main(argv=None) -> int:
 
     quiet_tensorflow()
     entries = measure(args)
-    merge_results(args.out, entries)
+    command = sys.argv if argv is None else ["benchmarks/theme_purity.py", *argv]
+    print("record:", records.write_record(purity_record(entries, args, command), args.records))
     print(f"{'assignment':12} {'purity':>7} {'NMI':>7}")
     for name in entries["purity"]:
         print(f"{name:12} {entries['purity'][name]:7.3f} {entries['nmi'][name]:7.3f}")

@@ -92,3 +92,49 @@ def test_session_purity_on_planted_themes(tmp_path):
     assert 0.0 < out["purity"] <= 1.0 and 0.0 < out["random_purity"] <= 1.0
     assert out["sessions"] >= data.config.num_users and out["num_themes"] == 4
     assert out["unanimous_sessions"] > 0.9  # the prepared 30-minute sessions are the planted ones
+
+
+def test_the_settings_file_holds_every_models_options():
+    from tfmoe.models import presets
+
+    assert long_ctr.SETTINGS_FILE.endswith("benchmarks/settings/long_ctr.yaml")
+    assert set(long_ctr.LENGTHS) == {50, 200, 1000} and long_ctr.PROTOCOL["seeds"] == 3
+    preset = presets.get("mos_din_ml1m_ctr")
+    options = long_ctr.model_options("mos_din", preset["max_len"])
+    assert {k: options[k] for k in preset["options"]} == preset["options"]  # the preset, and MoS's loss settings
+    assert long_ctr.prepare_arguments("taobao")[-2:] == ["--on-error", "skip"]
+
+
+def test_report_writes_a_record_per_run_partial_unless_the_full_protocol_ran(tmp_path, monkeypatch):
+    from benchmarks import records
+
+    args = _args(tmp_path, lengths=[50], backbones=["din"], records=str(tmp_path / "records"))
+    spu = long_ctr.PROTOCOL["samples_per_user"]
+    for name, tag in (("din", f"spu{spu}"), ("mos_din", "spu2")):
+        (tmp_path / "work" / "ml-1m-ctr" / "L50" / name / tag).mkdir(parents=True)
+    (tmp_path / "work" / "flops.json").write_text('{"50": {"din": {"analytic": 10, "profiler": 11.0, "params": 3}}}')
+
+    def fake_run(config):
+        if not config["output_dir"].endswith("seed0") or "/taobao-smoke/" in config["output_dir"]:
+            return None
+        return {"finished": True, "epochs": 4, "best_epoch": 2, "stopped_early": True, "budget_reached": True,
+                "valid": {"AUC": 0.7}, "test": {"AUC": 0.8, "GAUC": 0.7, "LogLoss": 0.5, "count": 10}}
+
+    monkeypatch.setattr(long_ctr, "_run_result", fake_run)
+    monkeypatch.setattr(long_ctr.paths, "SHARED_DATA", str(tmp_path / "no-shared-data"))  # hash the prepared data
+    (tmp_path / "data" / "ml-1m").mkdir(parents=True)
+    (tmp_path / "data" / "ml-1m" / "summary.json").write_text("{}")
+    monkeypatch.setattr(long_ctr, "COMMAND", ["benchmarks/long_ctr.py", "--phase", "report"])
+    payload = long_ctr.report(args)
+    assert payload["ml-1m-ctr"]["50"]["din"]["auc"] == 0.8
+    found = {r["variant"]: r for r in records.load_records(str(tmp_path / "records"), "long_ctr")}
+    assert set(found) == {"ml-1m-ctr/L50/din", "ml-1m-ctr/L50/mos_din"}
+    din, mos = found["ml-1m-ctr/L50/din"], found["ml-1m-ctr/L50/mos_din"]
+    assert not din["partial"] and mos["partial"]  # 2 samples per user and epoch: not the protocol's
+    assert din["metrics"]["test"]["AUC"] == 0.8 and din["metrics"]["flops"] == 10 and din["epochs"] == 4
+    assert mos["metrics"]["flops"] is None and mos["seed"] == 0
+    assert din["config"]["data"]["dir"] == "<data-dir>/ml-1m"
+    assert din["config"]["output_dir"] == f"<work-dir>/ml-1m-ctr/L50/din/spu{spu}/seed0"
+    assert din["config"]["model"] == long_ctr.model_options("din", 50)
+    assert din["command"] == ["benchmarks/long_ctr.py", "--phase", "report"]
+    assert din["data_hash"] == records.data_hash([str(tmp_path / "data" / "ml-1m")])

@@ -1,7 +1,6 @@
-"""benchmarks/theme_purity.py: purity, NMI and k-means against hand-computed cases; results merging; run configs."""
+"""benchmarks/theme_purity.py: purity, NMI and k-means against hand-computed cases; a measurement's record; configs."""
 
 import argparse
-import json
 import os
 import sys
 
@@ -64,16 +63,26 @@ def test_kmeans_recovers_separated_blobs():
         tp.kmeans(points[:3], 4)
 
 
-def test_merge_results_replaces_its_keys_and_keeps_the_others(tmp_path):
-    path = str(tmp_path / "long_ctr.json")
-    with open(path, "w") as f:
-        json.dump({"ml-1m-ctr": {"50": {"din": {"auc": 0.7}}}, "purity": {"stale": 1.0}, "_meta": {"x": 1}}, f)
-    entries = {"purity": {"softmax": 0.5}, "nmi": {"softmax": 0.4}, "purity_meta": {"seed": 0}}
-    tp.merge_results(path, entries)
-    with open(path) as f:
-        payload = json.load(f)
-    assert payload == {"ml-1m-ctr": {"50": {"din": {"auc": 0.7}}}, "purity": {"softmax": 0.5},
-                       "_meta": {"x": 1}, "nmi": {"softmax": 0.4}, "purity_meta": {"seed": 0}}
+def test_a_measurement_is_one_record_partial_when_a_run_stopped_short(tmp_path):
+    from benchmarks import records
+
+    args = argparse.Namespace(work_dir=str(tmp_path / "w"), data_dir=str(tmp_path / "d"), epochs=3, seed=2)
+    prepared = tmp_path / "d" / "synthetic-small" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "summary.json").write_text("{}")
+    configs = {router: tp.run_config(args, router) for router in ("softmax", "codebook")}
+    runs = {"softmax": {"epochs_run": 3, "stopped_early": False}, "codebook": {"epochs_run": 2, "stopped_early": True}}
+    entries = {"purity": {"softmax": 0.5}, "nmi": {"softmax": 0.4},
+               "purity_meta": {"config": configs, "runs": runs, "seed": 2}}
+    record = tp.purity_record(entries, args, ["benchmarks/theme_purity.py", "--seed", "2"])
+    assert record["benchmark"] == "theme_purity" and record["variant"] == "synthetic-small/softmax+codebook"
+    assert record["metrics"] == entries and record["config"] == configs and not record["partial"]
+    assert record["seed"] == 2 and record["epochs"] == 3
+    assert record["data_hash"] == records.data_hash([str(prepared)])
+    path = records.write_record(record, str(tmp_path / "records"))
+    assert records.load_records(str(tmp_path / "records"), "theme_purity") == [record] and path.endswith(".json")
+    runs["codebook"] = {"epochs_run": 2, "stopped_early": False}  # cut off before its 3 epochs
+    assert tp.purity_record(entries, args, ["x"])["partial"]
 
 
 def test_run_configs():

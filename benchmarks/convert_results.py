@@ -14,6 +14,8 @@ them; ``commit``, ``date`` and ``data_hash`` are ``null`` (the files did not rec
 * ``next_item_cost.json`` -> ``next_item_cost`` records;
 * ``next_item_ablation.json``: the runs of the ablation variants of ``benchmarks/settings/next_item.yaml`` (the
   labels of :data:`ABLATION_LABELS`, whose settings are those of the settings file) -> ``next_item`` records;
+* ``long_ctr.json``: its planted-theme purity measurement (keys ``purity``, ``nmi``, ``purity_meta``, which
+  record their own command, commit, machine and date) -> a ``theme_purity`` record;
 * ``moe_layers.json``, ``data_pipeline.json``, ``serving.json`` -> one record each (variant ``default``).
 """
 
@@ -114,6 +116,19 @@ def next_item_ablation(payload: dict) -> list[dict]:
     return out
 
 
+def theme_purity(payload: dict) -> dict:
+    """The purity measurement of ``long_ctr.json`` (the file's other keys are superseded)."""
+    meta = payload["purity_meta"]
+    own = ("command", "commit", "worktree_dirty", "machine", "date")
+    metrics = {"purity": payload["purity"], "nmi": payload["nmi"],
+               "purity_meta": {k: x for k, x in meta.items() if k not in own}}
+    partial = any(not run["stopped_early"] and run["epochs_run"] < meta["epochs"] for run in meta["runs"].values())
+    record = _converted("theme_purity", f"synthetic-small/{'+'.join(meta['config'])}", meta["config"], metrics,
+                        meta["epochs"], meta["seed"], partial, "long_ctr.json", meta)
+    return records.validate({**record, "commit": {"sha": meta["commit"], "dirty": meta["worktree_dirty"]},
+                             "date": meta["date"]})
+
+
 def single(name: str, payload: dict) -> dict:
     """A results file of one measurement: its settings as the config, the rest as the metrics."""
     settings_key = next(k for k in ("settings", "setup", "config") if k in payload)
@@ -129,6 +144,7 @@ def main() -> int:
 
     converted = next_item(load("next_item.json")) + next_item_cost(load("next_item_cost.json"))
     converted += next_item_ablation(load(os.path.join("..", "next_item_ablation.json")))
+    converted.append(theme_purity(load(os.path.join("..", "long_ctr.json"))))
     converted += [single(name, load(os.path.join(paths.RESULTS, f"{name}.json")))
                   for name in ("moe_layers", "data_pipeline", "serving")]
     for record in converted:

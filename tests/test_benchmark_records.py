@@ -90,3 +90,39 @@ def test_data_hash_of_a_tiny_file_is_sha256_over_its_size_and_bytes(tmp_path):
     assert records.data_hash([str(tmp_path)]) == "sha256:" + both  # a folder: its files in path order
     assert records.data_hash([str(tmp_path / "sub" / "b.txt"), str(tmp_path / "a.txt")]) == "sha256:" + both
     assert records.data_hash([]) == "sha256:" + hashlib.sha256().hexdigest()
+
+
+def test_benchmarks_readme_is_what_report_renders_from_the_committed_records(tmp_path):
+    """benchmarks/README.md is regenerated from benchmarks/results/records and compared; every committed record
+    passes the schema check."""
+    from benchmarks import report
+
+    committed = records.load_records(str(ROOT / "benchmarks" / "results" / "records"))
+    assert {r["benchmark"] for r in committed} >= {"next_item", "next_item_cost", "next_item_throughput"}
+    rendered = report.render(committed)
+    assert (ROOT / "benchmarks" / "README.md").read_text() == rendered, "run .venv/bin/python benchmarks/report.py"
+    assert report.main(["--check", "--records", str(ROOT / "benchmarks" / "results" / "records"),
+                        "--out", str(ROOT / "benchmarks" / "README.md")]) == 0
+    stale = tmp_path / "README.md"
+    stale.write_text(rendered + "edited by hand\n")
+    assert report.main(["--check", "--out", str(stale)]) == 1
+    # each section names its protocol, command, machine and date
+    for section in rendered.split("\n## ")[1:]:
+        assert "Protocol: " in section and "- command" in section and "- machine" in section, section[:60]
+        assert "- date" in section, section[:60]
+
+
+def test_converted_records_keep_what_their_source_recorded_and_nothing_else():
+    committed = records.load_records(str(ROOT / "benchmarks" / "results" / "records"))
+    converted = [r for r in committed if r.get("converted_from")]
+    assert converted and all(r["data_hash"] is None for r in converted)
+    source = json.loads((ROOT / "benchmarks" / "results" / "archive" / "converted" / "next_item.json").read_text())
+    main = [r for r in converted if r["converted_from"] == "benchmarks/results/next_item.json"
+            and r["benchmark"] == "next_item"]
+    assert len(main) == sum(len(entry["runs"]) for name, section in source.items() if not name.startswith("_")
+                            for entry in section.values())
+    assert all(r["machine"] == source["_meta"]["machine"] and r["command"] == source["_meta"]["command"]
+               and r["commit"] is None and r["date"] is None for r in main)
+    (sasrec_seed1,) = [r for r in main if r["variant"] == "ml-1m/sasrec" and r["seed"] == 1]
+    (run,) = [run for run in source["ml-1m"]["sasrec"]["runs"] if run["seed"] == 1]
+    assert sasrec_seed1["metrics"]["test"] == run["test"] and sasrec_seed1["epochs"] == run["epochs"]

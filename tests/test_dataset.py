@@ -309,3 +309,28 @@ def test_synthetic_logs_prepared_by_beam_round_trip_through_the_reader(tmp_path)
     for row in np.flatnonzero(y == 0):
         user = raw_user[x["user_id"][row]]
         assert raw_item[x["target_item"][row]] not in data.user_sequence(user).tolist()
+
+
+def test_user_items_count_every_occurrence_of_the_full_sequences(prepared, sequences):
+    counts = dataset.load_user_items(prepared).item_counts
+    expected = np.bincount(np.concatenate([np.asarray(s) for s in sequences.values()]), minlength=NUM_ITEMS + 1)
+    np.testing.assert_array_equal(counts, expected)
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_popularity_negatives_read_from_a_prepared_directory(prepared, sequences, split):
+    sampling = samples.CTRSampling(num_negatives=3, negatives="popularity", samples_per_user=2)
+    x, y = collect(dataset.make_dataset(prepared, split, "ctr", max_len=10, batch_size=8, ctr=sampling))
+    counts = dataset.load_user_items(prepared).item_counts
+    negatives = x["target_item"][y == 0]
+    assert len(negatives) == 3 * (y == 1).sum() > 0
+    assert (counts[negatives] > 0).all()
+    for user, item in zip(x["user_id"][y == 0], negatives):
+        assert item not in sequences[int(user)], f"user {user}: negative {item} was touched"
+
+
+def test_popularity_negatives_without_the_counts_name_what_to_pass(prepared):
+    files = dataset.split_files(prepared, "test")
+    with pytest.raises(ValueError, match=r"needs each item's occurrence count.*load_user_items"):
+        dataset.make_dataset(files, "test", "ctr", max_len=10, batch_size=8, num_items=NUM_ITEMS,
+                             ctr=samples.CTRSampling(negatives="popularity"))

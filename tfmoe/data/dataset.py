@@ -112,11 +112,14 @@ class UserItems:
     unknown users (the CTR builders then fall back to the record's own items).
     ``item_categories``: ``np.ndarray [num_items + 1]`` int64 (0 = unknown: an item in no user's
     sequence), or ``None`` if the data has no categories. Memory: 8 bytes per interaction.
+    ``item_counts``: ``np.ndarray [num_items + 1]`` int64, each item's occurrences over all users' full
+    sequences (entry 0 = 0): the popularity that ``CTRSampling(negatives="popularity")`` follows.
     """
 
     items: tf.RaggedTensor
     item_categories: np.ndarray | None
     num_items: int
+    item_counts: np.ndarray | None = None
 
     def rows_for(self, user_ids) -> tf.RaggedTensor:
         """The touched items of ``user_ids`` (unknown ids get an empty row)."""
@@ -152,6 +155,8 @@ def load_user_items(source, num_items: int | None = None, compression: str = "GZ
         num_items = read_num_items(source) if _is_dir(source) else largest
     if largest > num_items:
         raise ValueError(f"load_user_items: item id {largest} is larger than num_items={num_items}")
+    item_counts = np.bincount(full.values.numpy(), minlength=num_items + 1).astype(np.int64)
+    item_counts[0] = 0
     record_of_user = np.full(int(user_ids.max()) + 1, len(user_ids), np.int64)  # default: the empty row
     record_of_user[user_ids] = np.arange(len(user_ids))
     full = negatives.sorted_unique_rows(full, num_items)
@@ -168,7 +173,8 @@ def load_user_items(source, num_items: int | None = None, compression: str = "GZ
         target_categories = np.concatenate([p[schema.TARGET_CATEGORY].numpy() for p in parts])
         known = target_categories > 0
         item_categories[targets.numpy()[known]] = target_categories[known]
-    return UserItems(items=by_user, item_categories=item_categories, num_items=int(num_items))
+    return UserItems(items=by_user, item_categories=item_categories, num_items=int(num_items),
+                     item_counts=item_counts)
 
 
 def _known_batches(source, split, task, ctr, batch_size, drop_remainder, repeat, bucketed) -> int | None:
@@ -242,6 +248,12 @@ def _ctr_context(source, split, num_items, touched_items, item_categories, compr
 def _make_builder(split, task, sequence_features, ctr, num_items, user_items, item_categories, shuffle_samples):
     """``build(features, max_len) -> (features, labels)`` for one batch of parsed records."""
     training = split == "train"
+    item_counts = None
+    if task == "ctr" and ctr.negatives == "popularity":
+        if user_items is None or user_items.item_counts is None:
+            raise ValueError(f"{_OWNER}: CTRSampling(negatives='popularity') needs each item's occurrence count: "
+                             "read a prepared directory, or pass touched_items=load_user_items(...)")
+        item_counts = tf.constant(user_items.item_counts, tf.int64)
 
     def build(features, max_len):
         features = dict(features)
@@ -250,7 +262,8 @@ def _make_builder(split, task, sequence_features, ctr, num_items, user_items, it
             fn = samples.next_item_train if training else samples.next_item_eval
             return fn(features, max_len, sequence_features)
         touched = user_items.rows_for(features[schema.USER_ID]) if user_items is not None else None
-        common = dict(touched=touched, item_categories=item_categories, sequence_features=sequence_features)
+        common = dict(touched=touched, item_categories=item_categories, sequence_features=sequence_features,
+                      item_counts=item_counts)
         if not training:
             return samples.ctr_eval(features, max_len, num_items, ctr, **common)
         return samples.ctr_train(features, max_len, num_items, keys, ctr, shuffle_samples=shuffle_samples, **common)

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from tfmoe.data import negatives, schema
+from tfmoe.data import negatives, schema, weighted_negatives
 from tfmoe.utils import validation as v
 
 HISTORY = "history"
@@ -78,6 +78,7 @@ HISTORY_OUTPUTS = {
 SIDE_FEATURES = (schema.TIMESTAMPS, schema.CATEGORIES, schema.SESSION_IDS, schema.BEHAVIORS)
 DEFAULT_SEQUENCE_FEATURES = (schema.TIMESTAMPS, schema.CATEGORIES, schema.SESSION_IDS)
 POSITION_MODES = ("random", "stride")
+NEGATIVE_SAMPLERS = ("uniform", "popularity")
 
 # Purposes mixed into the seed triples, so positions and negatives use unrelated permutations.
 _POSITIONS, _NEGATIVES, _SHUFFLE = 0, 1, 2
@@ -94,6 +95,9 @@ class CTRSampling:
     * ``min_history``: a train position ``t`` needs ``t >= min_history`` earlier items.
     * ``eval_seed``: seeds valid/test negatives by ``(eval_seed, user_id)``: identical across
       runs and models, part of the evaluation protocol.
+    * ``negatives``: ``"uniform"`` over the items the user never touched, or ``"popularity"``: among those, in
+      proportion to each item's occurrence count (``item_counts``), so that popularity alone does not separate
+      positives from negatives (:mod:`tfmoe.data.weighted_negatives`).
     """
 
     num_negatives: int = 1
@@ -102,6 +106,7 @@ class CTRSampling:
     stride: int = 1
     min_history: int = 1
     eval_seed: int = 0
+    negatives: str = "uniform"
 
     def __post_init__(self):
         v.check_int("CTRSampling", "num_negatives", self.num_negatives, minimum=1)
@@ -110,6 +115,7 @@ class CTRSampling:
         v.check_int("CTRSampling", "stride", self.stride, minimum=1)
         v.check_int("CTRSampling", "min_history", self.min_history, minimum=1)
         v.check_int("CTRSampling", "eval_seed", self.eval_seed, minimum=0)
+        v.check_choice("CTRSampling", "negatives", self.negatives, NEGATIVE_SAMPLERS)
 
 
 def check_sequence_features(owner: str, sequence_features) -> tuple[str, ...]:
@@ -252,18 +258,19 @@ def next_item_eval(features: dict, max_len, sequence_features=DEFAULT_SEQUENCE_F
     return out, tf.cast(features[schema.TARGET], tf.int32)
 
 
-def _untouched(features: dict, touched, num_items) -> negatives.UntouchedTable:
-    """Untouched-id table from ``touched`` rows, falling back to ``items + [target]`` where a row is empty."""
+def _touched_rows(features: dict, touched, num_items) -> tuple[tf.RaggedTensor, bool]:
+    """``(rows, presorted)``: ``touched`` rows, with ``items + [target]`` where a row is empty (or ``touched`` is
+    None); ``presorted`` when every row is already sorted and unique."""
     record = features[schema.ITEMS]
     if schema.TARGET in features:
         record = tf.concat([record, tf.RaggedTensor.from_tensor(features[schema.TARGET][:, None])], axis=1)
     if touched is None:
-        return negatives.untouched_table(record, num_items)
+        return record, False
     touched = tf.cast(touched, tf.int64)
     fallback = record.with_values(tf.repeat(touched.row_lengths() == 0, record.row_lengths()))
     record_rows = negatives.sorted_unique_rows(tf.ragged.boolean_mask(record, fallback), num_items)
     # Each row now comes from exactly one source and is sorted: no sort over the whole batch.
-    return negatives.untouched_table(tf.concat([touched, record_rows], axis=1), num_items, presorted=True)
+    return tf.concat([touched, record_rows], axis=1), True
 
 
 def _seeds(first, second, purpose) -> tf.Tensor:
@@ -289,28 +296,47 @@ def _ctr_rows(history: dict, positives, positive_times, negative_ids, sequence_f
     return out, labels
 
 
-def _negatives(features: dict, touched, num_items, draw_rows, draw_index, first_seed, n: int):
-    """``[S, n]`` negatives: draws ``(draw_rows, draw_index)`` seeded by ``(first_seed, user_id)``."""
-    table = _untouched(features, touched, num_items)
+def _negatives(features: dict, touched, num_items, draw_rows, draw_index, first_seed, n: int, item_counts=None):
+    """``[S, n]`` negatives: draws ``(draw_rows, draw_index)`` seeded by ``(first_seed, user_id)``; uniform over the
+    untouched items, or in proportion to ``item_counts`` when given."""
+    rows, presorted = _touched_rows(features, touched, num_items)
     seeds = _seeds(first_seed, tf.gather(features[schema.USER_ID], draw_rows), _NEGATIVES)
-    return tf.reshape(negatives.sample_untouched(table, draw_rows, draw_index, seeds), [-1, n])
+    if item_counts is None:
+        table = negatives.untouched_table(rows, num_items, presorted=presorted)
+        drawn = negatives.sample_untouched(table, draw_rows, draw_index, seeds)
+    else:
+        table = weighted_negatives.weighted_untouched_table(rows, item_counts, presorted=presorted)
+        drawn = weighted_negatives.sample_untouched_weighted(table, draw_rows, draw_index, seeds)
+    return tf.reshape(drawn, [-1, n])
+
+
+def _item_counts(sampling: CTRSampling, item_counts, num_items):
+    """The counts the negatives follow: ``item_counts`` for popularity negatives, None for uniform ones."""
+    if sampling.negatives == "uniform":
+        return None
+    if item_counts is None:
+        raise ValueError("CTR samples: CTRSampling(negatives='popularity') needs `item_counts` ([num_items + 1] "
+                         "occurrence counts, e.g. UserItems.item_counts)")
+    return weighted_negatives.check_item_counts(item_counts, num_items)
 
 
 def ctr_eval(features: dict, max_len, num_items, sampling: CTRSampling = CTRSampling(), touched=None,
-             item_categories=None, sequence_features=DEFAULT_SEQUENCE_FEATURES):
+             item_categories=None, sequence_features=DEFAULT_SEQUENCE_FEATURES, item_counts=None):
     """CTR evaluation rows from ``valid``/``test`` records: positive ``target`` plus seeded negatives.
 
     Negatives of a user are draws ``0..n-1`` keyed by ``(sampling.eval_seed, user_id)``, so every
     run and model sees the same ones. ``touched`` ([B, None], optional): complete sorted touched
     sets (see the module docstring; needed for exactness on ``valid``). ``item_categories``
-    (``[num_items + 1]`` int) fills ``target_category``. Returns ``(features, labels [B*(1+n)])``.
+    (``[num_items + 1]`` int) fills ``target_category``. ``item_counts`` (``[num_items + 1]`` int): the
+    popularity that ``sampling.negatives="popularity"`` follows. Returns ``(features, labels [B*(1+n)])``.
     """
     items = features[schema.ITEMS]
     batch = items.nrows(out_type=tf.int64)
     n = sampling.num_negatives
     draw_rows = tf.repeat(tf.range(batch), n)
     draw_index = tf.tile(tf.range(n, dtype=tf.int64), [batch])
-    neg = _negatives(features, touched, num_items, draw_rows, draw_index, sampling.eval_seed, n)
+    neg = _negatives(features, touched, num_items, draw_rows, draw_index, sampling.eval_seed, n,
+                     _item_counts(sampling, item_counts, num_items))
     history = _record_history(features, max_len, sequence_features, skip_last=0)
     times = features.get(schema.TARGET_TIMESTAMP, tf.zeros([batch], tf.int64))
     return _ctr_rows(history, features[schema.TARGET], times, neg, sequence_features, item_categories)
@@ -340,7 +366,8 @@ def _keyed_permutation(size, key) -> tf.Tensor:
 
 
 def ctr_train(features: dict, max_len, num_items, keys, sampling: CTRSampling = CTRSampling(), touched=None,
-              item_categories=None, sequence_features=DEFAULT_SEQUENCE_FEATURES, shuffle_samples: bool = False):
+              item_categories=None, sequence_features=DEFAULT_SEQUENCE_FEATURES, shuffle_samples: bool = False,
+              item_counts=None):
     """CTR training rows from ``train`` records: sampled positions ``t``, each with positive ``items[t]``.
 
     The history of position ``t`` is ``items[:t]`` (most recent ``max_len``). ``keys [B]`` int64
@@ -349,7 +376,7 @@ def ctr_train(features: dict, max_len, num_items, keys, sampling: CTRSampling = 
     Pass ``touched`` (complete sorted touched sets, see the module docstring) for exact negatives:
     a ``train`` record lacks the held-out valid/test items. ``shuffle_samples`` mixes the samples
     of the batch's users (keyed by ``keys[0]``; each positive stays followed by its negatives).
-    Returns ``(features, labels [S*(1+n)])``.
+    ``item_counts``: as in :func:`ctr_eval`. Returns ``(features, labels [S*(1+n)])``.
     """
     items = features[schema.ITEMS]
     user_ids = features[schema.USER_ID]
@@ -370,7 +397,8 @@ def ctr_train(features: dict, max_len, num_items, keys, sampling: CTRSampling = 
     n = sampling.num_negatives
     draw_rows = tf.repeat(sample_rows, n)
     draw_index = tf.reshape(rank[:, None] * n + tf.range(n, dtype=tf.int64)[None, :], [-1])
-    neg = _negatives(features, touched, num_items, draw_rows, draw_index, tf.gather(keys, draw_rows), n)
+    neg = _negatives(features, touched, num_items, draw_rows, draw_index, tf.gather(keys, draw_rows), n,
+                     _item_counts(sampling, item_counts, num_items))
 
     items_index = window_index(items, sample_rows, positions, max_len)
 

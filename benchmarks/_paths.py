@@ -2,7 +2,8 @@
 
 ``../shared/data`` beside the checkout holds the public datasets (read-only, never copied into the repository);
 ``../runs`` holds training runs and prepared data (machine-local, outside the repository);
-``benchmarks/results`` holds the committed JSON the README's tables come from.
+``benchmarks/results/records`` holds the committed run records (:mod:`benchmarks.records`) that
+``benchmarks/README.md`` is rendered from; ``benchmarks/results/archive`` the superseded results.
 """
 
 import os

@@ -505,10 +505,17 @@ def data_files(args, name: str) -> list[str]:
     return [raw] if os.path.isfile(raw) else [os.path.join(args.data_dir, name)]
 
 
+_DATA_HASHES: dict = {}
+
+
 def write_run_record(args, variant: str, config: dict, metrics: dict, epochs, seed: int, partial: bool,
                      dataset: str, root: str | None = None, **extra) -> str:
+    files = tuple(data_files(args, dataset))
+    if files not in _DATA_HASHES:  # hashed once per process
+        _DATA_HASHES[files] = records.data_hash(files)
     record = records.make_record(BENCHMARK, variant, _placeholders(config, args), metrics, epochs=epochs, seed=seed,
-                                 partial=partial, data_files=data_files(args, dataset), command=COMMAND, **extra)
+                                 partial=partial, data_files=[], command=COMMAND, **extra)
+    record["data_hash"] = _DATA_HASHES[files]
     return records.write_record(record, root or getattr(args, "records", None) or RECORDS)
 
 

@@ -94,6 +94,13 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _gpu_name(tf, device) -> str:
+    try:
+        return tf.config.experimental.get_device_details(device).get("device_name", device.name)
+    except (ValueError, RuntimeError):
+        return device.name
+
+
 def machine() -> dict:
     """CPU model, cores, GPUs (``[]`` without one; ``null`` without TensorFlow), Python, TensorFlow and Keras."""
     info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "gpus": None, "platform": platform.platform(),
@@ -106,8 +113,7 @@ def machine() -> dict:
     if info["tensorflow"] is not None:
         import tensorflow as tf
 
-        info["gpus"] = [tf.config.experimental.get_device_details(d).get("device_name", d.name)
-                        for d in tf.config.list_physical_devices("GPU")]
+        info["gpus"] = [_gpu_name(tf, d) for d in tf.config.list_physical_devices("GPU")]
     return info
 
 

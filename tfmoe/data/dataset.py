@@ -177,9 +177,9 @@ def load_user_items(source, num_items: int | None = None, compression: str = "GZ
                      item_counts=item_counts)
 
 
-def _known_batches(source, split, task, ctr, batch_size, drop_remainder, repeat, bucketed) -> int | None:
+def _known_batches(source, split, task, ctr, batch_size, drop_remainder, repeat, rows_vary) -> int | None:
     """Number of batches of one pass, from ``summary.json``'s record count, when it is fixed."""
-    if repeat or bucketed or not _is_dir(source) or (task == "ctr" and split == "train"):
+    if repeat or rows_vary or not _is_dir(source) or (task == "ctr" and split == "train"):
         return None
     path = os.path.join(os.fspath(source), schema.SUMMARY_FILE)
     if not tf.io.gfile.exists(path):
@@ -264,6 +264,8 @@ def _make_builder(split, task, sequence_features, ctr, num_items, user_items, it
         touched = user_items.rows_for(features[schema.USER_ID]) if user_items is not None else None
         common = dict(touched=touched, item_categories=item_categories, sequence_features=sequence_features,
                       item_counts=item_counts)
+        if not training and ctr.holdout == "fraction":
+            return samples.ctr_eval_positions(features, max_len, num_items, split, ctr, **common)
         if not training:
             return samples.ctr_eval(features, max_len, num_items, ctr, **common)
         return samples.ctr_train(features, max_len, num_items, keys, ctr, shuffle_samples=shuffle_samples, **common)
@@ -343,10 +345,12 @@ def make_dataset(
     elif not isinstance(ctr, samples.CTRSampling):
         raise ValueError(f"{_OWNER}: `ctr` must be a CTRSampling, got {type(ctr).__name__}")
 
-    files = split_files(source, split)
+    # the time split of CTRSampling(holdout="fraction") cuts every split from the full sequences of the test records
+    record_split = "test" if task == "ctr" and ctr.holdout == "fraction" else split
+    files = split_files(source, record_split)
     if task == "ctr":
-        num_items, user_items, item_categories = _ctr_context(source, split, num_items, touched_items, item_categories,
-                                                              compression)
+        num_items, user_items, item_categories = _ctr_context(source, record_split, num_items, touched_items,
+                                                              item_categories, compression)
         positions = ctr.samples_per_user if ctr.positions == "random" else _STRIDE_POSITIONS_GUESS
         per_record = (1 + ctr.num_negatives) * positions
         records_per_batch = max(1, batch_size // (per_record if split == "train" else 1 + ctr.num_negatives))
@@ -354,7 +358,7 @@ def make_dataset(
         user_items, records_per_batch = None, batch_size
     build = _make_builder(split, task, sequence_features, ctr, num_items, user_items, item_categories,
                           shuffle_samples=shuffle)
-    spec = parse_spec(split, sequence_features)
+    spec = parse_spec(record_split, sequence_features)
     keyed = task == "ctr" and split == "train"
 
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -391,7 +395,8 @@ def make_dataset(
     else:
         ds = _bucketed(ds, spec, build, bounds, max_len, records_per_batch, task, split, keyed, seed,
                        drop_remainder, parallel, deterministic)
-    batches = _known_batches(source, split, task, ctr, batch_size, drop_remainder, repeat, bounds is not None)
+    rows_vary = bounds is not None or (task == "ctr" and ctr.holdout == "fraction")  # impressions per record vary
+    batches = _known_batches(source, split, task, ctr, batch_size, drop_remainder, repeat, rows_vary)
     if batches is not None:  # lets Keras show progress and skip its "ran out of data" warning
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     ds = ds.prefetch(tf.data.AUTOTUNE)

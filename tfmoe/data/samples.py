@@ -79,6 +79,7 @@ SIDE_FEATURES = (schema.TIMESTAMPS, schema.CATEGORIES, schema.SESSION_IDS, schem
 DEFAULT_SEQUENCE_FEATURES = (schema.TIMESTAMPS, schema.CATEGORIES, schema.SESSION_IDS)
 POSITION_MODES = ("random", "stride")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
+HOLDOUTS = ("last", "fraction")
 
 # Purposes mixed into the seed triples, so positions and negatives use unrelated permutations.
 _POSITIONS, _NEGATIVES, _SHUFFLE = 0, 1, 2
@@ -98,6 +99,11 @@ class CTRSampling:
     * ``negatives``: ``"uniform"`` over the items the user never touched, or ``"popularity"``: among those, in
       proportion to each item's occurrence count (``item_counts``), so that popularity alone does not separate
       positives from negatives (:mod:`tfmoe.data.weighted_negatives`).
+    * ``holdout``: ``"last"`` (leave-one-out: each split's records as prepared, one valid and one test impression
+      per user) or ``"fraction"``: every split reads the user's full sequence (the ``test`` record's ``items +
+      [target]``, ``n`` positions) and splits its positions in time, ``k = max(1, floor(holdout_fraction * n))``:
+      test = the last ``k``, valid = the ``k`` before those, train = the rest. Every valid and test position
+      ``t >= min_history`` is an impression (history ``items[:t]``). See :func:`holdout_bounds`.
     """
 
     num_negatives: int = 1
@@ -107,6 +113,8 @@ class CTRSampling:
     min_history: int = 1
     eval_seed: int = 0
     negatives: str = "uniform"
+    holdout: str = "last"
+    holdout_fraction: float = 0.1
 
     def __post_init__(self):
         v.check_int("CTRSampling", "num_negatives", self.num_negatives, minimum=1)
@@ -116,6 +124,43 @@ class CTRSampling:
         v.check_int("CTRSampling", "min_history", self.min_history, minimum=1)
         v.check_int("CTRSampling", "eval_seed", self.eval_seed, minimum=0)
         v.check_choice("CTRSampling", "negatives", self.negatives, NEGATIVE_SAMPLERS)
+        v.check_choice("CTRSampling", "holdout", self.holdout, HOLDOUTS)
+        v.check_float("CTRSampling", "holdout_fraction", self.holdout_fraction, minimum=0.0, maximum=0.5,
+                      min_inclusive=False, max_inclusive=False)
+
+
+def holdout_bounds(lengths, fraction: float):
+    """``(valid_start, test_start)`` ``[B]`` int64 of full sequences of ``lengths`` under the time split of
+    ``CTRSampling(holdout="fraction")``: train ``[0, valid_start)``, valid ``[valid_start, test_start)``, test
+    ``[test_start, n)``, with ``k = max(1, floor(fraction * n))`` positions in each of valid and test.
+
+    Example:
+        >>> [b.numpy().tolist() for b in holdout_bounds([5, 20, 45], 0.1)]
+        [[3, 16, 37], [4, 18, 41]]
+    """
+    lengths = tf.cast(lengths, tf.int64)
+    k = tf.maximum(tf.cast(tf.floor(fraction * tf.cast(lengths, tf.float64)), tf.int64), 1)
+    return tf.maximum(lengths - 2 * k, 0), tf.maximum(lengths - k, 0)
+
+
+def with_target_appended(features: dict) -> dict:
+    """``valid``/``test`` record features as one full sequence: ``target`` appended to ``items``, its timestamp
+    and category to theirs (side features of unknown rows stay empty; other side features get a 0 that no history
+    reads, since a history ends before its position). The ``target*`` scalars are dropped."""
+    out = {key: value for key, value in features.items() if not key.startswith(schema.TARGET)}
+    targets = {schema.ITEMS: features[schema.TARGET], schema.TIMESTAMPS: features.get(schema.TARGET_TIMESTAMP),
+               schema.CATEGORIES: features.get(schema.TARGET_CATEGORY)}
+    for name in (schema.ITEMS, *SIDE_FEATURES):
+        if name not in features:
+            continue
+        values = features[name]
+        keep = values.row_lengths() > 0 if name != schema.ITEMS else tf.ones_like(values.row_lengths(), tf.bool)
+        extra = targets.get(name)
+        extra = tf.zeros_like(values.row_lengths()) if extra is None else tf.cast(extra, values.dtype)
+        tail = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(extra, keep), tf.cast(keep, tf.int64),
+                                                validate=False)
+        out[name] = tf.concat([values, tail], axis=1)
+    return out
 
 
 def check_sequence_features(owner: str, sequence_features) -> tuple[str, ...]:
@@ -330,6 +375,9 @@ def ctr_eval(features: dict, max_len, num_items, sampling: CTRSampling = CTRSamp
     (``[num_items + 1]`` int) fills ``target_category``. ``item_counts`` (``[num_items + 1]`` int): the
     popularity that ``sampling.negatives="popularity"`` follows. Returns ``(features, labels [B*(1+n)])``.
     """
+    if sampling.holdout != "last":
+        raise ValueError(f"ctr_eval: one impression per record is the holdout='last' protocol; for holdout="
+                         f"{sampling.holdout!r} use ctr_eval_positions on test records")
     items = features[schema.ITEMS]
     batch = items.nrows(out_type=tf.int64)
     n = sampling.num_negatives
@@ -342,9 +390,9 @@ def ctr_eval(features: dict, max_len, num_items, sampling: CTRSampling = CTRSamp
     return _ctr_rows(history, features[schema.TARGET], times, neg, sequence_features, item_categories)
 
 
-def _train_positions(lengths, keys, user_ids, sampling: CTRSampling):
-    """Sampled positions per user as ``(sample_rows [S], sample_rank [S], positions [S])``."""
-    candidates = tf.maximum(lengths - sampling.min_history, 0)  # positions min_history..n-1
+def _train_positions(ends, keys, user_ids, sampling: CTRSampling):
+    """Sampled positions per user below ``ends`` as ``(sample_rows [S], sample_rank [S], positions [S])``."""
+    candidates = tf.maximum(ends - sampling.min_history, 0)  # positions min_history..ends-1
     if sampling.positions == "stride":
         counts = tf.where(candidates > 0, (candidates - 1) // sampling.stride + 1, 0)
     else:
@@ -352,7 +400,7 @@ def _train_positions(lengths, keys, user_ids, sampling: CTRSampling):
     ranks = tf.ragged.range(counts)
     sample_rows, rank = ranks.value_rowids(), ranks.values
     if sampling.positions == "stride":
-        return sample_rows, rank, tf.gather(lengths, sample_rows) - 1 - sampling.stride * rank
+        return sample_rows, rank, tf.gather(ends, sample_rows) - 1 - sampling.stride * rank
     seeds = _seeds(tf.gather(keys, sample_rows), tf.gather(user_ids, sample_rows), _POSITIONS)
     offsets = negatives.seeded_ranks(rank, seeds, tf.gather(candidates, sample_rows))
     return sample_rows, rank, sampling.min_history + offsets
@@ -376,15 +424,54 @@ def ctr_train(features: dict, max_len, num_items, keys, sampling: CTRSampling = 
     Pass ``touched`` (complete sorted touched sets, see the module docstring) for exact negatives:
     a ``train`` record lacks the held-out valid/test items. ``shuffle_samples`` mixes the samples
     of the batch's users (keyed by ``keys[0]``; each positive stays followed by its negatives).
-    ``item_counts``: as in :func:`ctr_eval`. Returns ``(features, labels [S*(1+n)])``.
+    ``item_counts``: as in :func:`ctr_eval`. Under ``sampling.holdout="fraction"`` the records are ``test``
+    records (full sequences) and positions stop before the valid range (:func:`holdout_bounds`).
+    Returns ``(features, labels [S*(1+n)])``.
     """
-    items = features[schema.ITEMS]
-    user_ids = features[schema.USER_ID]
+    if sampling.holdout == "fraction":
+        features = with_target_appended(features)
+    lengths = features[schema.ITEMS].row_lengths()
+    ends = lengths if sampling.holdout == "last" else holdout_bounds(lengths, sampling.holdout_fraction)[0]
     keys = tf.cast(keys, tf.int64)
-    sample_rows, rank, positions = _train_positions(items.row_lengths(), keys, user_ids, sampling)
+    sample_rows, rank, positions = _train_positions(ends, keys, features[schema.USER_ID], sampling)
     if shuffle_samples:
         perm = _keyed_permutation(tf.size(sample_rows, out_type=tf.int64), keys[0])
         sample_rows, rank, positions = (tf.gather(t, perm) for t in (sample_rows, rank, positions))
+    n = sampling.num_negatives
+    draw_index = tf.reshape(rank[:, None] * n + tf.range(n, dtype=tf.int64)[None, :], [-1])
+    return _position_rows(features, max_len, num_items, sample_rows, positions, draw_index,
+                          tf.gather(keys, tf.repeat(sample_rows, n)), sampling, touched, item_categories,
+                          sequence_features, item_counts)
+
+
+def ctr_eval_positions(features: dict, max_len, num_items, split: str, sampling: CTRSampling, touched=None,
+                       item_categories=None, sequence_features=DEFAULT_SEQUENCE_FEATURES, item_counts=None):
+    """CTR evaluation rows of the time split ``sampling.holdout="fraction"`` from ``test`` records (full sequences):
+    every position ``t >= min_history`` of ``split``'s range (:func:`holdout_bounds`) with its seeded negatives.
+
+    Negatives of position ``t`` are draws ``t n .. t n + n - 1`` keyed by ``(sampling.eval_seed, user_id)``: the
+    same for every run and model. Returns ``(features, labels [S*(1+n)])``, ``S`` = the impressions.
+    """
+    v.check_choice("ctr_eval_positions", "split", split, ("valid", "test"))
+    features = with_target_appended(features)
+    lengths = features[schema.ITEMS].row_lengths()
+    valid_start, test_start = holdout_bounds(lengths, sampling.holdout_fraction)
+    start, end = (valid_start, test_start) if split == "valid" else (test_start, lengths)
+    start = tf.maximum(start, sampling.min_history)
+    ranges = tf.ragged.range(start, tf.maximum(end, start))
+    sample_rows, positions = ranges.value_rowids(), ranges.values
+    n = sampling.num_negatives
+    draw_index = tf.reshape(positions[:, None] * n + tf.range(n, dtype=tf.int64)[None, :], [-1])
+    seeds = tf.fill(tf.shape(draw_index), tf.constant(sampling.eval_seed, tf.int64))
+    return _position_rows(features, max_len, num_items, sample_rows, positions, draw_index, seeds, sampling,
+                          touched, item_categories, sequence_features, item_counts)
+
+
+def _position_rows(features, max_len, num_items, sample_rows, positions, draw_index, first_seeds, sampling, touched,
+                   item_categories, sequence_features, item_counts):
+    """Rows ``[positive, negatives...]`` of positions ``(sample_rows, positions)``: positive ``items[t]``, history
+    ``items[:t]``, negatives drawn at ``draw_index`` with seeds ``(first_seeds, user_id)``."""
+    items = features[schema.ITEMS]
     positives = tf.gather(items.values, tf.gather(items.row_starts(), sample_rows) + positions)
     if schema.TIMESTAMPS in sequence_features:
         times = features[schema.TIMESTAMPS]
@@ -395,9 +482,7 @@ def ctr_train(features: dict, max_len, num_items, keys, sampling: CTRSampling = 
     else:
         positive_times = tf.zeros_like(positives)
     n = sampling.num_negatives
-    draw_rows = tf.repeat(sample_rows, n)
-    draw_index = tf.reshape(rank[:, None] * n + tf.range(n, dtype=tf.int64)[None, :], [-1])
-    neg = _negatives(features, touched, num_items, draw_rows, draw_index, tf.gather(keys, draw_rows), n,
+    neg = _negatives(features, touched, num_items, tf.repeat(sample_rows, n), draw_index, first_seeds, n,
                      _item_counts(sampling, item_counts, num_items))
 
     items_index = window_index(items, sample_rows, positions, max_len)

@@ -29,11 +29,12 @@ ensure_uv() {
   .tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 }
 
-# env_spec tfx|modern -> VENV, LOCK, PYVER of that environment.
+# env_spec tfx|modern|docs -> VENV, LOCK, PYVER of that environment.
 env_spec() {
   case "$1" in
     tfx) VENV=".venv"; LOCK="requirements.lock"; PYVER="3.10" ;;
     modern) VENV=".venv-modern"; LOCK="requirements-modern.lock"; PYVER="3.12" ;;
-    *) echo "error: unknown environment '$1' (expected tfx or modern)" >&2; return 1 ;;
+    docs) VENV=".venv-docs"; LOCK="requirements-docs.lock"; PYVER="3.12" ;;
+    *) echo "error: unknown environment '$1' (expected tfx, modern or docs)" >&2; return 1 ;;
   esac
 }

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The README's test command: builds both locked environments if needed, lints, and runs the tests in each.
+# The README's test command: builds the locked environments if needed, lints, builds the docs site in strict mode
+# (scripts/build_docs.sh), and runs the tests in each Python environment.
 #   leg 1, .venv (Python 3.10, TF 2.16, TFX 1.16): the whole suite, doctests and end-to-end tests included;
 #   leg 2, .venv-modern (Python 3.12, TF 2.21, Keras 3.15, numpy 2, as Colab): every test that does not
 #          need TFX, without the doctests and the end-to-end tests, then the notebook examples/quickstart.ipynb
 #          (skipped when the arguments name tests, or with TFMOE_NOTEBOOK=0).
 # Extra arguments go to pytest in both legs, e.g.  scripts/test.sh tests/test_moe.py
-# TFMOE_LEGS=tfx or TFMOE_LEGS=modern runs one leg only.
+# TFMOE_LEGS picks legs from docs,tfx,modern (TFMOE_LEGS=tfx runs leg 1 only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-legs="${TFMOE_LEGS:-tfx,modern}"
+legs="${TFMOE_LEGS:-docs,tfx,modern}"
 status=0
+
+if [[ ",$legs," == *",docs,"* ]]; then
+  bash scripts/build_docs.sh || status=$?
+fi
 
 if [[ ",$legs," == *",tfx,"* ]]; then
   start=$(date +%s)

@@ -21,7 +21,7 @@ preset                       settings
 The next-item presets are the next-item benchmark's main settings (``benchmarks/next_item.py`` reads
 them); ``configs/`` names them with ``model: {preset: ...}``.
 
-Example:
+Examples:
     >>> from tfmoe.models import presets
     >>> preset = presets.get("hymoerec_ml1m")
     >>> preset["model"], preset["max_len"], preset["options"]["expert_hidden_dim"]

@@ -119,7 +119,8 @@ def reader_options_from_args(args) -> dict:
 
     options = {}
     if args.min_label is not None:
-        options["min_rating" if canonical_format(args.format) == "movielens-ratings" else "min_label"] = args.min_label
+        movielens = canonical_format(args.format) in ("movielens-ratings", "movielens-csv")
+        options["min_rating" if movielens else "min_label"] = args.min_label
     if args.columns is not None:
         options["columns"] = _columns(args.columns, by_index=args.no_header)
     if args.delimiter is not None:

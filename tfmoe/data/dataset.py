@@ -100,6 +100,8 @@ def parse_spec(split: str, sequence_features=samples.DEFAULT_SEQUENCE_FEATURES) 
         spec[schema.TARGET] = tf.io.FixedLenFeature([], tf.int64)
         spec[schema.TARGET_TIMESTAMP] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
         spec[schema.TARGET_CATEGORY] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
+        if schema.BEHAVIORS in sequence_features:
+            spec[schema.TARGET_BEHAVIOR] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
     return spec
 
 
@@ -352,13 +354,18 @@ def make_dataset(
         num_items, user_items, item_categories = _ctr_context(source, record_split, num_items, touched_items,
                                                               item_categories, compression)
         positions = ctr.samples_per_user if ctr.positions == "random" else _STRIDE_POSITIONS_GUESS
-        per_record = (1 + ctr.num_negatives) * positions
-        records_per_batch = max(1, batch_size // (per_record if split == "train" else 1 + ctr.num_negatives))
+        group = 1 if ctr.impressions == "labelled" else 1 + ctr.num_negatives  # rows per position
+        records_per_batch = max(1, batch_size // (group * positions if split == "train" else group))
     else:
         user_items, records_per_batch = None, batch_size
     build = _make_builder(split, task, sequence_features, ctr, num_items, user_items, item_categories,
                           shuffle_samples=shuffle)
-    spec = parse_spec(record_split, sequence_features)
+    labelled = task == "ctr" and ctr.impressions == "labelled"
+    if labelled:
+        _check_has_behaviors(source)
+    # labelled impressions read their labels from the behaviors, emitted as a model input or not
+    parsed = tuple(dict.fromkeys((*sequence_features, schema.BEHAVIORS))) if labelled else sequence_features
+    spec = parse_spec(record_split, parsed)
     keyed = task == "ctr" and split == "train"
 
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -401,6 +408,18 @@ def make_dataset(
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(deterministic, threadpool_size))
+
+
+def _check_has_behaviors(source) -> None:
+    """``ValueError`` when a prepared directory's ``summary.json`` says its input had no behaviors."""
+    path = os.path.join(os.fspath(source), schema.SUMMARY_FILE) if _is_dir(source) else None
+    if path is None or not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        has = json.load(f).get("features", {}).get(schema.BEHAVIORS)
+    if has is False:
+        raise ValueError(f"{_OWNER}: CTRSampling(impressions='labelled') labels each impression by its behavior, "
+                         f"but {os.fspath(source)!r} was prepared from input without behaviors")
 
 
 def _key_stream(seed: int) -> tf.data.Dataset:

@@ -15,6 +15,10 @@ Formats (:func:`make_reader` names; aliases in brackets):
   oldest first (S3-Rec's ``Beauty.txt``). A line without items is an ``empty_user`` error.
 * ``movielens-ratings`` [``ml-ratings``]: ``UserID::MovieID::Rating::Timestamp``; the rating is
   the label; ``min_rating`` drops (and counts) lower ratings.
+* ``movielens-csv`` [``ml-latest``]: MovieLens ``ratings.csv`` (``ml-latest``, ``ml-latest-small``, ``ml-25m``):
+  the header ``userId,movieId,rating,timestamp``, then one rating per line. The rating is the label and, in
+  half stars, the behavior (:func:`rating_behavior`: 0.5 -> 1, ..., 5.0 -> 10), so prepared data keeps it;
+  ``min_rating`` as above.
 * ``taobao-userbehavior`` [``taobao``]: ``user,item,category,behavior,timestamp`` without a
   header; behaviors map to :data:`TAOBAO_BEHAVIORS`; rows need not be in time order.
 * ``csv``: delimited text with configurable columns (names with a header, 0-based indices without).
@@ -366,6 +370,62 @@ class MovielensRatingsReader(TextReader):
         return ((_int(parts[0], "user"), _int(parts[1], "item"), parse_timestamp(parts[3]), None, None, rating),)
 
 
+RATING_STEP = 0.5
+MOVIELENS_CSV_HEADER = b"userId,movieId,rating,timestamp"
+# behavior code of each MovieLens rating: its number of half stars
+RATING_BEHAVIORS = {f"{k * RATING_STEP:.1f}": k for k in range(1, 11)}
+
+
+def rating_behavior(rating: float) -> int:
+    """The behavior code of a MovieLens rating: its half stars (``0.5 -> 1``, ``4.0 -> 8``, ``5.0 -> 10``), else
+    :class:`RowError` ``invalid_label`` for a rating off the half-star grid or outside ``[0.5, 5]``."""
+    code = rating / RATING_STEP
+    if code != int(code) or not 1 <= code <= 10:
+        raise RowError("invalid_label", f"rating {rating:g} is not a half star in [0.5, 5]")
+    return int(code)
+
+
+@dataclass(frozen=True)
+class MovielensCsvReader(TextReader):
+    """MovieLens ``ratings.csv``: header ``userId,movieId,rating,timestamp``; label = rating, behavior = its half
+    stars (:func:`rating_behavior`)."""
+
+    format: ClassVar[str] = "movielens-csv"
+    min_rating: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.min_rating is not None:
+            v.check_float(type(self).__name__, "min_rating", self.min_rating)
+
+    @property
+    def fields(self):
+        return frozenset({"timestamp", "behavior", "label"})
+
+    def behavior_codes(self):
+        return dict(RATING_BEHAVIORS)
+
+    def plan(self, path, file_index, split_bytes):
+        with sources.open_binary(path) as f:
+            header = f.readline(self.max_line_bytes + 1).removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n")
+        if header != MOVIELENS_CSV_HEADER:
+            raise ValueError(f"{path}:1: a MovieLens ratings.csv starts with the header "
+                             f"{MOVIELENS_CSV_HEADER.decode()!r}, got {_text(header)!r}")
+        return super().plan(path, file_index, split_bytes)
+
+    def _header_skipped(self, split):
+        return split.start == 0
+
+    def parse_line(self, body, split):
+        parts = body.split(b",")
+        if len(parts) != 4:
+            raise _malformed(parts, 4, "userId,movieId,rating,timestamp")
+        rating = parse_label(parts[2])
+        behavior = rating_behavior(rating)
+        check_min_label(rating, self.min_rating, "rating")
+        return ((_int(parts[0], "user"), _int(parts[1], "item"), parse_timestamp(parts[3]), None, behavior, rating),)
+
+
 @dataclass(frozen=True)
 class TaobaoReader(TextReader):
     """Taobao ``UserBehavior.csv``: ``user,item,category,behavior,timestamp``, no header."""
@@ -601,6 +661,7 @@ _FORMATS = {
     "sasrec-pairs": SasrecPairsReader,
     "sequence-lines": SequenceLinesReader,
     "movielens-ratings": MovielensRatingsReader,
+    "movielens-csv": MovielensCsvReader,
     "taobao-userbehavior": TaobaoReader,
     "csv": CsvReader,
     "tfmoe-synthetic": _synthetic_reader,
@@ -612,6 +673,7 @@ ALIASES = {
     "beauty-s3rec": "sequence-lines",
     "s3rec": "sequence-lines",
     "ml-ratings": "movielens-ratings",
+    "ml-latest": "movielens-csv",
     "taobao": "taobao-userbehavior",
 }
 FORMAT_NAMES = tuple(_FORMATS) + tuple(ALIASES)

@@ -80,6 +80,7 @@ DEFAULT_SEQUENCE_FEATURES = (schema.TIMESTAMPS, schema.CATEGORIES, schema.SESSIO
 POSITION_MODES = ("random", "stride")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 HOLDOUTS = ("last", "fraction")
+IMPRESSIONS = ("sampled", "labelled")
 
 # Purposes mixed into the seed triples, so positions and negatives use unrelated permutations.
 _POSITIONS, _NEGATIVES, _SHUFFLE = 0, 1, 2
@@ -104,6 +105,13 @@ class CTRSampling:
       [target]``, ``n`` positions) and splits its positions in time, ``k = max(1, floor(holdout_fraction * n))``:
       test = the last ``k``, valid = the ``k`` before those, train = the rest. Every valid and test position
       ``t >= min_history`` is an impression (history ``items[:t]``). See :func:`holdout_bounds`.
+    * ``impressions``: ``"sampled"`` (each position is a positive, followed by ``num_negatives`` drawn negatives)
+      or ``"labelled"``: each position ``t`` is one impression of its own item ``items[t]`` with the recorded
+      label ``1[behaviors[t] in positive_behaviors]`` and no drawn negatives (logs where every shown item is
+      recorded, e.g. ratings with label ``rating >= 4``). It reads the ``behaviors`` feature (and the ``test``
+      records' ``target_behavior``), needs ``holdout="fraction"`` and ignores ``num_negatives`` and
+      ``negatives``; the history of ``t`` is every earlier item, whatever its label.
+    * ``positive_behaviors``: the behavior codes labelled 1 under ``impressions="labelled"``.
     """
 
     num_negatives: int = 1
@@ -115,6 +123,8 @@ class CTRSampling:
     negatives: str = "uniform"
     holdout: str = "last"
     holdout_fraction: float = 0.1
+    impressions: str = "sampled"
+    positive_behaviors: tuple = ()
 
     def __post_init__(self):
         v.check_int("CTRSampling", "num_negatives", self.num_negatives, minimum=1)
@@ -127,6 +137,19 @@ class CTRSampling:
         v.check_choice("CTRSampling", "holdout", self.holdout, HOLDOUTS)
         v.check_float("CTRSampling", "holdout_fraction", self.holdout_fraction, minimum=0.0, maximum=0.5,
                       min_inclusive=False, max_inclusive=False)
+        v.check_choice("CTRSampling", "impressions", self.impressions, IMPRESSIONS)
+        codes = tuple(v.check_int_sequence("CTRSampling", "positive_behaviors", self.positive_behaviors, minimum=1,
+                                           allow_empty=True))
+        object.__setattr__(self, "positive_behaviors", codes)
+        if self.impressions == "labelled" and not codes:
+            raise ValueError("CTRSampling: impressions='labelled' needs `positive_behaviors`, the behavior codes "
+                             "labelled 1 (e.g. [8, 9, 10] for MovieLens ratings >= 4 in half stars)")
+        if self.impressions == "labelled" and self.holdout != "fraction":
+            raise ValueError(f"CTRSampling: impressions='labelled' needs holdout='fraction', got "
+                             f"holdout={self.holdout!r}")
+        if self.impressions == "sampled" and codes:
+            raise ValueError(f"CTRSampling: `positive_behaviors` {list(codes)} is read only under "
+                             "impressions='labelled'")
 
 
 def holdout_bounds(lengths, fraction: float):
@@ -144,12 +167,13 @@ def holdout_bounds(lengths, fraction: float):
 
 
 def with_target_appended(features: dict) -> dict:
-    """``valid``/``test`` record features as one full sequence: ``target`` appended to ``items``, its timestamp
-    and category to theirs (side features of unknown rows stay empty; other side features get a 0 that no history
+    """``valid``/``test`` record features as one full sequence: ``target`` appended to ``items``, its timestamp,
+    category and behavior to theirs (side features of unknown rows stay empty; other side features get a 0 that no history
     reads, since a history ends before its position). The ``target*`` scalars are dropped."""
     out = {key: value for key, value in features.items() if not key.startswith(schema.TARGET)}
     targets = {schema.ITEMS: features[schema.TARGET], schema.TIMESTAMPS: features.get(schema.TARGET_TIMESTAMP),
-               schema.CATEGORIES: features.get(schema.TARGET_CATEGORY)}
+               schema.CATEGORIES: features.get(schema.TARGET_CATEGORY),
+               schema.BEHAVIORS: features.get(schema.TARGET_BEHAVIOR)}
     for name in (schema.ITEMS, *SIDE_FEATURES):
         if name not in features:
             continue
@@ -437,6 +461,9 @@ def ctr_train(features: dict, max_len, num_items, keys, sampling: CTRSampling = 
     if shuffle_samples:
         perm = _keyed_permutation(tf.size(sample_rows, out_type=tf.int64), keys[0])
         sample_rows, rank, positions = (tf.gather(t, perm) for t in (sample_rows, rank, positions))
+    if sampling.impressions == "labelled":
+        return _labelled_rows(features, max_len, sample_rows, positions, sampling, item_categories,
+                              sequence_features)
     n = sampling.num_negatives
     draw_index = tf.reshape(rank[:, None] * n + tf.range(n, dtype=tf.int64)[None, :], [-1])
     return _position_rows(features, max_len, num_items, sample_rows, positions, draw_index,
@@ -447,7 +474,8 @@ def ctr_train(features: dict, max_len, num_items, keys, sampling: CTRSampling = 
 def ctr_eval_positions(features: dict, max_len, num_items, split: str, sampling: CTRSampling, touched=None,
                        item_categories=None, sequence_features=DEFAULT_SEQUENCE_FEATURES, item_counts=None):
     """CTR evaluation rows of the time split ``sampling.holdout="fraction"`` from ``test`` records (full sequences):
-    every position ``t >= min_history`` of ``split``'s range (:func:`holdout_bounds`) with its seeded negatives.
+    every position ``t >= min_history`` of ``split``'s range (:func:`holdout_bounds`) with its seeded negatives
+    (under ``sampling.impressions="labelled"``: alone, with its recorded label).
 
     Negatives of position ``t`` are draws ``t n .. t n + n - 1`` keyed by ``(sampling.eval_seed, user_id)``: the
     same for every run and model. Returns ``(features, labels [S*(1+n)])``, ``S`` = the impressions.
@@ -460,6 +488,9 @@ def ctr_eval_positions(features: dict, max_len, num_items, split: str, sampling:
     start = tf.maximum(start, sampling.min_history)
     ranges = tf.ragged.range(start, tf.maximum(end, start))
     sample_rows, positions = ranges.value_rowids(), ranges.values
+    if sampling.impressions == "labelled":
+        return _labelled_rows(features, max_len, sample_rows, positions, sampling, item_categories,
+                              sequence_features)
     n = sampling.num_negatives
     draw_index = tf.reshape(positions[:, None] * n + tf.range(n, dtype=tf.int64)[None, :], [-1])
     seeds = tf.fill(tf.shape(draw_index), tf.constant(sampling.eval_seed, tf.int64))
@@ -471,6 +502,39 @@ def _position_rows(features, max_len, num_items, sample_rows, positions, draw_in
                    item_categories, sequence_features, item_counts):
     """Rows ``[positive, negatives...]`` of positions ``(sample_rows, positions)``: positive ``items[t]``, history
     ``items[:t]``, negatives drawn at ``draw_index`` with seeds ``(first_seeds, user_id)``."""
+    history, positives, positive_times = _position_history(features, max_len, sample_rows, positions,
+                                                           sequence_features)
+    n = sampling.num_negatives
+    neg = _negatives(features, touched, num_items, tf.repeat(sample_rows, n), draw_index, first_seeds, n,
+                     _item_counts(sampling, item_counts, num_items))
+    return _ctr_rows(history, positives, positive_times, neg, sequence_features, item_categories)
+
+
+def _labelled_rows(features, max_len, sample_rows, positions, sampling, item_categories, sequence_features):
+    """One row per position ``(sample_rows, positions)``: candidate ``items[t]``, history ``items[:t]``, label
+    ``1[behaviors[t] in sampling.positive_behaviors]`` (``impressions="labelled"``)."""
+    behaviors = features.get(schema.BEHAVIORS)
+    if behaviors is None:
+        raise ValueError("CTR samples: CTRSampling(impressions='labelled') reads each impression's label from the "
+                         "`behaviors` feature; parse it (make_dataset does)")
+    lengths = features[schema.ITEMS].row_lengths()
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(behaviors.row_lengths(), lengths)),
+        ["CTRSampling(impressions='labelled'): every record needs a behavior per item (its label); users with "
+         "fewer behaviors than items:", tf.boolean_mask(features[schema.USER_ID],
+                                                        tf.not_equal(behaviors.row_lengths(), lengths))])
+    with tf.control_dependencies([check]):
+        codes = tf.gather(behaviors.values, tf.gather(behaviors.row_starts(), sample_rows) + positions)
+    history, candidates, times = _position_history(features, max_len, sample_rows, positions, sequence_features)
+    out, _ = _ctr_rows(history, candidates, times, tf.zeros([tf.size(candidates), 0], tf.int64), sequence_features,
+                       item_categories)
+    positive = tf.constant(sampling.positive_behaviors, tf.int64)
+    labels = tf.reduce_any(tf.equal(codes[:, None], positive[None, :]), axis=1)
+    return out, tf.cast(labels, tf.float32)
+
+
+def _position_history(features, max_len, sample_rows, positions, sequence_features):
+    """``(history, items[t], timestamps[t])`` of positions ``(sample_rows, positions)`` (history ``items[:t]``)."""
     items = features[schema.ITEMS]
     positives = tf.gather(items.values, tf.gather(items.row_starts(), sample_rows) + positions)
     if schema.TIMESTAMPS in sequence_features:
@@ -481,10 +545,6 @@ def _position_rows(features, max_len, num_items, sample_rows, positions, draw_in
         positive_times = tf.where(has_time, tf.gather(padded, index), 0)
     else:
         positive_times = tf.zeros_like(positives)
-    n = sampling.num_negatives
-    neg = _negatives(features, touched, num_items, tf.repeat(sample_rows, n), draw_index, first_seeds, n,
-                     _item_counts(sampling, item_counts, num_items))
-
     items_index = window_index(items, sample_rows, positions, max_len)
 
     def windows(values, pad, dtype):  # side features aligned with items reuse the items' index
@@ -492,5 +552,4 @@ def _position_rows(features, max_len, num_items, sample_rows, positions, draw_in
         index = tf.cond(aligned, lambda: items_index, lambda: window_index(values, sample_rows, positions, max_len))
         return take_windows(values, index, pad, dtype)
 
-    history = _history(features, windows, sample_rows, positions, max_len, sequence_features)
-    return _ctr_rows(history, positives, positive_times, neg, sequence_features, item_categories)
+    return _history(features, windows, sample_rows, positions, max_len, sequence_features), positives, positive_times

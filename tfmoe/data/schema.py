@@ -20,6 +20,7 @@ Each record is a ``tf.train.Example`` for one user:
 * ``session_ids``  int64 list, aligned with ``items``: 0 for the first session, +1 at each new one
 * ``target``       int64 scalar, only in ``valid`` / ``test``: the held-out next item
 * ``target_timestamp`` / ``target_category``: the target's timestamp and category (0 if unknown)
+* ``target_behavior``: the target's behavior, only where the input has behaviors (0 when absent)
 
 Leave-one-out: ``test`` holds ``items = seq[:-1], target = seq[-1]``, ``valid`` holds
 ``items = seq[:-2], target = seq[-2]``, ``train`` holds ``items = seq[:-2]`` (targets shifted inside).
@@ -42,9 +43,10 @@ SESSION_IDS = "session_ids"
 TARGET = "target"
 TARGET_TIMESTAMP = "target_timestamp"
 TARGET_CATEGORY = "target_category"
+TARGET_BEHAVIOR = "target_behavior"
 
 SEQUENCE_FEATURES = (ITEMS, TIMESTAMPS, CATEGORIES, BEHAVIORS, SESSION_IDS)
-SCALAR_FEATURES = (USER_ID, TARGET, TARGET_TIMESTAMP, TARGET_CATEGORY)
+SCALAR_FEATURES = (USER_ID, TARGET, TARGET_TIMESTAMP, TARGET_CATEGORY, TARGET_BEHAVIOR)
 SPLITS = ("train", "valid", "test")
 PADDING_ID = 0
 SUMMARY_FILE = "summary.json"
@@ -85,8 +87,10 @@ def encode_example(
     target: int | None = None,
     target_timestamp: int = 0,
     target_category: int = 0,
+    target_behavior: int | None = None,
 ):
-    """Builds the ``tf.train.Example`` of one user (see the module docstring for the fields)."""
+    """Builds the ``tf.train.Example`` of one user (see the module docstring for the fields); ``target_behavior``
+    is written only with a ``target`` and only when given."""
     example_pb2, feature_pb2 = _protos()
     n = len(items)
     for name, values in ((TIMESTAMPS, timestamps), (CATEGORIES, categories), (BEHAVIORS, behaviors),
@@ -105,6 +109,8 @@ def encode_example(
         features[TARGET] = _int64_feature([target])
         features[TARGET_TIMESTAMP] = _int64_feature([target_timestamp])
         features[TARGET_CATEGORY] = _int64_feature([target_category])
+        if target_behavior is not None:
+            features[TARGET_BEHAVIOR] = _int64_feature([target_behavior])
     return example_pb2.Example(features=feature_pb2.Features(feature=features))
 
 

@@ -123,7 +123,8 @@ def leave_one_out(user_index: int, items, timestamps=None, categories=None, beha
     """Yields ``(split, encode_example kwargs)`` for ``train``, ``valid`` and ``test``.
 
     Follows :mod:`tfmoe.data.schema`: test = ``seq[:-1]`` -> ``seq[-1]``, valid = ``seq[:-2]`` ->
-    ``seq[-2]``, train = ``seq[:-2]`` without target. Inputs are already vocabulary indices.
+    ``seq[-2]``, train = ``seq[:-2]`` without target; ``target_behavior`` only when ``behaviors`` is given.
+    Inputs are already vocabulary indices.
     Raises ``ValueError`` for histories shorter than :data:`MIN_HISTORY`.
     """
     n = len(items)
@@ -141,4 +142,6 @@ def leave_one_out(user_index: int, items, timestamps=None, categories=None, beha
         if split != "train":
             features.update(target=items[stop], target_timestamp=_at(timestamps, stop),
                             target_category=_at(categories, stop))
+            if behaviors is not None:
+                features["target_behavior"] = behaviors[stop]
         yield split, features

@@ -1,5 +1,7 @@
 """Next-item models (SASRec, HyMoERec, FAME): shapes, masks, maths vs numpy, serialization, learning."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -185,6 +187,20 @@ def test_hymoerec_blocks_warmup_and_load_balance_loss():
     model(items, training=True)
     assert len(model.losses) >= 1 and float(sum(model.losses)) < 0  # lambda * sum m log m <= 0
     assert float(ffn.alpha()) == pytest.approx(0.5 * 0.25)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "fame", "hymoerec"])
+def test_the_model_dtype_policy_reaches_every_sub_layer(name):
+    """dtype="mixed_bfloat16" on the model (the global policy float32) reaches every layer inside it."""
+    model = make(name, dtype="mixed_bfloat16")
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    kinds = {type(layer).__name__ for layer in layers}
+    assert {"LayerNormalization", "Dropout", "TransformerBlock", "SequenceEncoder"} <= kinds
+    assert [(layer.name, layer.dtype_policy.name) for layer in layers
+            if layer.dtype_policy.name != "mixed_bfloat16"] == []
+    assert model.sequence_encoder.final_norm.compute_dtype == "bfloat16"
+    scores = model.last_scores(batch(np.random.default_rng(6)))
+    assert scores.dtype == tf.float32 and np.all(np.isfinite(scores.numpy()[:, 1:]))
 
 
 def test_mixed_precision_scores_and_loss_are_float32():
@@ -429,9 +445,9 @@ def test_attention_output_dropout_acts_on_the_attention_output_only(layer):
 def test_model_attention_output_dropout_reaches_every_block(name):
     model = make(name, dropout=0.3, attention_output_dropout=0.0)
     blocks_ = list(model.transformer_blocks) + ([model.facet_block] if name == "fame" else [])
-    assert blocks_ and all(b.attention_output_dropout.rate == 0.0 for b in blocks_)
+    assert blocks_ and all(b.attention_output_dropout_layer.rate == 0.0 for b in blocks_)
     assert type(model).from_config(model.get_config()).get_config()["attention_output_dropout"] == 0.0
-    assert all(b.attention_output_dropout.rate == 0.3 for b in make(name, dropout=0.3).transformer_blocks)
+    assert all(b.attention_output_dropout_layer.rate == 0.3 for b in make(name, dropout=0.3).transformer_blocks)
 
 
 def test_absolute_positions_count_real_items():
@@ -573,13 +589,13 @@ def test_sequences_longer_than_max_len_are_rejected():
                                              ("hymoerec", {"norm": "sasrec"}),
                                              ("fame", {}), ("fame", {"num_blocks": 1, "mix": "probs"})])
 def test_last_scores_compute_only_the_last_position_yet_equal_the_full_pass(name, overrides):
-    from tfmoe.models.sasrec import mask_padding_column
+    from tfmoe.models.sasrec import last_position, mask_padding_column
 
     model = make(name, **overrides)
     history = batch(np.random.default_rng(3), size=5)
     history[1] = 0
     history[1, -1] = 7  # a single item
-    full = mask_padding_column(model.output_scores(model._last(model({"history": history}, training=False))))
+    full = mask_padding_column(model.output_scores(last_position(model({"history": history}, training=False))))
     np.testing.assert_allclose(model.last_scores({"history": history}), full, rtol=1e-5, atol=1e-5)
     block = model.transformer_blocks[-1] if model.transformer_blocks else None
     if block is not None and name != "fame":  # the final block really returns one position
@@ -622,3 +638,55 @@ def test_mirrored_training_equals_single_device_training(mirrored_strategy):
     # float32 all-reduce order; SGD, not Adam, whose m / sqrt(v) blows near-zero gradients' noise up to lr-sized steps
     for a, b in zip(single.trainable_weights, mirrored.trainable_weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_task_composed_from_a_backbone_and_a_head_saves_and_loads(tmp_path):
+    from tfmoe.layers import HybridMoEFeedForward
+    from tfmoe.models import FacetHead, NextItemTask, SequenceEncoder
+
+    keras.utils.set_random_seed(0)
+    backbone = SequenceEncoder(num_items=N_ITEMS, max_len=MAX_LEN, hidden_dim=16, num_heads=2, num_blocks=2,
+                               feedforward=[None, HybridMoEFeedForward(hidden_dim=32, num_experts=2, k=1)])
+    assert [block.ffn_type for block in backbone.transformer_blocks] == ["dense", "hybrid_moe"]
+    task = NextItemTask(backbone, head=FacetHead(FacetBlock(num_heads=2, num_experts=2), mix="probs"))
+    items = batch(np.random.default_rng(4))
+    path = str(tmp_path / "task.keras")
+    task.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.scoring_head).__name__ == "FacetHead" and loaded.scoring_head.mix == "probs"
+    as_json = lambda config: json.loads(json.dumps(config))  # shapes: tuples saved as lists
+    assert as_json(loaded.sequence_encoder.get_config()) == as_json(backbone.get_config())
+    np.testing.assert_allclose(loaded.last_scores(items), task.last_scores(items), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="sequence_representation needs"):
+        task.sequence_representation(items)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"feedforward": [None]}, "one layer or None per block"),
+    ({"num_blocks": -1}, "num_blocks"),
+    ({"hidden_dim": 10, "num_heads": 3}, "num_heads"),
+])
+def test_sequence_encoder_validates_its_arguments(kwargs, match):
+    from tfmoe.models import SequenceEncoder
+
+    with pytest.raises(ValueError, match=match):
+        SequenceEncoder(**{"num_items": 10, "max_len": 4, "hidden_dim": 8, **kwargs})
+
+
+def test_a_task_needs_a_sequence_encoder_and_a_scoring_head():
+    from tfmoe.models import NextItemTask, SequenceEncoder
+
+    with pytest.raises(ValueError, match="`backbone` must be a SequenceEncoder"):
+        NextItemTask(keras.layers.Dense(4))
+    with pytest.raises(ValueError, match="`head` must be None or a layer with query"):
+        NextItemTask(SequenceEncoder(num_items=10, max_len=4, hidden_dim=8), head=keras.layers.Dense(4))
+
+
+def test_models_store_each_argument_under_its_own_name():
+    model = make("hymoerec", dropout=0.1, loss="sampled_softmax", num_negatives=8, seed=3)
+    assert (model.dropout, model.num_negatives, model.seed, model.loss_kind) == (0.1, 8, 3, "sampled_softmax")
+    assert model.sequence_encoder.dropout == 0.1 and model.encoder.dropout == 0.1
+    assert all(block.dropout == 0.1 for block in model.transformer_blocks)
+    config = model.get_config()
+    assert all(getattr(model, key) == value for key, value in config.items()
+               if key not in ("name", "trainable", "loss", "attention_initializer"))

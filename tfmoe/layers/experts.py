@@ -79,7 +79,7 @@ class _FeedForwardBase(keras.layers.Layer):
             self.bias_initializer = keras.initializers.get(bias_initializer)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{owner}: invalid activation or initializer: {error}") from error
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="hidden_dropout")
+        self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy, name="hidden_dropout")
         self.supports_masking = True
 
     def _model_dim(self, input_shape):

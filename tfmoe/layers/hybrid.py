@@ -112,6 +112,7 @@ class HybridMoEFeedForward(keras.layers.Layer):
                 activation=activation,
                 dropout=dropout,
                 kernel_initializer=fresh_initializer(self.kernel_initializer, "shared_ffn"),
+                dtype=self.dtype_policy,
                 name="shared_ffn",
             )
             self.moe = MixtureOfExperts(
@@ -130,6 +131,7 @@ class HybridMoEFeedForward(keras.layers.Layer):
                 z_loss_weight=z_loss_weight,
                 entropy_loss_weight=entropy_loss_weight,
                 track_statistics=track_statistics,
+                dtype=self.dtype_policy,
                 name="moe",
             )
         except ValueError as error:

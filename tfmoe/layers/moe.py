@@ -366,6 +366,7 @@ class MixtureOfExperts(keras.layers.Layer):
             num_experts=self.num_experts,
             temperature=temperature,
             kernel_initializer=router_initializer,
+            dtype=self.dtype_policy,
             name="router",
         )
         if self.routing == "dense":
@@ -386,6 +387,7 @@ class MixtureOfExperts(keras.layers.Layer):
                 dropout=dropout,
                 use_bias=use_bias,
                 kernel_initializer=kernel_initializer,
+                dtype=self.dtype_policy,
                 name="experts",
             )
         except ValueError as error:  # forwarded expert arguments: name this layer too

@@ -10,13 +10,15 @@ Example:
 
 from tfmoe.models import losses, presets, registry
 from tfmoe.models.blocks import ItemEncoder, TransformerBlock
-from tfmoe.models.fame import FAME, FacetBlock
+from tfmoe.models.fame import FAME, FacetBlock, FacetHead
 from tfmoe.models.hymoerec import HyMoERec
 from tfmoe.models.losses import NextItemLoss
+from tfmoe.models.next_item_task import NextItemTask
 from tfmoe.models.sasrec import SASRec
 from tfmoe.models.saving import load_model
+from tfmoe.models.sequence_encoder import SequenceEncoder
 
 __all__ = [
-    "FAME", "FacetBlock", "HyMoERec", "ItemEncoder", "NextItemLoss", "SASRec", "TransformerBlock", "load_model",
-    "losses", "presets", "registry",
+    "FAME", "FacetBlock", "FacetHead", "HyMoERec", "ItemEncoder", "NextItemLoss", "NextItemTask", "SASRec",
+    "SequenceEncoder", "TransformerBlock", "load_model", "losses", "presets", "registry",
 ]

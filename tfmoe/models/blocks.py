@@ -6,8 +6,8 @@
   (``"absolute"``, the original SASRec with its right padding). Either way prepending padding never
   changes the representation of a sequence (padding invariance), for any ``L``.
 * :class:`TransformerBlock`: causal self-attention + position-wise FFN, pre-, post- or SASRec-LayerNorm,
-  the FFN pluggable (``"dense"``: :class:`~tfmoe.layers.FeedForward`, ``"hybrid_moe"``:
-  :class:`~tfmoe.layers.HybridMoEFeedForward`). Attention is
+  the FFN pluggable: any layer ``[B, L, d] -> [B, L, d]`` passed as ``feedforward`` (HyMoERec passes a
+  :class:`~tfmoe.layers.HybridMoEFeedForward`), by default a :class:`~tfmoe.layers.FeedForward`. Attention is
   :class:`~tfmoe.layers.MultiHeadMoEAttention`; with ``attention_experts=1`` (default) it is
   ordinary multi-head attention.
 
@@ -80,13 +80,13 @@ class ItemEncoder(keras.layers.Layer):
         self.num_items = v.check_int(owner, "num_items", num_items, minimum=1)
         self.max_len = v.check_int(owner, "max_len", max_len, minimum=1)
         self.hidden_dim = v.check_int(owner, "hidden_dim", hidden_dim, minimum=1)
-        self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
+        self.dropout = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.scale_embeddings = v.check_bool(owner, "scale_embeddings", scale_embeddings)
         self.positions = v.check_choice(owner, "positions", positions, POSITIONS)
         if embeddings_initializer is None:
             embeddings_initializer = keras.initializers.TruncatedNormal(stddev=1.0 / math.sqrt(self.hidden_dim))
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.dropout = keras.layers.Dropout(self.dropout_rate)
+        self.embedding_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     @property
     def vocabulary_size(self) -> int:
@@ -122,7 +122,7 @@ class ItemEncoder(keras.layers.Layer):
             x = x + tf.gather(table, tf.range(length - 1, -1, -1))[None]  # position i -> L - 1 - i
         else:  # the k-th real item -> k - 1
             x = x + tf.gather(table, tf.maximum(tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1, 0))
-        x = self.dropout(x, training=training)
+        x = self.embedding_dropout(x, training=training)
         return masking.apply_mask(x, mask), mask
 
     def compute_mask(self, items, mask=None):
@@ -134,7 +134,7 @@ class ItemEncoder(keras.layers.Layer):
             num_items=self.num_items,
             max_len=self.max_len,
             hidden_dim=self.hidden_dim,
-            dropout=self.dropout_rate,
+            dropout=self.dropout,
             scale_embeddings=self.scale_embeddings,
             positions=self.positions,
             embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
@@ -164,9 +164,13 @@ class TransformerBlock(keras.layers.Layer):
             ``dropout``; the original SASRec code has none there: 0).
         norm: ``"pre"``, ``"post"`` or ``"sasrec"``.
         activation: FFN activation.
-        ffn: ``"dense"`` or ``"hybrid_moe"``.
-        ffn_options: extra keyword arguments of :class:`~tfmoe.layers.HybridMoEFeedForward`
-            (``num_experts``, ``k``, ``warmup_steps``, ``entropy_loss_weight``, ...).
+        feedforward: the position-wise FFN, a layer ``[B, L, d] -> [B, L, d]`` called as
+            ``feedforward(x, mask=mask, training=training)`` (e.g. a :class:`~tfmoe.layers.HybridMoEFeedForward`);
+            default None: the block builds one from ``ffn``.
+        ffn: the FFN the block builds without ``feedforward``: ``"dense"`` (:class:`~tfmoe.layers.FeedForward`)
+            or ``"hybrid_moe"`` (:class:`~tfmoe.layers.HybridMoEFeedForward`).
+        ffn_options: extra keyword arguments of :class:`~tfmoe.layers.HybridMoEFeedForward` for
+            ``ffn="hybrid_moe"`` (``num_experts``, ``k``, ``warmup_steps``, ``entropy_loss_weight``, ...).
         attention_experts: expert queries per head (FAME-style MoE attention with ``W_O``); 1 = plain.
         layer_norm_epsilon: LayerNorm epsilon.
         kernel_initializer: initializer of the attention and FFN kernels (each gets its own draw).
@@ -177,10 +181,11 @@ class TransformerBlock(keras.layers.Layer):
 
     Example:
         >>> import numpy as np
+        >>> from tfmoe.layers import HybridMoEFeedForward
         >>> from tfmoe.models.blocks import TransformerBlock
-        >>> block = TransformerBlock(num_heads=1, inner_dim=8, ffn="hybrid_moe", ffn_options={"num_experts": 2, "k": 1})
-        >>> tuple(block(np.ones((2, 3, 4), "float32")).shape)
-        (2, 3, 4)
+        >>> block = TransformerBlock(num_heads=1, feedforward=HybridMoEFeedForward(hidden_dim=8, num_experts=2, k=1))
+        >>> tuple(block(np.ones((2, 3, 4), "float32")).shape), block.ffn_type
+        ((2, 3, 4), 'hybrid_moe')
     """
 
     def __init__(
@@ -192,6 +197,7 @@ class TransformerBlock(keras.layers.Layer):
         attention_output_dropout=None,
         norm="pre",
         activation="gelu",
+        feedforward=None,
         ffn="dense",
         ffn_options=None,
         attention_experts=1,
@@ -205,26 +211,32 @@ class TransformerBlock(keras.layers.Layer):
         self.num_heads = v.check_int(owner, "num_heads", num_heads, minimum=1)
         self.inner_dim = v.check_int(owner, "inner_dim", inner_dim, minimum=1)
         self.attention_initializer = optional_initializer(owner, "attention_initializer", attention_initializer)
-        self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
+        self.dropout = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.attention_dropout = v.check_optional_float(
             owner, "attention_dropout", attention_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
         )
-        self.attention_output_dropout_rate = v.check_optional_float(
+        self.attention_output_dropout = v.check_optional_float(
             owner, "attention_output_dropout", attention_output_dropout, minimum=0.0, maximum=1.0, max_inclusive=False
         )
         self.norm = v.check_choice(owner, "norm", norm, NORMS)
         if not isinstance(activation, str):
             raise ValueError(f"{owner}: `activation` must be a Keras activation name, got {activation!r}")
         self.activation = activation
-        self.ffn_type = v.check_choice(owner, "ffn", ffn, FFNS)
+        self.ffn_kind = v.check_choice(owner, "ffn", ffn, FFNS)
         if ffn_options is not None and not isinstance(ffn_options, dict):
             raise ValueError(f"{owner}: `ffn_options` must be a dict or None, got {ffn_options!r}")
         if ffn_options and ffn == "dense":
             raise ValueError(f"{owner}: `ffn_options` needs ffn='hybrid_moe', got ffn_options={ffn_options!r}")
         self.ffn_options = dict(ffn_options or {})
+        if feedforward is not None:
+            if not isinstance(feedforward, keras.layers.Layer):
+                raise ValueError(f"{owner}: `feedforward` must be a Keras layer or None, got {feedforward!r}")
+            if ffn != "dense" or self.ffn_options:
+                raise ValueError(f"{owner}: pass either `feedforward` or `ffn`/`ffn_options`, got ffn={ffn!r}")
+        self._ffn_passed = feedforward is not None  # the FFN itself is saved as `ffn`: one attribute per layer
         self.attention_experts = v.check_int(owner, "attention_experts", attention_experts, minimum=1)
         self.layer_norm_epsilon = v.check_float(owner, "layer_norm_epsilon", layer_norm_epsilon, minimum=0.0)
-        rate = self.dropout_rate if attention_dropout is None else attention_dropout
+        rate = self.dropout if attention_dropout is None else attention_dropout
         try:
             self.kernel_initializer = keras.initializers.get(kernel_initializer)
             self.attention = MultiHeadMoEAttention(
@@ -234,25 +246,36 @@ class TransformerBlock(keras.layers.Layer):
                 track_statistics=self.attention_experts > 1,
                 kernel_initializer=fresh_initializer(self.kernel_initializer, "attention"),
                 query_key_value_initializer=fresh_initializer(self.attention_initializer, "attention_qkv"),
+                dtype=self.dtype_policy,
                 name="attention",
             )
-            kernels = {"kernel_initializer": fresh_initializer(self.kernel_initializer, "ffn")}
-            if self.ffn_type == "dense":
-                self.ffn = FeedForward(
-                    self.inner_dim, activation=activation, dropout=self.dropout_rate, name="ffn", **kernels
-                )
-            else:
-                options = {"activation": activation, "dropout": self.dropout_rate, **kernels, **self.ffn_options}
-                self.ffn = HybridMoEFeedForward(hidden_dim=self.inner_dim, name="ffn", **options)
+            self.ffn = feedforward if feedforward is not None else self._default_ffn()
         except (TypeError, ValueError) as error:
             raise ValueError(f"{owner}: {error}") from error
-        self.attention_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="attention_norm")
-        self.ffn_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="ffn_norm")
-        self.attention_output_dropout = keras.layers.Dropout(
-            self.dropout_rate if attention_output_dropout is None else attention_output_dropout
+        policy, eps = self.dtype_policy, self.layer_norm_epsilon
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=eps, dtype=policy, name="attention_norm")
+        self.ffn_norm = keras.layers.LayerNormalization(epsilon=eps, dtype=policy, name="ffn_norm")
+        self.attention_output_dropout_layer = keras.layers.Dropout(
+            self.dropout if attention_output_dropout is None else attention_output_dropout, dtype=policy
         )
-        self.ffn_output_dropout = keras.layers.Dropout(self.dropout_rate)
+        self.ffn_output_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
         self.supports_masking = True
+
+    def _default_ffn(self):
+        """The FFN named by ``ffn`` and ``ffn_options``."""
+        options = {"activation": self.activation, "dropout": self.dropout, "dtype": self.dtype_policy,
+                   "kernel_initializer": fresh_initializer(self.kernel_initializer, "ffn"), "name": "ffn"}
+        if self.ffn_kind == "dense":
+            return FeedForward(self.inner_dim, **options)
+        return HybridMoEFeedForward(hidden_dim=self.inner_dim, **options, **self.ffn_options)
+
+    @property
+    def ffn_type(self) -> str:
+        """``"hybrid_moe"`` for a :class:`~tfmoe.layers.HybridMoEFeedForward`, ``"dense"`` for a
+        :class:`~tfmoe.layers.FeedForward`, else the FFN's class name."""
+        if isinstance(self.ffn, HybridMoEFeedForward):
+            return "hybrid_moe"
+        return "dense" if isinstance(self.ffn, FeedForward) else type(self.ffn).__name__
 
     def build(self, input_shape):
         d = input_shape[-1]
@@ -261,7 +284,8 @@ class TransformerBlock(keras.layers.Layer):
                 f"{type(self).__name__}: hidden size {d} must be known and divisible by `num_heads` {self.num_heads}"
             )
         self.attention.build(input_shape)
-        self.ffn.build(input_shape)
+        if not self.ffn.built:
+            self.ffn.build(input_shape)
         self.attention_norm.build(input_shape)
         self.ffn_norm.build(input_shape)
         self.built = True
@@ -275,7 +299,7 @@ class TransformerBlock(keras.layers.Layer):
         residual = h if sasrec else x
         if last_only:
             residual, mask = residual[:, -1:], None if mask is None else mask[:, -1:]
-        x = residual + self.attention_output_dropout(a, training=training)
+        x = residual + self.attention_output_dropout_layer(a, training=training)
         if post:
             x = self.attention_norm(x)
         h = x if post else self.ffn_norm(x)
@@ -293,12 +317,13 @@ class TransformerBlock(keras.layers.Layer):
         config.update(
             num_heads=self.num_heads,
             inner_dim=self.inner_dim,
-            dropout=self.dropout_rate,
+            dropout=self.dropout,
             attention_dropout=self.attention_dropout,
-            attention_output_dropout=self.attention_output_dropout_rate,
+            attention_output_dropout=self.attention_output_dropout,
             norm=self.norm,
             activation=self.activation,
-            ffn=self.ffn_type,
+            feedforward=keras.saving.serialize_keras_object(self.ffn) if self._ffn_passed else None,
+            ffn=self.ffn_kind,
             ffn_options=dict(self.ffn_options) or None,
             attention_experts=self.attention_experts,
             layer_norm_epsilon=self.layer_norm_epsilon,
@@ -306,3 +331,10 @@ class TransformerBlock(keras.layers.Layer):
             attention_initializer=serialize_optional(self.attention_initializer),
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("feedforward") is not None:
+            config["feedforward"] = keras.saving.deserialize_keras_object(config["feedforward"])
+        return cls(**config)

@@ -1,7 +1,7 @@
 """What ``compile`` / ``fit`` / ``evaluate`` / ``predict`` do for a tfmoe model, in one place.
 
-:class:`KerasConventions` is mixed into the next-item models (:class:`tfmoe.models.SASRec` and its
-family) and the CTR models (:class:`tfmoe.models.ctr.CTRModel`). A model supplies two methods:
+:class:`KerasConventions` is mixed into the next-item task (:class:`tfmoe.models.NextItemTask`: SASRec, FAME,
+HyMoERec) and the CTR models (:class:`tfmoe.models.ctr.CTRModel`). A model supplies two methods:
 
 * ``predictions(features)``: what ``predict`` returns: ``[B, V]`` scores of the next item (padding
   column ``-inf``) or ``[B]`` click probabilities;

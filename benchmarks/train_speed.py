@@ -1,0 +1,567 @@
+"""Training speed: tfmoe's models against a plain Keras 3 SASRec, on the same batches, with the gap to the hardware.
+
+One run trains, in turns of one epoch each (so that drifting load on a shared machine hits every model alike):
+
+* ``sasrec_peer``: tfmoe's :class:`~tfmoe.models.SASRec` at the peers' settings (length 200, d 50, 2 blocks, 1 head,
+  dropout 0.2, batch 128, BCE with one negative per position, Adam), ``compile`` + ``fit``;
+* ``keras_hub_sasrec``: the same model written the way a Keras user would (:class:`KerasHubSASRec`: keras-hub's
+  ``TransformerDecoder``, ``ReversibleEmbedding`` and ``PositionEmbedding``, adapted from keras-rs's SASRec example);
+* ``sasrec``, ``fame``, ``hymoerec``: the next-item benchmark's ML-1M main settings (d 64, full cross-entropy);
+* ``din``, ``mos_din``: long-sequence CTR at length 1,000 (one positive and one negative per user).
+
+Settings: ``benchmarks/settings/train_speed.yaml``. Data: ML-1M (``../shared/data/ml-1m/ml-1m.txt``) when present,
+else the synthetic log of :mod:`tfmoe.data.synthetic`; each user's items but the last two (the evaluation items of
+the leave-one-out protocol) train. Per model the record holds the epoch times, their median over the steady epochs
+(all but the first, which traces the step), the analytic training FLOPs of an epoch (3 x the forward FLOPs of
+:func:`sequence_model_flops`, or of a CTR model's ``analytic_flops()``), the achieved GFLOP/s and its fraction of
+the float32 and bfloat16 matmul peak measured in the same run (:func:`matmul_peak`). Ratios:
+
+    sasrec_speedup_over_keras_hub = t(keras_hub_sasrec) / t(sasrec_peer)
+    fame_over_sasrec_time         = t(fame) / t(sasrec)
+    hymoerec_over_sasrec_time     = t(hymoerec) / t(sasrec)
+    mos_din_over_din_time         = t(mos_din) / t(din)
+
+Nothing else should run on the cores meanwhile: a 1-minute load average above ``max_load`` (0.5) at the start is
+warned about and recorded, with the load averages before and after. One record per run
+(:mod:`benchmarks.records`): ``benchmarks/results/records/train_speed/<data>/seed<k>-<hash>.json``.
+
+    .venv/bin/python benchmarks/train_speed.py                       # ML-1M, every model, 5 epochs
+    .venv/bin/python benchmarks/train_speed.py --users 500 --epochs 3 --models sasrec_peer keras_hub_sasrec
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import yaml
+
+from benchmarks import _paths as paths
+from benchmarks import records
+
+SETTINGS_FILE = os.path.join(paths.BENCHMARKS, "settings", "train_speed.yaml")
+with open(SETTINGS_FILE, encoding="utf-8") as _f:
+    SETTINGS = yaml.safe_load(_f)
+BENCHMARK = "train_speed"
+PEER_MODELS = ("sasrec_peer", "keras_hub_sasrec")
+MAIN_MODELS = ("sasrec", "fame", "hymoerec")
+CTR_MODELS = ("din", "mos_din")
+MODELS = PEER_MODELS + MAIN_MODELS + CTR_MODELS
+RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
+          "fame_over_sasrec_time": ("fame", "sasrec"),
+          "hymoerec_over_sasrec_time": ("hymoerec", "sasrec"),
+          "mos_din_over_din_time": ("mos_din", "din")}
+
+
+# ----- FLOPs ---------------------------------------------------------------------------------------------
+def _mm(rows: int, inner: int, cols: int) -> float:
+    return 2.0 * rows * inner * cols
+
+
+def sequence_model_flops(length: int, hidden_dim: int, num_blocks: int, inner_dim: int, num_heads: int = 1, *,
+                         num_items: int, loss: str, scored_positions: float, facet_experts: int = 0,
+                         facet_inner_dim: int | None = None, moe: dict | None = None) -> dict:
+    """Forward FLOPs of one sequence through a SASRec-family model, by part (2 FLOPs per multiply-add).
+
+    With ``L`` = ``length``, ``d`` = ``hidden_dim``, ``f`` = ``inner_dim``, per plain transformer block::
+
+        attention_projections    4 * 2 L d^2          (Q, K, V, output)
+        attention_scores         2 L^2 d              (Q K^T over all heads; the causal half is computed too)
+        attention_weighted_sums  2 L^2 d              (softmax(.) V)
+        ffn                      2 * 2 L d f
+
+    ``embeddings``: ``L d`` (the position add; lookups are gathers). ``scoring`` per scored position: ``"bce"``
+    ``2 * 2 d`` (the positive's and the negative's dot product), ``"softmax"`` ``2 d V`` with ``V = num_items + 1``
+    (full catalogue). FAME (``facet_experts`` = ``N`` > 0) makes the last block a facet block of ``H`` heads of
+    ``d' = d / H``: ``N`` expert queries (projections ``(N + 2) 2 L d^2``, no output projection, ``N`` times the
+    scores and weighted sums), expert routers ``2 L N^2 d``, per-head FFN' ``d' -> g -> d'`` (``g`` =
+    ``facet_inner_dim``, default ``d'``) and the head gate and query projection ``2 L d H + 2 L d^2``
+    (``facet_head``). HyMoERec (``moe`` = ``{"num_experts": E, "k": k, "expert_hidden_dim": e}``) adds to every
+    block's FFN a router ``2 L d E`` and ``k`` routed experts ``k * 2 * 2 L d e`` (the routed rows; capacity
+    padding is not useful work). Biases, LayerNorms, softmaxes, activations and dropout are not counted (each
+    ``O(L d)`` or ``O(L^2)`` element-wise).
+
+    Example:
+        >>> parts = sequence_model_flops(4, 2, 1, 3, num_items=9, loss="bce", scored_positions=4)
+        >>> parts["attention_projections"], parts["attention_scores"], parts["ffn"], parts["scoring"]
+        (128.0, 64.0, 96.0, 32.0)
+        >>> parts["total"]
+        392.0
+    """
+    L, d, f = length, hidden_dim, inner_dim
+    parts = dict.fromkeys(("embeddings", "attention_projections", "attention_scores", "attention_weighted_sums",
+                           "routers", "ffn", "experts", "facet_head", "scoring"), 0.0)
+    parts["embeddings"] = float(L * d)
+    for block in range(num_blocks):
+        facet = facet_experts and block == num_blocks - 1
+        queries = facet_experts if facet else 1
+        parts["attention_projections"] += (queries + 2 + (0 if facet else 1)) * _mm(L, d, d)
+        parts["attention_scores"] += queries * _mm(L, d, L)
+        parts["attention_weighted_sums"] += queries * _mm(L, L, d)
+        if facet:
+            head_dim = d // num_heads
+            inner = facet_inner_dim or head_dim
+            parts["routers"] += num_heads * _mm(L, queries * head_dim, queries)
+            parts["ffn"] += num_heads * (_mm(L, head_dim, inner) + _mm(L, inner, head_dim))
+            parts["facet_head"] += _mm(L, d, num_heads) + _mm(L, d, d)
+            continue
+        parts["ffn"] += _mm(L, d, f) + _mm(L, f, d)
+        if moe:
+            e = moe["expert_hidden_dim"]
+            parts["routers"] += _mm(L, d, moe["num_experts"])
+            parts["experts"] += moe["k"] * (_mm(L, d, e) + _mm(L, e, d))
+    per_position = {"bce": 2 * 2.0 * d, "softmax": 2.0 * d * (num_items + 1)}[loss]
+    parts["scoring"] = scored_positions * per_position
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def model_flops(name: str, config: dict, num_items: int, scored_positions: float) -> dict:
+    """:func:`sequence_model_flops` of a next-item model of this benchmark from its config."""
+    options = config["options"]
+    d = options["hidden_dim"]
+    moe = None
+    if name == "hymoerec":
+        moe = {"num_experts": options["num_experts"], "k": options["k"],
+               "expert_hidden_dim": options.get("expert_hidden_dim") or options.get("inner_dim") or 4 * d}
+    return sequence_model_flops(
+        config["max_len"], d, options["num_blocks"], options.get("inner_dim") or 4 * d, options["num_heads"],
+        num_items=num_items, loss=options.get("loss", "softmax"), scored_positions=scored_positions,
+        facet_experts=options["num_experts"] if name == "fame" else 0,
+        facet_inner_dim=options.get("facet_inner_dim"), moe=moe)
+
+
+# ----- the matmul peak ------------------------------------------------------------------------------------
+def matmul_peak(size: int, repeats: int) -> dict:
+    """GFLOP/s of a ``[size, size] x [size, size]`` ``tf.matmul`` in float32 and bfloat16: ``2 size^3`` FLOPs over
+    the median time of ``repeats`` calls after one warm-up call."""
+    import tensorflow as tf
+
+    from benchmarks._timing import time_callable
+
+    rng = np.random.default_rng(0)
+    out = {"size": size, "repeats": repeats}
+    for dtype in ("float32", "bfloat16"):
+        a = tf.cast(tf.constant(rng.standard_normal((size, size)), tf.float32), dtype)
+        b = tf.cast(tf.constant(rng.standard_normal((size, size)), tf.float32), dtype)
+        timing = time_callable(lambda a=a, b=b: tf.matmul(a, b).shape, warmup=1, repeats=repeats)
+        out[dtype] = {"gflops_per_s": 2.0 * size ** 3 / timing["median_s"] / 1e9, "median_s": timing["median_s"],
+                      "times_s": timing["times_s"]}
+    return out
+
+
+# ----- data -----------------------------------------------------------------------------------------------
+def read_sequences(users: int | None, seed: int) -> tuple[list[np.ndarray], int, str, list[str]]:
+    """``(sequences, num_items, data name, files read)``: each user's items in time order, the first ``users``
+    users; ML-1M when ``../shared/data`` holds it, else the synthetic log."""
+    path = os.path.join(paths.SHARED_DATA, SETTINGS["data"]["input"])
+    if os.path.isfile(path):
+        pairs = np.loadtxt(path, dtype=np.int64, ndmin=2)
+        starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
+        sequences = np.split(pairs[:, 1], starts[1:])[:users]
+        return sequences, int(pairs[:, 1].max()), "ml-1m", [path]
+    return synthetic_sequences(users or 1000, seed) + ("synthetic", [])
+
+
+def synthetic_sequences(users: int, seed: int) -> tuple[list[np.ndarray], int]:
+    """``(sequences, num_items)`` of the synthetic log of ``users`` users (:mod:`tfmoe.data.synthetic`)."""
+    from tfmoe.data import synthetic
+
+    data = synthetic.generate(synthetic.preset_config(SETTINGS["data"]["synthetic"]["preset"], num_users=users,
+                                                      seed=seed))
+    return [data.user_sequence(u) for u in range(1, users + 1)], int(data.config.num_items)
+
+
+def _full_batches(count: int, batch_size: int) -> np.ndarray:
+    """Row indices ``0..count-1`` repeated from the start up to a multiple of ``batch_size`` (every batch full)."""
+    steps = -(-count // batch_size)
+    return np.arange(steps * batch_size) % count
+
+
+def _left_pad(rows, length: int) -> np.ndarray:
+    out = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        row = row[-length:]
+        if len(row):
+            out[i, length - len(row):] = row
+    return out
+
+
+def next_item_arrays(sequences, max_len: int, batch_size: int) -> dict:
+    """``{"history", "labels"}`` ``[N, max_len]`` int32, left-padded: each user's training items (all but the last
+    two) shifted by one, ``labels[i] = history[i + 1]``; ``N`` is the users with two or more training items,
+    repeated from the first up to a multiple of ``batch_size``."""
+    train = [s[:-2] for s in sequences if len(s) >= 4]
+    order = _full_batches(len(train), batch_size)
+    return {"history": _left_pad([train[i][:-1] for i in order], max_len),
+            "labels": _left_pad([train[i][1:] for i in order], max_len)}
+
+
+def uniform_negatives(labels: np.ndarray, num_items: int, seed: int) -> np.ndarray:
+    """One item per label, uniform over ``1..num_items`` without the label (0 where the label is 0)."""
+    draws = np.random.default_rng(seed).integers(1, num_items, labels.shape)  # 1..num_items-1
+    return np.where(labels > 0, draws + (draws >= labels), 0).astype(np.int32)
+
+
+def ctr_arrays(sequences, num_items: int, max_len: int, batch_size: int, samples_per_user: int, seed: int) -> dict:
+    """``{"history" [N, max_len], "target_item" [N], "labels" [N]}``: per user, its last ``samples_per_user``
+    training items as positives (history: the items before, left-padded) and one uniform negative target in the
+    place of each; rows repeated up to a multiple of ``batch_size``."""
+    rng = np.random.default_rng(seed)
+    histories, targets, labels = [], [], []
+    for sequence in sequences:
+        train = sequence[:-2]
+        for end in range(max(1, len(train) - samples_per_user), len(train)):
+            negative = int(rng.integers(1, num_items))
+            negative += negative >= train[end]
+            for target, label in ((train[end], 1.0), (negative, 0.0)):
+                histories.append(train[:end])
+                targets.append(target)
+                labels.append(label)
+    order = _full_batches(len(targets), batch_size)
+    return {"history": _left_pad([histories[i] for i in order], max_len),
+            "target_item": np.asarray(targets, np.int32)[order], "labels": np.asarray(labels, np.float32)[order]}
+
+
+def digest(array: np.ndarray) -> str:
+    """sha256 (first 16 hex digits) of an array's bytes: which sequences a model trained on, in which order."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+# ----- the keras-hub SASRec -------------------------------------------------------------------------------
+def keras_hub_sasrec_class():
+    """The class of the plain Keras 3 SASRec (keras-hub layers; imports keras-hub on first use)."""
+    import keras
+    import keras_hub
+    from keras import ops
+
+    class KerasHubSASRec(keras.Model):
+        """SASRec as keras-rs's example writes it: item + position embeddings, pre-norm ``TransformerDecoder``
+        blocks (causal self-attention, no cross-attention), a final LayerNorm, and BCE of the positive and the
+        negative item's logits ``h_i . E[y_i]``, ``h_i . E[n_i]`` weighted by ``sample_weight`` (0 at padding).
+
+        Inputs ``{"item_ids" [B, L], "padding_mask" [B, L] bool}``; targets ``{"positive_sequence",
+        "negative_sequence"}`` ``[B, L]``. Returns ``{"item_sequence_embedding": [B, L, d]}``.
+
+        Example:
+            >>> import numpy as np
+            >>> model = keras_hub_sasrec_class()(vocabulary_size=10, num_layers=1, num_heads=1, hidden_dim=8,
+            ...                                  max_sequence_length=4)
+            >>> out = model({"item_ids": np.ones((2, 4), "int32"), "padding_mask": np.ones((2, 4), bool)})
+            >>> tuple(out["item_sequence_embedding"].shape)
+            (2, 4, 8)
+        """
+
+        def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, dropout=0.0, max_sequence_length=100,
+                     **kwargs):
+            super().__init__(**kwargs)
+            self.item_embedding = keras_hub.layers.ReversibleEmbedding(
+                input_dim=vocabulary_size, output_dim=hidden_dim, embeddings_initializer="glorot_uniform",
+                embeddings_regularizer=keras.regularizers.l2(0.001), name="item_embedding")
+            self.position_embedding = keras_hub.layers.PositionEmbedding(
+                initializer="glorot_uniform", sequence_length=max_sequence_length, name="position_embedding")
+            self.embeddings_add = keras.layers.Add(name="embeddings_add")
+            self.embeddings_dropout = keras.layers.Dropout(dropout, name="embeddings_dropout")
+            self.transformer_layers = [
+                keras_hub.layers.TransformerDecoder(
+                    intermediate_dim=hidden_dim, num_heads=num_heads, dropout=dropout, layer_norm_epsilon=1e-05,
+                    activation="relu", kernel_initializer="glorot_uniform", normalize_first=True,
+                    name=f"transformer_layer_{i}")
+                for i in range(num_layers)]
+            self.layer_norm = keras.layers.LayerNormalization(axis=-1, epsilon=1e-8, name="layer_norm")
+            self.loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+            self.hidden_dim = hidden_dim
+
+        def build(self, input_shape):
+            input_shape = input_shape["item_ids"] if isinstance(input_shape, dict) else input_shape
+            embedding_shape = list(input_shape) + [self.hidden_dim]
+            self.item_embedding.build(input_shape)
+            self.position_embedding.build(embedding_shape)
+            self.embeddings_add.build((embedding_shape, embedding_shape))
+            self.embeddings_dropout.build(embedding_shape)
+            for layer in self.transformer_layers:
+                layer.build(decoder_sequence_shape=embedding_shape)
+            self.layer_norm.build(embedding_shape)
+            self.built = True
+
+        def call(self, inputs, training=False):
+            item_ids, padding_mask = inputs["item_ids"], inputs["padding_mask"]
+            x = self.item_embedding(item_ids)
+            x = self.embeddings_add((x, self.position_embedding(x)))
+            x = self.embeddings_dropout(x)
+            for layer in self.transformer_layers:
+                x = layer(x, decoder_padding_mask=padding_mask)
+            return {"item_sequence_embedding": self.layer_norm(x)}
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True, **kwargs):
+            hidden = y_pred["item_sequence_embedding"]
+            positive = ops.sum(self.item_embedding(y["positive_sequence"]) * hidden, axis=-1)
+            negative = ops.sum(self.item_embedding(y["negative_sequence"]) * hidden, axis=-1)
+            logits = ops.concatenate([positive, negative], axis=1)
+            labels = ops.concatenate([ops.ones_like(positive), ops.zeros_like(negative)], axis=1)
+            weights = ops.concatenate([sample_weight, sample_weight], axis=1)
+            loss = self.loss_fn(ops.expand_dims(labels, -1), ops.expand_dims(logits, -1), sample_weight=weights)
+            return ops.divide_no_nan(ops.sum(loss), ops.sum(weights))
+
+    return KerasHubSASRec
+
+
+# ----- models ---------------------------------------------------------------------------------------------
+def model_configs(num_items: int, overrides: dict | None = None) -> dict:
+    """``{model: config}`` of every model: ``max_len``, ``batch_size``, ``options`` (the model's arguments) and
+    ``optimizer`` (Adam's). ``overrides``: ``{"max_len", "batch_size", "ctr_max_len", "ctr_batch_size"}`` and
+    ``"mos_din"``: MoS options on top of the preset's (its sessions must fit a shorter ``ctr_max_len``)."""
+    from tfmoe.models import presets
+
+    o = overrides or {}
+    peer, main, ctr = SETTINGS["peer"], SETTINGS["main"], SETTINGS["ctr"]
+    common = {k: peer[k] for k in ("hidden_dim", "num_blocks", "num_heads", "dropout")}
+    peer_len, peer_batch = o.get("max_len") or peer["max_len"], o.get("batch_size") or peer["batch_size"]
+    configs = {
+        "sasrec_peer": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
+                        "options": {**common, **peer["tfmoe"]}},
+        "keras_hub_sasrec": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
+                             "options": {**common, "inner_dim": peer["hidden_dim"], "loss": "bce"}},
+    }
+    for name, preset_name in main["presets"].items():
+        preset = presets.get(preset_name)
+        configs[name] = {"max_len": o.get("max_len") or preset["max_len"],
+                         "batch_size": o.get("batch_size") or main["batch_size"], "optimizer": main["optimizer"],
+                         "preset": preset_name, "options": preset["options"]}
+    ctr_len, ctr_batch = o.get("ctr_max_len") or ctr["max_len"], o.get("ctr_batch_size") or ctr["batch_size"]
+    configs["din"] = {"max_len": ctr_len, "batch_size": ctr_batch, "optimizer": ctr["optimizer"],
+                      "options": dict(ctr["din"])}
+    mos = presets.get(ctr["mos_din"]["preset"])
+    mos_options = {**mos["options"], **ctr["mos_din"]["options"], **(o.get("mos_din") or {})}
+    configs["mos_din"] = {"max_len": ctr_len, "batch_size": ctr_batch, "optimizer": ctr["optimizer"],
+                          "preset": ctr["mos_din"]["preset"], "options": mos_options}
+    for config in configs.values():
+        config["num_items"] = num_items
+    return copy.deepcopy(configs)
+
+
+def build(name: str, config: dict, seed: int):
+    """The compiled model ``name`` of ``config``."""
+    import keras
+
+    from tfmoe.models import registry
+
+    keras.utils.set_random_seed(seed)
+    num_items, max_len, options = config["num_items"], config["max_len"], config["options"]
+    if name == "keras_hub_sasrec":
+        model = keras_hub_sasrec_class()(vocabulary_size=num_items + 1, num_layers=options["num_blocks"],
+                                         num_heads=options["num_heads"], hidden_dim=options["hidden_dim"],
+                                         dropout=options["dropout"], max_sequence_length=max_len)
+        model.build({"item_ids": (None, max_len)})
+    elif name == "sasrec_peer":
+        model = registry.build_model("sasrec", num_items=num_items, max_len=max_len, seed=seed, **options)
+    else:
+        model = registry.build_model(name, num_items=num_items, max_len=max_len, **options)
+    model.compile(optimizer=keras.optimizers.Adam(**config["optimizer"]))
+    return model
+
+
+def training_data(name: str, arrays: dict, num_items: int, batch_size: int, seed: int):
+    """``(tf.data.Dataset, the array its sequences come from)`` of ``name``'s batches."""
+    import tensorflow as tf
+
+    if name in CTR_MODELS:
+        x = {"history": arrays["history"], "target_item": arrays["target_item"]}
+        elements = (x, arrays["labels"])
+    elif name == "keras_hub_sasrec":
+        labels = arrays["labels"]
+        x = {"item_ids": arrays["history"], "padding_mask": arrays["history"] != 0}
+        y = {"positive_sequence": labels, "negative_sequence": uniform_negatives(labels, num_items, seed)}
+        elements = (x, y, (labels != 0).astype(np.float32))
+    else:
+        elements = ({"history": arrays["history"]}, arrays["labels"])
+    ds = tf.data.Dataset.from_tensor_slices(elements).batch(batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE), arrays["history"]
+
+
+def _epoch_timer():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        """Wall time and steps of every epoch."""
+
+        def __init__(self):
+            super().__init__()
+            self.times, self.steps = [], []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start, self._steps = time.perf_counter(), 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._steps += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._start)
+            self.steps.append(self._steps)
+
+    return EpochTimer()
+
+
+# ----- the run --------------------------------------------------------------------------------------------
+def steady_time(times: list[float]) -> float:
+    """The median epoch time over the epochs after the first.
+
+    Example:
+        >>> steady_time([9.0, 2.0, 4.0, 3.0])
+        3.0
+    """
+    return statistics.median(times[1:])
+
+
+def ratios(epoch_times: dict) -> dict:
+    """:data:`RATIOS` of ``{model: steady epoch time}`` (``None`` where a model did not run)."""
+    return {key: (epoch_times[a] / epoch_times[b] if a in epoch_times and b in epoch_times else None)
+            for key, (a, b) in RATIOS.items()}
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (``uptime``'s)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def environment() -> dict:
+    """Versions that decide the speed: TensorFlow, Keras, keras-hub, numpy; oneDNN and thread settings."""
+    env = {"numpy": np.__version__}
+    for module in ("tensorflow", "keras", "keras_hub"):
+        try:
+            env[module] = __import__(module).__version__
+        except ImportError:
+            env[module] = None
+    import tensorflow as tf
+
+    env.update(inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+               intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+               TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+    return env
+
+
+def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = None, seed: int = 0,
+        overrides: dict | None = None, matmul: dict | None = None, synthetic: bool = False,
+        out_records: str | None = None, command=None) -> dict:
+    """Trains ``models`` for ``epochs`` epochs each, in turns, and writes the record; returns it (with its
+    ``"path"``). ``synthetic``: the synthetic log even where ML-1M is present; ``matmul``: ``{"size",
+    "repeats"}`` of the peak."""
+    if epochs < 2:
+        raise ValueError(f"train_speed: need at least 2 epochs (the first is not timed), got {epochs}")
+    before = load_average()
+    if before[0] > SETTINGS["max_load"]:
+        print(f"WARNING: 1-minute load average {before[0]} > {SETTINGS['max_load']} at the start: other work shares "
+              f"the cores, the epoch times are noisy", file=sys.stderr, flush=True)
+    if synthetic:
+        sequences, num_items = synthetic_sequences(users or 1000, seed)
+        data_name, files = "synthetic", []
+    else:
+        sequences, num_items, data_name, files = read_sequences(users, seed)
+    configs = model_configs(num_items, overrides)
+    matmul = {**SETTINGS["matmul"], **(matmul or {})}
+    peak = matmul_peak(matmul["size"], matmul["repeats"])
+    ctr = SETTINGS["ctr"]
+    arrays, turns = {}, {}
+    for name in models:
+        config = configs[name]
+        key = ("ctr" if name in CTR_MODELS else "next_item", config["max_len"], config["batch_size"])
+        if key not in arrays:
+            arrays[key] = (ctr_arrays(sequences, num_items, config["max_len"], config["batch_size"],
+                                      ctr["samples_per_user"], seed) if key[0] == "ctr"
+                           else next_item_arrays(sequences, config["max_len"], config["batch_size"]))
+        ds, history = training_data(name, arrays[key], num_items, config["batch_size"], seed)
+        turns[name] = (build(name, config, seed), ds, history, _epoch_timer())
+    for epoch in range(epochs):
+        for name, (model, ds, _, timer) in turns.items():
+            model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[timer])
+            print(f"epoch {epoch + 1} {name}: {timer.times[-1]:.2f} s", flush=True)
+    after = load_average()
+    results = {}
+    for name, (_, _, history, timer) in turns.items():
+        config = configs[name]
+        sequences_per_epoch = int(history.shape[0])
+        if name in CTR_MODELS:
+            forward = {"total": float(turns[name][0].analytic_flops()["total"])}
+            epoch_forward = forward["total"] * sequences_per_epoch
+        else:
+            labels = arrays[("next_item", config["max_len"], config["batch_size"])]["labels"]
+            scored = (config["max_len"] if config["options"].get("loss") == "bce"
+                      else float(np.count_nonzero(labels)) / labels.shape[0])
+            forward = model_flops(name, config, num_items, scored)
+            epoch_forward = forward["total"] * sequences_per_epoch
+        epoch_time = steady_time(timer.times)
+        train_flops = 3.0 * epoch_forward
+        achieved = train_flops / epoch_time / 1e9
+        results[name] = {
+            "epoch_times_s": [round(t, 4) for t in timer.times], "epoch_time_s": epoch_time,
+            "steps_per_epoch": timer.steps, "sequences_per_epoch": sequences_per_epoch, "batches": digest(history),
+            "forward_flops_per_sequence": forward, "train_flops_per_epoch": train_flops, "gflops_per_s": achieved,
+            "peak_fraction_fp32": achieved / peak["float32"]["gflops_per_s"],
+            "peak_fraction_bf16": achieved / peak["bfloat16"]["gflops_per_s"],
+        }
+    metrics = {"models": results, **ratios({n: r["epoch_time_s"] for n, r in results.items()}),
+               "matmul_peak": peak, "load_average_before": before, "load_average_after": after,
+               "load_warning": before[0] > SETTINGS["max_load"], "environment": environment(),
+               "data": {"name": data_name, "users": len(sequences), "num_items": num_items}}
+    config = {"models": {n: configs[n] for n in turns}, "epochs": epochs, "users": users, "data": data_name,
+              "matmul": matmul, "ctr_samples_per_user": ctr["samples_per_user"]}
+    record = records.make_record(BENCHMARK, data_name, config, metrics, epochs=epochs, seed=seed, partial=False,
+                                 data_files=files, command=command)
+    record["path"] = records.write_record(record, out_records or records.ROOT)
+    return record
+
+
+def summary(record: dict) -> str:
+    """A text table of a record: per model the steady epoch time, GFLOP/s and peak fractions; then the ratios."""
+    metrics = record["metrics"]
+    lines = [f"{'model':18} {'s/epoch':>8} {'GFLOP/s':>8} {'fp32 peak':>9} {'bf16 peak':>9}"]
+    for name, r in metrics["models"].items():
+        lines.append(f"{name:18} {r['epoch_time_s']:8.3f} {r['gflops_per_s']:8.2f} {r['peak_fraction_fp32']:9.3f} "
+                     f"{r['peak_fraction_bf16']:9.3f}")
+    peak = metrics["matmul_peak"]
+    lines.append(f"matmul peak {peak['size']}^2: fp32 {peak['float32']['gflops_per_s']:.1f} GFLOP/s, "
+                 f"bf16 {peak['bfloat16']['gflops_per_s']:.1f} GFLOP/s")
+    lines += [f"{key}: {metrics[key]:.3f}" for key in RATIOS if metrics[key] is not None]
+    lines.append(f"load average before {metrics['load_average_before']}, after {metrics['load_average_after']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"], help="epochs per model (>= 2)")
+    parser.add_argument("--users", type=int, help="the first N users only (quick runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-records", default=records.ROOT, help="where the record is written")
+    parser.add_argument("--synthetic", action="store_true", help="the synthetic log even where ML-1M is present")
+    parser.add_argument("--max-len", type=int, help="next-item length (default: the settings')")
+    parser.add_argument("--batch-size", type=int, help="next-item batch size (default: the settings')")
+    parser.add_argument("--ctr-max-len", type=int, help="CTR history length (default 1,000)")
+    parser.add_argument("--ctr-batch-size", type=int, help="CTR batch size (default: the settings')")
+    parser.add_argument("--matmul-size", type=int, help="side of the peak matmul (default: the settings')")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first epoch is not timed)")
+    from tfmoe.utils.devices import quiet_tensorflow
+
+    quiet_tensorflow()
+    overrides = {"max_len": args.max_len, "batch_size": args.batch_size, "ctr_max_len": args.ctr_max_len,
+                 "ctr_batch_size": args.ctr_batch_size}
+    record = run(args.models, args.epochs, args.users, args.seed, overrides,
+                 {"size": args.matmul_size} if args.matmul_size else None, args.synthetic, args.out_records,
+                 command=sys.argv if argv is None else ["benchmarks/train_speed.py", *argv])
+    print(summary(record))
+    print("record:", record["path"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,12 +48,12 @@ def test_gshard_dispatch_equals_a_numpy_loop_reference(num_experts, k, capacity_
     model = GShardDIN(num_items=N_ITEMS, max_len=L, embedding_dim=D, mlp_units=[8], num_experts=num_experts, k=k,
                       capacity_factor=capacity_factor, backbone_options={"attention_units": [4]})
     rng = np.random.default_rng(1)  # a sharp router: clear, varied choices
-    model.router.set_weights([rng.normal(scale=3.0, size=w.shape).astype("float32")
-                              for w in model.router.get_weights()])
+    moe = model.interest
+    moe.router.set_weights([rng.normal(scale=3.0, size=w.shape).astype("float32") for w in moe.router.get_weights()])
     x = features()
     sequence, mask, _ = model.encode(x)
-    route = model.router(sequence, mask=mask, training=False)
-    indices, gates = (t.numpy() for t in model._dispatch(sequence, mask, training=False))
+    route = moe.router(sequence, mask=mask, training=False)
+    indices, gates = (t.numpy() for t in moe.dispatch(sequence, mask, training=False))
     expected = numpy_gshard_dispatch(route["expert_indices"].numpy(), route["combine_weights"].numpy(),
                                      mask.numpy(), num_experts, capacity_factor, k)
     overflow = 0
@@ -72,7 +72,7 @@ def test_gshard_dispatch_equals_a_numpy_loop_reference(num_experts, k, capacity_
         assert overflow > 0  # the case really drops tokens
     # the interest is the sum of the experts that received a token, on their time-ordered, gate-scaled tokens
     tokens = sequence.numpy()
-    experts = model.experts.backbones
+    experts = moe.experts.backbones
     target = model.encode(x)[2]
     expected_interest = np.zeros((len(LENGTHS), model.interest_dim), "float32")
     for b in range(len(LENGTHS)):
@@ -82,7 +82,7 @@ def test_gshard_dispatch_equals_a_numpy_loop_reference(num_experts, k, capacity_
                 continue
             sub = np.stack([tokens[b, t] * expected[b][e][t] for t in kept])[None]
             expected_interest[b] += experts[e](sub, np.ones((1, len(kept)), bool), target[b:b + 1]).numpy()[0]
-    np.testing.assert_allclose(model._interest(sequence, mask, target, x, False).numpy(), expected_interest,
+    np.testing.assert_allclose(moe(sequence, mask, target, x, training=False).numpy(), expected_interest,
                                rtol=1e-5, atol=1e-6)
 
 
@@ -92,7 +92,8 @@ def test_gshard_dispatch_under_xla_equals_eager():
                       capacity_factor=0.5, backbone_options={"attention_units": [4]})
     x = features(seed=2)
     sequence, mask, _ = model.encode(x)
-    eager = model._dispatch(sequence, mask, training=False)
-    compiled = tf.function(lambda s, m: model._dispatch(s, m, training=False), jit_compile=True)(sequence, mask)
+    eager = model.interest.dispatch(sequence, mask, training=False)
+    compiled = tf.function(lambda s, m: model.interest.dispatch(s, m, training=False), jit_compile=True)(sequence,
+                                                                                                         mask)
     np.testing.assert_array_equal(compiled[0].numpy(), eager[0].numpy())
     np.testing.assert_allclose(compiled[1].numpy(), eager[1].numpy(), rtol=1e-6)

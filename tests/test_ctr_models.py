@@ -213,6 +213,65 @@ def test_mixed_precision_keeps_float32_logits(name):
                                atol=tolerance * max(1.0, np.abs(expected).max()))
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_every_sub_layer_has_the_models_dtype_policy(name):
+    extra = {"global_expert": "sessions", "shared_experts": False} if name.startswith("mos_") else {}
+    model = build(name, dtype="mixed_bfloat16", **extra)
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    assert len(layers) > 5
+    wrong = [(layer.name, type(layer).__name__, layer.dtype_policy.name) for layer in layers
+             if layer.dtype_policy.name != "mixed_bfloat16"]
+    assert not wrong
+    # the logit, attention-score and gate-logit layers compute in float32 all the same (no autocast)
+    float32 = {layer.name for layer in layers if isinstance(layer, keras.layers.Dense) and not layer.autocast}
+    assert {"logit"} <= float32 <= {"logit", "attention_score", "gate_logits"}
+    assert model(random_features()).dtype == tf.float32
+
+
+@pytest.mark.parametrize("family, prefix, backbone", [("SingleBackboneModel", "", "twin"), ("MoS", "mos_", "transact"),
+                                                      ("GShardMoE", "gshard_", "transact"),
+                                                      ("ExpertChoiceMoE", "expert_choice_", "twin")])
+def test_a_family_takes_its_backbone_as_an_argument(family, prefix, backbone, tmp_path):
+    from tfmoe.models import ctr
+
+    cls = getattr(ctr, family)
+    keras.utils.set_random_seed(0)
+    model = cls(num_items=N_ITEMS, max_len=L, num_categories=N_CATS, backbone=backbone,
+                **options(f"{prefix}{backbone}"))
+    preset = build(f"{prefix}{backbone}")
+    assert type(preset).__mro__[1] is cls and model.backbone == preset.backbone == backbone
+    model.set_weights(preset.get_weights())
+    x = random_features()
+    np.testing.assert_allclose(model(x).numpy(), preset(x).numpy(), atol=1e-6)
+    assert model.get_config() == {**preset.get_config(), "name": model.name}
+    path = str(tmp_path / "family.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is cls
+    np.testing.assert_allclose(loaded(x).numpy(), preset(x).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="backbone"):
+        type(preset)(num_items=N_ITEMS, max_len=L, backbone="din" if backbone != "din" else "twin")
+    with pytest.raises(ValueError, match="backbone"):
+        cls(num_items=N_ITEMS, max_len=L, backbone="lstm")
+
+
+def test_the_ctr_task_composes_any_interest_layer(tmp_path):
+    from tfmoe.models.ctr import CTRModel, ExpertChoiceExperts
+
+    keras.utils.set_random_seed(0)
+    interest = ExpertChoiceExperts(max_len=L, backbone="twin", backbone_options={"top_k": 4}, num_experts=2)
+    model = CTRModel(num_items=N_ITEMS, max_len=L, num_categories=N_CATS, interest=interest, **TINY)
+    x = random_features()
+    expected = model(x).numpy()
+    assert model.get_config()["interest"]["class_name"] == "ExpertChoiceExperts"
+    path = str(tmp_path / "task.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is CTRModel and type(loaded.interest) is ExpertChoiceExperts
+    np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
+    assert set(model.analytic_flops()) == {"inputs", "router", "experts", "combine", "head", "total"}
+
+
 @pytest.mark.parametrize("name", ["din", "transact", "twin", "mos_din", "mos_twin", "gshard_transact",
                                   "expert_choice_din"])
 def test_save_load_and_config_round_trip(name, tmp_path):

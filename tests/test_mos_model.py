@@ -1,7 +1,7 @@
-"""The MoS model's own logic (``MoS._themes`` / ``MoS._interest``) against numpy loop references.
+"""The MoS interest layer's own logic (``MixtureOfSequences.themes`` / ``call``) against numpy loop references.
 
 The session router and grouper have their own tests (test_session_router.py); here their outputs
-(``model._route``) are the input, and the reference recomputes, example by example, what MoS does
+(``model.interest.route``) are the input, and the reference recomputes, example by example, what MoS does
 with them: which themes run for the target (sparse: the ``k_q`` largest ``p_{q,k}``; dense: all),
 the gather of the target's themes when every theme has its own expert (``shared_experts=False``),
 ``target_weighting`` (theme outputs scaled by ``p_{q,k}``), the short-term and global experts and
@@ -61,39 +61,40 @@ def numpy_din(backbone, seq, mask, q):
 
 def numpy_mos(model, x):
     """``(interest [B, d], logits [B], themes run per row)`` with loops over examples and themes."""
+    mos = model.interest
     sequence, mask, target = model.encode(x)
-    grid, item_mask, session_mask, routed = model._route(sequence, mask, target, x)
+    grid, item_mask, session_mask, routed = mos.route(sequence, mask, target, x)
     seq, mask, q = sequence.numpy(), mask.numpy(), target.numpy().astype(np.float64)
     items, item_masks = routed["theme_items"].numpy(), routed["theme_item_mask"].numpy()
     theme_mask, p = routed["theme_mask"].numpy(), routed["target_probs"].numpy().astype(np.float64)
-    backbones = model.theme_experts.backbones
-    w = model.resolved["short_window"]
+    backbones = mos.theme_experts.backbones
+    w = mos.resolved["short_window"]
     interests, logits, chosen = [], [], []
     for b in range(seq.shape[0]):
-        if model.theme_mode == "sparse":  # the target's k_q most probable themes, most probable first
-            themes = sorted(range(model.num_themes), key=lambda k: (-p[b, k], k))[: model.active_themes]
+        if mos.theme_mode == "sparse":  # the target's k_q most probable themes, most probable first
+            themes = sorted(range(mos.num_themes), key=lambda k: (-p[b, k], k))[: mos.active_themes]
         else:
-            themes = list(range(model.num_themes))
+            themes = list(range(mos.num_themes))
         chosen.append(themes)
         outputs = []
         for k in themes:
-            expert = backbones[0] if model.shared_experts else backbones[k]  # theme k's own expert
+            expert = backbones[0] if mos.shared_experts else backbones[k]  # theme k's own expert
             out = numpy_din(expert, items[b, k], item_masks[b, k], q[b])
-            outputs.append(out * p[b, k] if model.target_weighting else out)
-        short = numpy_din(model.short_expert, seq[b, -w:], mask[b, -w:], q[b])
-        if model.global_expert_mode == "full":
-            glob = numpy_din(model.global_expert, seq[b], mask[b], q[b])
+            outputs.append(out * p[b, k] if mos.target_weighting else out)
+        short = numpy_din(mos.short_backbone, seq[b, -w:], mask[b, -w:], q[b])
+        if mos.global_expert == "full":
+            glob = numpy_din(mos.global_backbone, seq[b], mask[b], q[b])
         else:  # the expert reads the session means
             g, gm = grid.numpy()[b].astype(np.float64), item_mask.numpy()[b]
             means = np.stack([g[m][gm[m]].mean(0) if gm[m].any() else np.zeros(g.shape[-1])
                               for m in range(g.shape[0])])
-            glob = numpy_din(model.global_expert, means, session_mask.numpy()[b], q[b])
+            glob = numpy_din(mos.global_backbone, means, session_mask.numpy()[b], q[b])
         experts = np.stack([glob, short, *outputs])
         expert_mask = np.array([True, True, *theme_mask[b, themes]])
         hidden = np.concatenate([q[b], experts[expert_mask].mean(0)])
-        for layer in model.fusion._hidden_layers:
+        for layer in mos.fusion._hidden_layers:
             hidden = relu(dense(layer, hidden))
-        gate = masked_softmax(dense(model.fusion._gate_layer, hidden), expert_mask)
+        gate = masked_softmax(dense(mos.fusion._gate_layer, hidden), expert_mask)
         interest = gate @ experts
         interests.append(interest)
         z = np.concatenate([interest, q[b], interest * q[b]])
@@ -120,13 +121,14 @@ def test_interest_and_logits_equal_a_numpy_loop_reference(case):
     model, x = build(**CASES[case]), random_features(lengths=LENGTHS, seed=2)
     sequence, mask, target = model.encode(x)
     interest, logits, chosen = numpy_mos(model, x)
-    np.testing.assert_allclose(model._interest(sequence, mask, target, x, False).numpy(), interest,
+    mos = model.interest
+    np.testing.assert_allclose(mos(sequence, mask, target, x, training=False).numpy(), interest,
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model(x).numpy(), logits, rtol=1e-4, atol=1e-5)
     routed = model.routing(x)
-    if model.theme_mode == "sparse":  # the themes MoS fuses are the reference's, in the same order
-        themes, mask_out, weights = model._themes(routed, target, False)
-        assert themes.shape[1] == model.active_themes
+    if mos.theme_mode == "sparse":  # the themes MoS fuses are the reference's, in the same order
+        themes, mask_out, weights = mos.themes(routed, target, False)
+        assert themes.shape[1] == mos.active_themes
         p = routed["target_probs"].numpy()
         np.testing.assert_allclose(weights.numpy(), np.take_along_axis(p, np.array(chosen), axis=1), rtol=1e-6)
         np.testing.assert_array_equal(mask_out.numpy(),
@@ -134,8 +136,8 @@ def test_interest_and_logits_equal_a_numpy_loop_reference(case):
     # the inputs exercise what they should: an all-padding row, and more sessions than the themes hold
     assert not routed["theme_mask"].numpy()[0].any()
     probs, sessions = routed["routing_probs"].numpy(), routed["routing_probs"].numpy().sum(-1) > 0
-    per_theme = [np.bincount(probs[b][sessions[b]].argmax(-1), minlength=model.num_themes) for b in range(len(LENGTHS))]
-    assert max(c.max() for c in per_theme) > model.resolved["sessions_per_theme"]
+    per_theme = [np.bincount(probs[b][sessions[b]].argmax(-1), minlength=mos.num_themes) for b in range(len(LENGTHS))]
+    assert max(c.max() for c in per_theme) > mos.resolved["sessions_per_theme"]
 
 
 def test_sparse_with_every_theme_is_dense_in_the_targets_order():
@@ -149,16 +151,16 @@ def test_sparse_with_every_theme_is_dense_in_the_targets_order():
         _, _, target = sparse.encode(x)
         routed = sparse.routing(x)
         order = np.argsort(-routed["target_probs"].numpy(), axis=1, kind="stable")
-        got = sparse._themes(routed, target, False)
-        want = dense._themes(routed, target, False)
+        got = sparse.interest.themes(routed, target, False)
+        want = dense.interest.themes(routed, target, False)
         for g, w in zip(got, want):
             np.testing.assert_allclose(g.numpy(), np.take_along_axis(w.numpy(), order.reshape(
                 order.shape + (1,) * (w.ndim - 2)), axis=1), rtol=1e-5, atol=1e-6)
-        gate = sparse.fusion._gate_layer  # the same logit for every theme slot: the gate ignores their order
+        gate = sparse.interest.fusion._gate_layer  # the same logit for every theme slot: the gate ignores their order
         kernel, bias = gate.kernel.numpy(), gate.bias.numpy()
         kernel[:, 2:] = kernel[:, 2:3]
         bias[2:] = bias[2]
         for model in (sparse, dense):
-            model.fusion._gate_layer.set_weights([kernel, bias])
+            model.interest.fusion._gate_layer.set_weights([kernel, bias])
         np.testing.assert_allclose(sparse(x).numpy(), dense(x).numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(sparse(x).numpy(), numpy_mos(sparse, x)[1], rtol=1e-4, atol=1e-5)

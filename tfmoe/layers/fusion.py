@@ -9,6 +9,9 @@ from tfmoe.layers import masking
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer
 
+GATE_INPUTS = ("query_and_experts", "query")
+COMBINES = ("weighted_sum", "concat")
+
 
 @keras.saving.register_keras_serializable(package="tfmoe")
 class MultiScaleFusion(keras.layers.Layer):
@@ -75,8 +78,8 @@ class MultiScaleFusion(keras.layers.Layer):
             owner, "hidden_units", hidden_units, minimum=1, allow_empty=True
         )
         self.activation = v.check_activation(owner, "activation", activation)
-        self.gate_inputs = v.check_choice(owner, "gate_inputs", gate_inputs, ("query_and_experts", "query"))
-        self.combine = v.check_choice(owner, "combine", combine, ("weighted_sum", "concat"))
+        self.gate_inputs = v.check_choice(owner, "gate_inputs", gate_inputs, GATE_INPUTS)
+        self.combine = v.check_choice(owner, "combine", combine, COMBINES)
         self.num_ungated_experts = v.check_int(owner, "num_ungated_experts", num_ungated_experts, minimum=0)
         self.dropout = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.seed = v.check_optional_int(owner, "seed", seed, minimum=0)
@@ -123,11 +126,12 @@ class MultiScaleFusion(keras.layers.Layer):
         for layer in self._hidden_layers:
             layer.build((None, width))
             width = layer.units
-        # Gate logits in float32 (routing math), whatever the policy.
+        # Gate logits in float32 (routing math) under the layer's policy: no autocast of inputs or weights.
         self._gate_layer = keras.layers.Dense(
             num_gated,
             kernel_initializer=fresh_initializer(self.kernel_initializer, "gate_logits"),
-            dtype="float32",
+            dtype=self.dtype_policy,
+            autocast=False,
             name="gate_logits",
         )
         self._gate_layer.build((None, width))

@@ -14,6 +14,10 @@ from tfmoe.utils.initializers import fresh_initializer
 
 _MISSING = -1  # session index of an unused slot
 ROUTERS = ("softmax", "codebook")
+ASSIGNMENTS = ("argmax", "expert_choice")
+POOLINGS = ("mean", "attention")
+SIMILARITIES = ("dot", "cosine")
+PROBABILITY_SCALINGS = ("multiply", "straight_through", "none")
 
 
 def prototype_diversity_loss(prototypes):
@@ -305,12 +309,12 @@ class SessionThemeRouter(keras.layers.Layer):
         self.num_themes = v.check_int(owner, "num_themes", num_themes, minimum=1)
         self.sessions_per_theme = v.check_int(owner, "sessions_per_theme", sessions_per_theme, minimum=1)
         self.temperature = v.check_float(owner, "temperature", temperature, minimum=0.0, min_inclusive=False)
-        self.assignment = v.check_choice(owner, "assignment", assignment, ("argmax", "expert_choice"))
-        self.pooling = v.check_choice(owner, "pooling", pooling, ("mean", "attention"))
+        self.assignment = v.check_choice(owner, "assignment", assignment, ASSIGNMENTS)
+        self.pooling = v.check_choice(owner, "pooling", pooling, POOLINGS)
         self.projection_dim = v.check_optional_int(owner, "projection_dim", projection_dim, minimum=1)
-        self.similarity = v.check_choice(owner, "similarity", similarity, ("dot", "cosine"))
+        self.similarity = v.check_choice(owner, "similarity", similarity, SIMILARITIES)
         self.probability_scaling = v.check_choice(
-            owner, "probability_scaling", probability_scaling, ("multiply", "straight_through", "none")
+            owner, "probability_scaling", probability_scaling, PROBABILITY_SCALINGS
         )
         self.load_balance_weight = v.check_float(
             owner, "load_balance_weight", load_balance_weight, minimum=0.0

@@ -36,6 +36,8 @@ import tensorflow as tf
 from tfmoe.layers import masking
 from tfmoe.utils import validation as v
 
+MODES = ("session", "chunk")
+
 
 def _grid_from_compact(order, compact_ids, num_valid, num_sessions: int, session_length: int):
     """Shared core: positions of the grid given the compacted sequence.
@@ -182,7 +184,7 @@ class SessionGrouper(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         owner = type(self).__name__
-        self.mode = v.check_choice(owner, "mode", mode, ("session", "chunk"))
+        self.mode = v.check_choice(owner, "mode", mode, MODES)
         if self.mode == "session" and num_sessions is None:
             raise ValueError(f"{owner}: `num_sessions` is required in mode='session', got None")
         self.num_sessions = v.check_optional_int(owner, "num_sessions", num_sessions, minimum=1)

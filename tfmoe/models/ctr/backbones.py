@@ -106,7 +106,8 @@ class TargetAttention(Backbone):
             layer.build((None, width))
             self.hidden_layers.append(layer)
             width = units
-        self.score_layer = keras.layers.Dense(1, dtype="float32", name="attention_score")
+        # float32 scores under the layer's policy: no autocast of the (float32) inputs or the weights
+        self.score_layer = keras.layers.Dense(1, dtype=self.dtype_policy, autocast=False, name="attention_score")
         self.score_layer.build((None, width))
 
     def output_dim(self, d):
@@ -174,7 +175,7 @@ class TransActEncoder(Backbone):
             raise ValueError(f"{owner}: `model_dim` ({model_dim}) must be divisible by `num_heads` ({num_heads})")
         self.num_layers = v.check_int(owner, "num_layers", num_layers, minimum=1)
         self.ffn_dim = v.check_optional_int(owner, "ffn_dim", ffn_dim, minimum=1)
-        self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
+        self.dropout = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.early_fusion = v.check_bool(owner, "early_fusion", early_fusion)
         self.norm = v.check_choice(owner, "norm", norm, ("pre", "post"))
 
@@ -201,7 +202,7 @@ class TransActEncoder(Backbone):
                               (self.ffn_inputs, dm), (self.ffn_outputs, ff), (self.ffn_norms, dm)):
             for layer in layers:
                 layer.build((None, width))
-        self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def output_dim(self, d):
         return 2 * self._dims(d)[0]
@@ -213,18 +214,18 @@ class TransActEncoder(Backbone):
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, T, dh]
         scores = tf.matmul(qkv[0], qkv[1], transpose_b=True) * tf.cast(1.0 / math.sqrt(dm // h), x.dtype)
         probs = masking.masked_softmax(scores, key_mask[:, None, None, :])
-        context = tf.matmul(self.dropout(probs, training=training), qkv[2])  # [B, H, T, dh]
+        context = tf.matmul(self.dropout_layer(probs, training=training), qkv[2])  # [B, H, T, dh]
         context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, length, dm])
         return self.attention_outputs[i](context)
 
     def _ffn(self, i, x, training):
-        return self.ffn_outputs[i](self.dropout(self.ffn_inputs[i](x), training=training))
+        return self.ffn_outputs[i](self.dropout_layer(self.ffn_inputs[i](x), training=training))
 
     def _sublayer(self, x, norm, function, training):
         """``x + f(LN(x))`` (pre) or ``LN(x + f(x))`` (post), with dropout on ``f``."""
         if self.norm == "pre":
-            return x + self.dropout(function(norm(x)), training=training)
-        return norm(x + self.dropout(function(x), training=training))
+            return x + self.dropout_layer(function(norm(x)), training=training)
+        return norm(x + self.dropout_layer(function(x), training=training))
 
     def call(self, sequence, mask, target, training=None):
         seq, mask, q = _inputs(self, sequence, mask, target)
@@ -261,7 +262,7 @@ class TransActEncoder(Backbone):
     def get_config(self):
         config = super().get_config()
         config.update(model_dim=self.model_dim, num_heads=self.num_heads, num_layers=self.num_layers,
-                      ffn_dim=self.ffn_dim, dropout=self.dropout_rate, early_fusion=self.early_fusion, norm=self.norm)
+                      ffn_dim=self.ffn_dim, dropout=self.dropout, early_fusion=self.early_fusion, norm=self.norm)
         return config
 
 

@@ -1,12 +1,18 @@
-"""The base class of every CTR model: inputs, embedding, head, loss, config and FLOPs bookkeeping.
+"""The CTR task: feature embedding + an interest layer + the prediction head, the BCE loss and the metrics.
 
 A CTR model maps the features dict of :mod:`tfmoe.data.samples` to one logit per row::
 
     e_i = [E_item[x_i] ; E_cat[c_i]] * mask_i        (mask: see tfmoe.models.ctr.inputs.history_mask)
     q   = [E_item[target_item] ; E_cat[target_category]]
-    u   = interest(e, mask, q)                        (subclass: a backbone, MoS, an MoE baseline)
+    u   = interest(e, mask, q)                        (an interest layer: tfmoe.models.ctr.interest)
     logit = MLP([u ; q ; P u * q])                    (P = identity when dim(u) == d, else a learned
                                                        d x dim(u) projection: an explicit interaction)
+
+:class:`CTRModel` composes any interest layer with the embedding and the head (like a keras-hub
+Task around its Backbone); :class:`BackboneFamily` is the CTR model of one interest layer class,
+built from flat options (``backbone``, ``backbone_options`` and the layer's options). The routing
+families: :class:`~tfmoe.models.ctr.single.SingleBackboneModel`, :class:`~tfmoe.models.ctr.mos.MoS`,
+:class:`~tfmoe.models.ctr.baselines.GShardMoE`, :class:`~tfmoe.models.ctr.baselines.ExpertChoiceMoE`.
 
 Contract used by the trainer:
 
@@ -17,58 +23,81 @@ Contract used by the trainer:
   ``tf.distribute`` strategy like every Keras loss (the trainer's reported loss is unscaled);
 * ``analytic_flops()``: forward FLOPs per example at ``max_len`` (dict with ``"total"``).
 
-Subclasses set their own options, create their layers, then call ``self._finish()``; they implement
-``_build_interest(d) -> d_out``, ``_interest(sequence, mask, target, features, training)``,
-``_interest_flops(d) -> dict`` and ``_extra_config() -> dict``.
-
 Common options (every CTR model):
     embedding_dim: item embedding size (default 32).
     category_dim: category embedding size (default 16; unused when ``num_categories == 0``).
     mlp_units: hidden sizes of the prediction MLP (default [200, 80]).
     mlp_activation: their activation (default ``"relu"``).
     dropout: dropout in the prediction MLP (default 0).
-    backbone_options: dict of options of the backbone layer (see :mod:`tfmoe.models.ctr.backbones`).
+
+Example:
+    >>> import numpy as np
+    >>> from tfmoe.models.ctr import CTRModel, SingleBackboneInterest
+    >>> model = CTRModel(num_items=20, max_len=4, embedding_dim=8, mlp_units=[8],
+    ...                  interest=SingleBackboneInterest(max_len=4, backbone="twin"))
+    >>> model({"history": np.array([[0, 3, 4, 5]]), "target_item": np.array([6])}).shape
+    TensorShape([1])
+
+References:
+    * DIN: Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018,
+      https://arxiv.org/abs/1706.06978 (the head's input ``[u ; q ; u * q]``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import tensorflow as tf
 
 from tfmoe.layers import masking
+from tfmoe.models.ctr import checkpoints
 from tfmoe.models.ctr import inputs as ci
-from tfmoe.models.ctr.backbones import make_backbone
 from tfmoe.models.ctr.heads import PredictionHead, binary_cross_entropy
 from tfmoe.models.keras_conventions import KerasConventions
 from tfmoe.models.losses import training_objective
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
 
+COMMON_OPTIONS = ("embedding_dim", "category_dim", "mlp_units", "mlp_activation", "dropout")
+MODEL_KWARGS = ("name", "dtype", "trainable", "autocast")
 
+
+@keras.saving.register_keras_serializable(package="tfmoe")
 class CTRModel(KerasConventions, keras.Model):
-    """Base CTR model (see the module docstring); ``BACKBONE`` names the backbone of the subclass."""
+    """A CTR model around an interest layer (see the module docstring).
 
-    BACKBONE: str | None = None
+    Args:
+        num_items, max_len, num_categories: the data's sizes.
+        interest: an interest layer (:mod:`tfmoe.models.ctr.interest`), or a callable
+            ``(dtype=, name=) -> layer`` that makes one with the model's dtype policy.
+        embedding_dim, category_dim, mlp_units, mlp_activation, dropout: the common options.
+    """
 
-    def __init__(self, num_items, max_len, num_categories=0, embedding_dim=32, category_dim=16, mlp_units=(200, 80),
-                 mlp_activation="relu", dropout=0.0, backbone_options=None, **kwargs):
+    def __init__(self, num_items, max_len, num_categories=0, interest=None, embedding_dim=32, category_dim=16,
+                 mlp_units=(200, 80), mlp_activation="relu", dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         owner = type(self).__name__
-        if self.BACKBONE is None:
-            raise TypeError(f"{owner} is abstract: use a registered CTR model (e.g. DIN, MoSDIN)")
         self.num_items = v.check_int(owner, "num_items", num_items, minimum=1)
         self.max_len = v.check_int(owner, "max_len", max_len, minimum=1)
         self.num_categories = v.check_int(owner, "num_categories", num_categories, minimum=0)
-        if backbone_options is not None and not isinstance(backbone_options, dict):
-            raise ValueError(f"{owner}: `backbone_options` must be a dict or None, got {backbone_options!r}")
-        self.backbone_options = dict(backbone_options or {})
-        self.embedding = self._checked(
-            ci.FeatureEmbedding, self.num_items, self.num_categories, embedding_dim, category_dim,
-            dtype=self.dtype_policy, name="embedding",
-        )
+        self.embedding = self._checked(ci.FeatureEmbedding, self.num_items, self.num_categories, embedding_dim,
+                                       category_dim, dtype=self.dtype_policy, name="embedding")
         self.head = self._checked(PredictionHead, mlp_units, mlp_activation, dropout, dtype=self.dtype_policy,
                                   name="head")
-        self.make_backbone("probe")  # validates backbone_options now (the layer is discarded)
+        self.embedding_dim = self.embedding.item_dim
+        self.category_dim = self.embedding.category_dim
+        self.mlp_units = list(self.head.hidden_units)
+        self.mlp_activation = self.head.activation
+        self.dropout = self.head.dropout
+        if isinstance(interest, dict):
+            interest = keras.saving.deserialize_keras_object(interest)
+        if interest is None:
+            raise ValueError(f"{owner}: `interest` must be an interest layer or a callable making one, got None")
+        if not isinstance(interest, keras.layers.Layer):
+            interest = self._checked(interest, dtype=self.dtype_policy, name="interest")
+        self.interest = interest
+        self._finish()
 
     def _checked(self, factory, *args, **kwargs):
         """``factory(*args, **kwargs)`` with ValueErrors re-raised naming this model."""
@@ -77,24 +106,6 @@ class CTRModel(KerasConventions, keras.Model):
         except ValueError as error:
             raise ValueError(f"{type(self).__name__}: {error}") from None
 
-    def make_backbone(self, name: str):
-        """A fresh backbone layer of this model's kind, with ``backbone_options``."""
-        return self._checked(make_backbone, self.BACKBONE, self.backbone_options, dtype=self.dtype_policy, name=name)
-
-    # ----- subclass hooks ---------------------------------------------------------------------------
-    def _build_interest(self, d: int) -> int:
-        raise NotImplementedError
-
-    def _interest(self, sequence, mask, target, features, training):
-        raise NotImplementedError
-
-    def _interest_flops(self, d: int) -> dict:
-        raise NotImplementedError
-
-    def _extra_config(self) -> dict:
-        return {}
-
-    # ----- model --------------------------------------------------------------------------------------
     @property
     def input_dim(self) -> int:
         """``d`` of the behaviour and target embeddings."""
@@ -104,7 +115,9 @@ class CTRModel(KerasConventions, keras.Model):
         """Creates every weight (so a saved model loads without data)."""
         self.embedding.build()
         d = self.input_dim
-        self.interest_dim = self._build_interest(d)
+        if not self.interest.built:
+            self._checked(self.interest.build, (None, self.max_len, d))
+        self.interest_dim = self.interest.output_dim(d)
         self.interaction = None
         if self.interest_dim != d:
             self.interaction = keras.layers.Dense(d, use_bias=False, dtype=self.dtype_policy, name="interaction")
@@ -121,19 +134,23 @@ class CTRModel(KerasConventions, keras.Model):
         if self.num_categories:
             categories = ci.require(owner, features, ci.HISTORY_CATEGORIES)
             target_category = ci.require(owner, features, ci.TARGET_CATEGORY)
+        for key in self.interest.required_features():
+            ci.require(owner, features, key)
         mask = ci.history_mask(features, owner)
         sequence = masking.apply_mask(self.embedding(items, categories), mask)
         return sequence, mask, self.embedding(target_item, target_category)
 
     def call(self, features, training=None):
         sequence, mask, target = self.encode(features)
-        interest = tf.cast(self._interest(sequence, mask, target, features, training), target.dtype)
+        interest = self.interest(sequence, mask, target, features, training=training)
+        interest = tf.cast(interest, target.dtype)
         projected = interest if self.interaction is None else self.interaction(interest)
         return self.head(tf.concat([interest, target, projected * target], axis=-1), training=training)
 
     def input_sequence_features(self) -> tuple:
         """The prepared-data side features (``tfmoe.data.schema`` names) this model reads; the trainer requests them."""
-        return ("categories",) if self.num_categories else ()
+        own = ("categories",) if self.num_categories else ()
+        return own + tuple(self.interest.input_sequence_features())
 
     def probabilities(self, features):
         """``sigmoid(logits)`` ``[B]`` float32 in inference mode."""
@@ -164,24 +181,64 @@ class CTRModel(KerasConventions, keras.Model):
         """Forward FLOPs per example at ``max_len``: ``inputs``, the interest parts, ``head`` and ``total``."""
         d, length = self.input_dim, self.max_len
         parts = {"inputs": 3 * length + length * d}  # padding mask, masking the embeddings
-        parts.update(self._interest_flops(d))
+        parts.update(self.interest.flops(d))
         interaction = d if self.interaction is None else d + fl.matmul_flops(1, self.interest_dim, d)
         parts["head"] = self.head.flops(self.interest_dim + 2 * d) + interaction
         parts["total"] = sum(parts.values())
         return parts
 
+    def load_own_variables(self, store):
+        """Keras' loading of the model's own variables; a flat-layout checkpoint is read at its composed paths
+        (:mod:`tfmoe.models.ctr.checkpoints`)."""
+        super().load_own_variables(store)
+        checkpoints.adopt_flat_layout(self, store)
+
+    def _common_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable, "num_items": self.num_items,
+                "max_len": self.max_len, "num_categories": self.num_categories,
+                **{name: getattr(self, name) for name in COMMON_OPTIONS}}
+
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable}
-        config.update(
-            num_items=self.num_items,
-            max_len=self.max_len,
-            num_categories=self.num_categories,
-            embedding_dim=self.embedding.item_dim,
-            category_dim=self.embedding.category_dim,
-            mlp_units=list(self.head.hidden_units),
-            mlp_activation=self.head.activation,
-            dropout=self.head.dropout_rate,
-            backbone_options=dict(self.backbone_options),
-        )
-        config.update(self._extra_config())
-        return config
+        return {**self._common_config(), "interest": keras.saving.serialize_keras_object(self.interest)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class BackboneFamily(CTRModel):
+    """The CTR model of the interest layer class ``INTEREST``, built from flat options.
+
+    ``Family(num_items, max_len, num_categories=0, backbone="din", backbone_options=None, **options)``:
+    ``options`` are the common options (:class:`CTRModel`) and those of ``INTEREST``; ``get_config``
+    returns them flat, with ``backbone``, and the model reads them as attributes (``model.num_themes``).
+    """
+
+    INTEREST: type | None = None
+
+    def __init__(self, num_items, max_len, num_categories=0, backbone="din", backbone_options=None, **options):
+        if self.INTEREST is None:
+            raise TypeError(f"{type(self).__name__} is abstract: use a routing family (e.g. MoS, GShardMoE)")
+        model = {key: options.pop(key) for key in (*COMMON_OPTIONS, *MODEL_KWARGS) if key in options}
+        interest = functools.partial(self.INTEREST, max_len, backbone=backbone, backbone_options=backbone_options,
+                                     **options)
+        super().__init__(num_items, max_len, num_categories, interest=interest, **model)
+
+    def __getattr__(self, name):
+        # the interest layer's options read as the model's own: model.num_themes, model.session_mode, ...
+        interest = self.__dict__.get("interest")
+        if interest is not None and name in interest.options():
+            return getattr(interest, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def backbone(self) -> str:
+        """The backbone's name (``"din"``, ``"transact"``, ``"twin"``)."""
+        return self.interest.backbone
+
+    @property
+    def backbone_options(self) -> dict:
+        return dict(self.interest.backbone_options)
+
+    def get_config(self):
+        return {**self._common_config(), **self.interest.options()}

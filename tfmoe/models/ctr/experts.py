@@ -61,7 +61,7 @@ class ExpertSet(keras.layers.Layer):
     def __init__(self, backbone, backbone_options=None, num_experts=1, shared=True, **kwargs):
         super().__init__(**kwargs)
         owner = type(self).__name__
-        self.backbone_name = backbone
+        self.backbone = backbone
         self.backbone_options = dict(backbone_options or {})
         self.num_experts = v.check_int(owner, "num_experts", num_experts, minimum=1)
         self.shared = v.check_bool(owner, "shared", shared)
@@ -103,6 +103,6 @@ class ExpertSet(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(backbone=self.backbone_name, backbone_options=dict(self.backbone_options),
+        config.update(backbone=self.backbone, backbone_options=dict(self.backbone_options),
                       num_experts=self.num_experts, shared=self.shared)
         return config

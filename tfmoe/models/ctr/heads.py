@@ -41,7 +41,7 @@ class PredictionHead(keras.layers.Layer):
         owner = type(self).__name__
         self.hidden_units = v.check_int_sequence(owner, "hidden_units", hidden_units, allow_empty=True)
         self.activation = v.check_activation(owner, "activation", activation)
-        self.dropout_rate = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
+        self.dropout = v.check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
 
     def build(self, input_shape):
         width = int(input_shape[-1])
@@ -51,15 +51,16 @@ class PredictionHead(keras.layers.Layer):
             layer.build((None, width))
             self.hidden_layers.append(layer)
             width = units
-        self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
-        self.logit_layer = keras.layers.Dense(1, dtype="float32", name="logit")
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        # a float32 logit under the layer's policy: no autocast of the (float32) inputs or the weights
+        self.logit_layer = keras.layers.Dense(1, dtype=self.dtype_policy, autocast=False, name="logit")
         self.logit_layer.build((None, width))
         self.built = True
 
     def call(self, inputs, training=None):
         x = tf.cast(inputs, self.compute_dtype)
         for layer in self.hidden_layers:
-            x = self.dropout(layer(x), training=training)
+            x = self.dropout_layer(layer(x), training=training)
         return self.logit_layer(tf.cast(x, tf.float32))[:, 0]
 
     def flops(self, input_dim: int) -> int:
@@ -68,5 +69,5 @@ class PredictionHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(hidden_units=list(self.hidden_units), activation=self.activation, dropout=self.dropout_rate)
+        config.update(hidden_units=list(self.hidden_units), activation=self.activation, dropout=self.dropout)
         return config

@@ -1,0 +1,279 @@
+r"""The MoS interest layer (Mixture of Sequence, WWW 2026): sessions -> themes -> backbone experts -> fusion.
+
+Reconstructed from the abstract and the spec of ``docs/models.md`` (Part A, sections 4.1-4.8); the
+paper's body was not available, so every unknown is an option whose default is the spec's::
+
+    sessions   [B, M, P, d] <- SessionGrouper(e, mask)        session_mode (S1 time gap / S2 chunks)
+    router     p_{m,k} = softmax_k(-||W_s s_m - c_k||^2 / tau)  SessionThemeRouter (routing unit = session):
+                         argmax = nearest prototype, VQ-VAE losses (router="codebook", default),
+               or        softmax_k(W_s s_m . c_k / tau)          (router="softmax")
+               X^(k)   = top-C sessions of theme k, time order, items scaled by p_{m,k}  [B, K, C*P, d]
+               p_{q,k} = the same with s_m <- q               target routing
+    themes     sparse (R1): E_k = Backbone(X^(k), q) for the k_q themes with the largest p_{q,k}
+               dense  (R2): all K themes
+               target_weighting: E_k <- p_{q,k} E_k   (the gradient path of the target routing)
+    short      E_short = Backbone(last W positions, q)
+    global     E_glob  = Backbone(whole history, q)  ("full")  or  Backbone(session means s_1..s_M, q) ("sessions")
+    fusion     u = sum_s g_s E_s,  g = softmax(MLP([q ; mean_s E_s]))   MultiScaleFusion over [glob, short, themes]
+    losses     load_balance_weight * K sum_k f_k P_k + diversity_weight * ||C C^T - I||^2
+               (+ codebook_weight * ||sg(z) - c||^2 + commitment_weight * ||z - sg(c)||^2 with router="codebook")
+
+Options (defaults = the spec's suggestions; [I] = inferred, not from the paper):
+    session_mode: ``"chunk"`` (S2: chunks of ``session_length`` real items from the most recent;
+        default, robust to coarse timestamps), ``"session_ids"`` (S1 with the data's
+        ``history_session_ids``, e.g. a 30-minute gap at prepare time) or ``"time_gap"`` (S1 in the
+        layer: a new session where ``history_timestamps`` jump by more than ``session_gap`` seconds).
+    session_length: ``P`` items kept per session (default 10) [I].
+    num_sessions: ``M`` most recent sessions kept (default ``ceil(max_len / P)``) [I].
+    session_gap: seconds, for ``"time_gap"`` (default 1800 = 30 min).
+    num_themes: ``K`` (default 4).
+    sessions_per_theme: ``C`` (default ``ceil(M / K)``, so the themes can hold every session) [I].
+    theme_mode: ``"sparse"`` (R1, default: only the target's themes run) or ``"dense"`` (R2).
+    active_themes: ``k_q`` themes run in sparse mode (default 1) [I].
+    shared_experts: theme experts share one backbone (default True: fewer parameters). With
+        ``False`` each theme has its own backbone; in sparse mode all ``K`` then run (static shapes,
+        dense FLOPs) and the target's ``k_q`` outputs are kept.
+    short_window: ``W`` most recent positions of the short-term expert (default 20) [I].
+    global_expert: ``"full"`` (default) or ``"sessions"`` (the pooled, cheaper multi-scale reading).
+    router_temperature, assignment (``"argmax"`` / ``"expert_choice"``), session_pooling (``"mean"`` /
+        ``"attention"``), probability_scaling (``"multiply"`` / ``"straight_through"`` / ``"none"``):
+        see :class:`~tfmoe.layers.SessionThemeRouter`.
+    target_weighting: scale theme outputs by ``p_{q,k}`` (default True) [I].
+    load_balance_weight: Switch load balance over sessions (default 1e-2).
+    diversity_weight: prototype orthogonality penalty (default 0).
+    router: ``"codebook"`` (default: each session to its nearest prototype, with VQ-VAE codebook and
+        commitment losses and dead-code restarts) [I: the paper's Sec. 4.1 cites VQ-VAE] or
+        ``"softmax"`` (prototype similarities). ``benchmarks/theme_purity.py`` measures how well each
+        recovers the planted themes of the synthetic data.
+        codebook_weight (default 1) and commitment_weight (``beta``) weight the two losses; ``beta``
+        defaults to 0 here (VQ-VAE: 0.25): MoS has no reconstruction loss to keep the session
+        embeddings honest, so the commitment term pulls each session towards the code it already has
+        and locks early mistakes in (``purity_meta.diagnostics`` of ``benchmarks/results/long_ctr.json``).
+        See :class:`~tfmoe.layers.SessionThemeRouter`.
+    fusion_units: hidden sizes of the fusion gate MLP (default [64]).
+
+Example:
+    >>> import numpy as np
+    >>> from tfmoe.models.ctr.mixture_of_sequences import MixtureOfSequences
+    >>> mos = MixtureOfSequences(max_len=12, backbone="din", session_length=3, num_themes=2)
+    >>> sequence, mask = np.random.rand(1, 12, 4).astype("float32"), np.ones((1, 12), bool)
+    >>> tuple(mos(sequence, mask, np.random.rand(1, 4).astype("float32")).shape)
+    (1, 4)
+
+References:
+    * MoS: Lin et al., "Mixture of Sequence: Theme-Aware Mixture-of-Experts for Long-Sequence
+      Recommendation", WWW 2026, https://arxiv.org/abs/2604.20858.
+    * VQ-VAE: van den Oord, Vinyals, Kavukcuoglu, "Neural Discrete Representation Learning",
+      NeurIPS 2017, https://arxiv.org/abs/1711.00937.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfmoe.layers import MultiScaleFusion, SessionGrouper, SessionThemeRouter, masking, select_target_themes
+from tfmoe.models.ctr import inputs as ci
+from tfmoe.models.ctr.experts import ExpertSet
+from tfmoe.models.ctr.interest import InterestLayer
+from tfmoe.utils import flops as fl
+from tfmoe.utils import validation as v
+
+SESSION_MODES = ("chunk", "session_ids", "time_gap")
+THEME_MODES = ("sparse", "dense")
+GLOBAL_EXPERT_MODES = ("full", "sessions")
+
+
+def time_gap_session_ids(timestamps, mask, gap: int):
+    """Session ids ``[B, L]``: +1 at each real position whose previous real position is > ``gap`` seconds older.
+
+    Left padding is assumed (real positions are contiguous); ids at padding are meaningless.
+    """
+    t = tf.cast(timestamps, tf.int64)
+    previous = tf.concat([t[:, :1], t[:, :-1]], axis=1)
+    previous_real = tf.concat([tf.zeros_like(mask[:, :1]), mask[:, :-1]], axis=1)
+    new = tf.logical_and(mask, tf.logical_or(tf.logical_not(previous_real), t - previous > gap))
+    return tf.cumsum(tf.cast(new, tf.int32), axis=1)
+
+
+@keras.saving.register_keras_serializable(package="tfmoe")
+class MixtureOfSequences(InterestLayer):
+    """MoS around a backbone (see the module docstring for the method and every option)."""
+
+    def __init__(self, max_len, backbone="din", backbone_options=None, session_mode="chunk", session_length=10,
+                 num_sessions=None, session_gap=1800, num_themes=4, sessions_per_theme=None, theme_mode="sparse",
+                 active_themes=1, shared_experts=True, short_window=20, global_expert="full",
+                 router_temperature=1.0, assignment="argmax", session_pooling="mean",
+                 probability_scaling="multiply", target_weighting=True, load_balance_weight=1e-2,
+                 diversity_weight=0.0, fusion_units=(64,), router="codebook", codebook_weight=1.0,
+                 commitment_weight=0.0, **kwargs):
+        super().__init__(max_len, backbone, backbone_options, **kwargs)
+        owner = type(self).__name__
+        self.session_mode = v.check_choice(owner, "session_mode", session_mode, SESSION_MODES)
+        self.session_length = v.check_int(owner, "session_length", session_length, minimum=1)
+        self.num_sessions = v.check_optional_int(owner, "num_sessions", num_sessions, minimum=1)
+        self.session_gap = v.check_int(owner, "session_gap", session_gap, minimum=0)
+        self.num_themes = v.check_int(owner, "num_themes", num_themes, minimum=1)
+        sessions = self.num_sessions or math.ceil(self.max_len / self.session_length)
+        self.sessions_per_theme = v.check_optional_int(owner, "sessions_per_theme", sessions_per_theme, minimum=1,
+                                                       maximum=sessions)
+        self.theme_mode = v.check_choice(owner, "theme_mode", theme_mode, THEME_MODES)
+        self.active_themes = v.check_int(owner, "active_themes", active_themes, minimum=1, maximum=self.num_themes)
+        self.shared_experts = v.check_bool(owner, "shared_experts", shared_experts)
+        self.short_window = v.check_int(owner, "short_window", short_window, minimum=1)
+        self.global_expert = v.check_choice(owner, "global_expert", global_expert, GLOBAL_EXPERT_MODES)
+        self.target_weighting = v.check_bool(owner, "target_weighting", target_weighting)
+        self.resolved = {
+            "num_sessions": sessions,
+            "sessions_per_theme": self.sessions_per_theme or math.ceil(sessions / self.num_themes),
+            "short_window": min(self.short_window, self.max_len),
+        }
+        dtype = self.dtype_policy
+        self.grouper = SessionGrouper(sessions, self.session_length,
+                                      mode="chunk" if self.session_mode == "chunk" else "session",
+                                      dtype=dtype, name="sessions")
+        # the router validates its options (errors name SessionThemeRouter); they are read back from it
+        self.theme_router = SessionThemeRouter(
+            self.num_themes, self.resolved["sessions_per_theme"], temperature=router_temperature,
+            assignment=assignment, pooling=session_pooling, probability_scaling=probability_scaling,
+            load_balance_weight=load_balance_weight, diversity_weight=diversity_weight, router=router,
+            codebook_weight=codebook_weight, commitment_weight=commitment_weight, dtype=dtype, name="theme_router",
+        )
+        self.router_temperature = self.theme_router.temperature
+        self.assignment = self.theme_router.assignment
+        self.session_pooling = self.theme_router.pooling
+        self.probability_scaling = self.theme_router.probability_scaling
+        self.load_balance_weight = self.theme_router.load_balance_weight
+        self.diversity_weight = self.theme_router.diversity_weight
+        self.router = self.theme_router.router
+        self.codebook_weight = self.theme_router.codebook_weight
+        self.commitment_weight = self.theme_router.commitment_weight
+        self.theme_experts = ExpertSet(self.backbone, self.backbone_options, self.num_themes, self.shared_experts,
+                                       dtype=dtype, name="theme_experts")
+        self.short_backbone = self.make_backbone("short_expert")
+        self.global_backbone = self.make_backbone("global_expert")
+        self.fusion = MultiScaleFusion(hidden_units=fusion_units, dtype=dtype, name="fusion")
+        self.fusion_units = list(self.fusion.hidden_units)
+
+    @property
+    def themes_run(self) -> int:
+        """Theme experts computed per example."""
+        sparse_shared = self.theme_mode == "sparse" and self.shared_experts
+        return self.active_themes if sparse_shared else self.num_themes
+
+    @property
+    def themes_fused(self) -> int:
+        """Theme outputs entering the fusion."""
+        return self.active_themes if self.theme_mode == "sparse" else self.num_themes
+
+    def _build(self, d):
+        m, p = self.resolved["num_sessions"], self.session_length
+        self.theme_router.build((None, m, p, d))
+        self.theme_experts.build((None, None, None, d))
+        self.short_backbone.build((None, None, d))
+        self.global_backbone.build((None, None, d))
+        self.fusion.build((None, 2 + self.themes_fused, self.output_dim(d)), (None, d))
+
+    def output_dim(self, d):
+        return self.theme_experts.output_dim(d)
+
+    def required_features(self):
+        return {"session_ids": (ci.HISTORY_SESSION_IDS,), "time_gap": (ci.HISTORY_TIMESTAMPS,)}.get(
+            self.session_mode, ())
+
+    # ----- routing ------------------------------------------------------------------------------
+    def session_ids(self, features, mask):
+        """Session ids ``[B, L]`` of the session mode (``None`` in ``"chunk"`` mode)."""
+        owner = type(self).__name__
+        if self.session_mode == "session_ids":
+            return ci.require(owner, features, ci.HISTORY_SESSION_IDS)
+        if self.session_mode == "time_gap":
+            return time_gap_session_ids(ci.require(owner, features, ci.HISTORY_TIMESTAMPS), mask, self.session_gap)
+        return None
+
+    def route(self, sequence, mask, target, features):
+        """``(grid [B, M, P, d], item_mask, session_mask, router outputs)`` of the theme router."""
+        grid, item_mask, session_mask = self.grouper(sequence, self.session_ids(features, mask), mask=mask)
+        return grid, item_mask, session_mask, self.theme_router(grid, item_mask, target=target)
+
+    def themes(self, routed, target, training):
+        """Theme expert outputs ``[B, K', d_o]``, their mask and their target weights ``p_{q,k}``."""
+        if self.theme_mode == "sparse" and self.shared_experts:
+            chosen = select_target_themes(routed, self.active_themes)
+            out = self.theme_experts(chosen["theme_items"], chosen["theme_item_mask"], target, training=training)
+            return out, chosen["theme_mask"], chosen["target_weights"]
+        out = self.theme_experts(routed["theme_items"], routed["theme_item_mask"], target, training=training)
+        if self.theme_mode == "dense":
+            return out, routed["theme_mask"], routed["target_probs"]
+        top = tf.math.top_k(routed["target_probs"], k=self.active_themes)
+        picked = tf.gather(out, top.indices, batch_dims=1)
+        return picked, tf.gather(routed["theme_mask"], top.indices, batch_dims=1), top.values
+
+    def call(self, sequence, mask, target, features=None, training=None):
+        grid, item_mask, session_mask, routed = self.route(sequence, mask, target, features)
+        themes, theme_mask, weights = self.themes(routed, target, training)
+        if self.target_weighting:
+            themes = themes * tf.cast(weights, themes.dtype)[..., None]
+        w = self.resolved["short_window"]
+        short = self.short_backbone(sequence[:, -w:], mask[:, -w:], target, training=training)
+        if self.global_expert == "full":
+            glob = self.global_backbone(sequence, mask, target, training=training)
+        else:
+            means = masking.masked_mean(grid, item_mask, axis=2)  # [B, M, d]
+            glob = self.global_backbone(means, session_mask, target, training=training)
+        experts = tf.concat([glob[:, None], short[:, None], tf.cast(themes, glob.dtype)], axis=1)
+        always = tf.ones_like(mask[:, :1])  # the global and short-term experts always run
+        expert_mask = tf.concat([always, always, theme_mask], axis=1)
+        fused, _ = self.fusion(experts, target, expert_mask=expert_mask, training=training)
+        return fused
+
+    # ----- FLOPs and config ---------------------------------------------------------------------
+    def flops(self, d):
+        m, p = self.resolved["num_sessions"], self.session_length
+        c, k = self.resolved["sessions_per_theme"], self.num_themes
+        out = self.output_dim(d)
+        parts = {
+            # session means, routing projection and prototypes (Einsum: not seen by the profiler),
+            # scaling + masking of the K theme subsequences
+            "router": 2 * m * p * d + fl.matmul_flops(m + 1, d, d) + fl.matmul_flops(m + 1, d, k) + 2 * k * c * p * d,
+            "theme_experts": self.theme_experts.flops(c * p, d, self.themes_run),
+            "short_expert": self.short_backbone.flops(self.resolved["short_window"], d),
+        }
+        if self.global_expert == "full":
+            parts["global_expert"] = self.global_backbone.flops(self.max_len, d)
+        else:
+            parts["global_expert"] = self.global_backbone.flops(m, d) + 2 * m * p * d
+        experts = 2 + self.themes_fused
+        gate = fl.mlp_flops(1, d + out, [*self.fusion_units, experts])
+        weighting = self.themes_fused * out if self.target_weighting else 0
+        parts["fusion"] = gate + 2 * experts * out + 5 * experts + weighting
+        return parts
+
+    def options(self):
+        return {
+            **super().options(),
+            "session_mode": self.session_mode,
+            "session_length": self.session_length,
+            "num_sessions": self.num_sessions,
+            "session_gap": self.session_gap,
+            "num_themes": self.num_themes,
+            "sessions_per_theme": self.sessions_per_theme,
+            "theme_mode": self.theme_mode,
+            "active_themes": self.active_themes,
+            "shared_experts": self.shared_experts,
+            "short_window": self.short_window,
+            "global_expert": self.global_expert,
+            "router_temperature": self.router_temperature,
+            "assignment": self.assignment,
+            "session_pooling": self.session_pooling,
+            "probability_scaling": self.probability_scaling,
+            "target_weighting": self.target_weighting,
+            "load_balance_weight": self.load_balance_weight,
+            "diversity_weight": self.diversity_weight,
+            "fusion_units": list(self.fusion_units),
+            "router": self.router,
+            "codebook_weight": self.codebook_weight,
+            "commitment_weight": self.commitment_weight,
+        }

@@ -481,7 +481,7 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
         turns[name] = (build(name, config, seed), ds, history, _epoch_timer())
     for epoch in range(epochs):
         for name, (model, ds, _, timer) in turns.items():
-            model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[timer])
+            model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0, callbacks=[timer])
             print(f"epoch {epoch + 1} {name}: {timer.times[-1]:.2f} s", flush=True)
     after = load_average()
     results = {}
@@ -511,8 +511,8 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
                "matmul_peak": peak, "load_average_before": before, "load_average_after": after,
                "load_warning": before[0] > SETTINGS["max_load"], "environment": environment(),
                "data": {"name": data_name, "users": len(sequences), "num_items": num_items}}
-    config = {"models": {n: configs[n] for n in turns}, "epochs": epochs, "users": users, "data": data_name,
-              "matmul": matmul, "ctr_samples_per_user": ctr["samples_per_user"]}
+    config = {"models": {n: configs[n] for n in turns}, "epochs": epochs, "matmul": matmul,
+              "data": {"name": data_name, "users": users, "ctr_samples_per_user": ctr["samples_per_user"]}}
     record = records.make_record(BENCHMARK, data_name, config, metrics, epochs=epochs, seed=seed, partial=False,
                                  data_files=files, command=command)
     record["path"] = records.write_record(record, out_records or records.ROOT)
@@ -532,6 +532,27 @@ def summary(record: dict) -> str:
     lines += [f"{key}: {metrics[key]:.3f}" for key in RATIOS if metrics[key] is not None]
     lines.append(f"load average before {metrics['load_average_before']}, after {metrics['load_average_after']}")
     return "\n".join(lines)
+
+
+def speed_table(record: dict) -> str:
+    """The record as ``benchmarks/README.md`` shows it: per model the steady epoch time, the training FLOPs of an
+    epoch, GFLOP/s and the fractions of the matmul peak; the ratios; the peak, load and versions."""
+    metrics = record["metrics"]
+    rows = ["| model | s / epoch | epochs timed | steps / epoch | training GFLOP / epoch | GFLOP/s | of fp32 peak | "
+            "of bf16 peak |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in metrics["models"].items():
+        rows.append(f"| {name} | {r['epoch_time_s']:.3f} | {len(r['epoch_times_s']) - 1} | {r['steps_per_epoch'][-1]} "
+                    f"| {r['train_flops_per_epoch'] / 1e9:.1f} | {r['gflops_per_s']:.1f} | "
+                    f"{r['peak_fraction_fp32']:.3f} | {r['peak_fraction_bf16']:.3f} |")
+    rows += ["", "| ratio | value |", "|---|---|"]
+    rows += [f"| {key} | {metrics[key]:.3f} |" for key in RATIOS if metrics.get(key) is not None]
+    peak, env = metrics["matmul_peak"], metrics["environment"]
+    rows += ["", f"Matmul peak ({peak['size']} x {peak['size']}): float32 {peak['float32']['gflops_per_s']:.1f} "
+                 f"GFLOP/s, bfloat16 {peak['bfloat16']['gflops_per_s']:.1f} GFLOP/s. Load average (1, 5, 15 min) "
+                 f"before {metrics['load_average_before']}, after {metrics['load_average_after']}"
+                 + (" (other work shared the cores)" if metrics["load_warning"] else "")
+                 + f". keras-hub {env.get('keras_hub')}, numpy {env.get('numpy')}."]
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:

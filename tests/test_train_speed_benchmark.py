@@ -54,6 +54,15 @@ def test_the_record_holds_every_model_and_its_ratios_are_epoch_time_quotients(re
 
 
 @pytest.mark.slow
+def test_the_report_shows_the_record(record):
+    from benchmarks import report
+
+    saved = records.read_record(record["path"])
+    text = report.render([saved])
+    assert "## Training speed: synthetic" in text and "| sasrec_peer |" in text and "| mos_din_over_din_time |" in text
+
+
+@pytest.mark.slow
 def test_tfmoe_and_keras_hub_sasrec_train_on_the_same_batches(record):
     models = record["metrics"]["models"]
     ours, theirs = models["sasrec_peer"], models["keras_hub_sasrec"]

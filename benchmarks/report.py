@@ -22,6 +22,7 @@ from benchmarks import _paths as paths
 from benchmarks import next_item_tables as tables
 from benchmarks import records
 from benchmarks.next_item import COST, MODELS, SETTINGS, THROUGHPUT
+from benchmarks.train_speed import speed_table
 
 README = os.path.join(paths.BENCHMARKS, "README.md")
 HEADER = """# Benchmark results
@@ -40,6 +41,9 @@ PROTOCOLS = {
                 "position, validation = second-last; test AUC / GAUC / LogLoss at the best validation-AUC epoch",
     "theme_purity": "purity and NMI of MoS-DIN's session -> theme assignments against the planted themes of the "
                     "synthetic set, over every real session of the test histories",
+    "train_speed": "every model trains on the same batches, the models taking turns one epoch at a time; seconds per "
+                   "epoch = median of the epochs after the first; training FLOPs = 3 x the analytic forward count; "
+                   "peak = a square float32 / bfloat16 tf.matmul timed in the same run",
     "moe_layers": "one training step of sparse top-2-of-8 MoE vs dense 8-expert and one-FFN layers",
     "data_pipeline": "tf.data reader throughput and training-step time from TFRecords vs from memory",
     "serving": "TensorFlow Serving load test: latency percentiles and throughput per request batch size",
@@ -188,6 +192,8 @@ def render(found: list[dict]) -> str:
     for record in by_benchmark.get("theme_purity", []):
         parts.append(_section(f"Theme purity: {record['variant']}", "theme_purity", purity_table(record["metrics"]),
                               [record]))
+    for record in by_benchmark.get("train_speed", []):
+        parts.append(_section(f"Training speed: {record['variant']}", "train_speed", speed_table(record), [record]))
     for benchmark, title in (("moe_layers", "MoE layers"),
                              ("data_pipeline", "Data pipeline"), ("serving", "Serving")):
         for record in by_benchmark.get(benchmark, []):

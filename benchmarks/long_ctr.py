@@ -1,52 +1,55 @@
 """Long-sequence CTR benchmark: MoS vs its backbones and token-routed MoE baselines.
 
-Settings: ``benchmarks/settings/long_ctr.yaml`` (the protocol, the models' options per length, the side experiments).
+Settings: ``benchmarks/settings/long_ctr.yaml`` (the protocol, the tasks, the models' options per length, the side
+experiments).
 
-Tasks (``docs/evaluation.md``, "Long-sequence CTR"):
+Tasks (``tasks`` of the settings):
 
-* ``ml-1m-ctr``: ML-1M as a CTR task at history lengths 50 / 200 / 1,000: for a user and position ``t``,
-  history = items before ``t``, positive = item ``t``, negative = a uniform draw from the items the user
-  never touched; test on each user's last position, validate on the second-last, train on earlier
-  positions (``positions: random``, ``samples_per_user`` fresh positions per user and epoch). Validation and
-  test negatives are seeded by ``(eval_seed, user_id)``: the same for every model and seed. AUC, GAUC,
-  LogLoss on test at the best validation-AUC epoch. Models ``<backbone>``, ``mos_<backbone>``,
-  ``gshard_<backbone>``, ``expert_choice_<backbone>`` for backbones ``din``, ``transact``, ``twin``, with the
-  settings of :data:`COMMON`, :data:`BACKBONES` and :data:`LENGTHS` (the CTR models' recommended ones).
-* ``taobao-smoke``: the Taobao UserBehavior head sample with time-gap sessions (``tfmoe prepare``'s default
-  30-minute gap, read by MoS as ``session_mode="session_ids"``): a smoke run of MoS-DIN next to DIN.
-* ``synthetic-purity``: session-hopping synthetic data with planted themes (:mod:`tfmoe.data.synthetic`);
-  MoS-DIN is trained on its CTR task, then every real session of the test histories is assigned its argmax
-  router theme and compared with its planted theme (:func:`tfmoe.data.synthetic.theme_purity`), next to
-  the purity of uniformly random assignments and of the untrained router.
+* ``ml-1m-ctr-pop``: ML-1M as a CTR task. Each user's positions are split in time
+  (``CTRSampling(holdout="fraction")``): test = the last 10% (at least 1), validation = the 10% before, training =
+  the rest. Every validation and test position ``t`` is an impression (history = the ``t`` items before it,
+  positive = item ``t``) with one negative drawn in proportion to item popularity among the items the user never
+  touched (``negatives="popularity"``: popularity alone scores AUC 0.5), seeded by ``(eval_seed, user_id)``, the
+  same for every model and seed. Training draws ``samples_per_user`` positions per user and epoch, the same number
+  for every model, with fresh negatives each epoch. Sessions are fixed-length chunks (ML-1M has no timestamps).
+* ``ml-1m-ctr-uniform``: the same trained models on the same test positions with uniform negatives from the
+  untouched items (evaluation only).
+* ``ml-latest-small``: MovieLens ``ratings.csv`` with real labels: every rating is an impression of its own movie,
+  label = rating >= 4 (``CTRSampling(impressions="labelled")``), history = the user's earlier ratings, the same
+  time split; MoS reads the 30-minute time-gap sessions of ``tfmoe prepare`` (``session_mode="session_ids"``).
+* side experiments: ``taobao-smoke`` (the Taobao UserBehavior head sample with time-gap sessions: MoS-DIN next to
+  DIN) and ``synthetic-purity`` (session-hopping synthetic data with planted themes: the router's session purity).
+
+Metrics of a run (test split, best validation-AUC checkpoint): AUC, GAUC and LogLoss overall and by history-length
+bucket (``buckets``: <= 200, 201-1,000, > 1,000 items of history at the impression), from every impression's user id,
+label, score and history length, kept in ``<run>/impressions-<task>.npz`` (:mod:`benchmarks.ctr_impressions`).
 
 Phases (``--phase``; each resumable, ``report`` always last):
 
-1. ``prepare``: ``tfmoe prepare`` of ML-1M (``ml1m-sasrec``) and Taobao into ``<data-dir>/<name>``, skipped
-   when present; the synthetic set is generated and prepared by the ``purity`` phase.
-2. ``flops``: analytic and profiler forward FLOPs per example and parameter counts of all 12 models at every
-   length (cached in ``<work-dir>/flops.json``).
-3. ``train``: :func:`tfmoe.training.train` for every length x model x seed into
-   ``<work-dir>/ml-1m-ctr/L<length>/<model>/seed<k>``. With ``--chunk`` < ``--epochs`` the models of a length
-   take turns (``chunk`` epochs each), so a cut-off session leaves comparable partial results. A killed run
-   resumes from its backup when the command is run again; finished runs are not retrained; raising
-   ``--epochs`` extends them.
-4. ``taobao`` and ``purity``: the two side experiments above.
-5. ``report``: a record (:mod:`benchmarks.records`) per run this machine holds, under
-   ``benchmarks/results/records/long_ctr/ml-1m-ctr/L<length>/<model>/`` (and ``taobao-smoke/<model>``; the
-   ``purity`` phase writes ``synthetic-small/mos_din``): test AUC, GAUC and LogLoss at the best validation-AUC
-   epoch, the Hanley-McNeil standard error of the AUC, FLOPs and parameters. Runs stopped before their budget are
-   recorded from their best checkpoint; a run that does not follow the full protocol (its epoch budget or early
-   stopping, ``samples_per_user``, a full epoch) is ``"partial": true``. The report prints the table of what ran.
+1. ``prepare``: ``tfmoe prepare`` of the tasks' datasets into ``<data-dir>/<name>``, skipped when present.
+2. ``flops``: analytic and profiler forward FLOPs per example and parameter counts (cached in
+   ``<work-dir>/flops.json``).
+3. ``train``: :func:`tfmoe.training.train` for every task x length x model x seed into
+   ``<work-dir>/<task>/L<length>/<model>/spu<k>/seed<s>``, then the per-impression evaluation of each finished run on
+   its task and evaluation-only columns. With ``--chunk`` < ``--epochs`` the models of a length take turns
+   (``chunk`` epochs each). A killed run resumes from its backup; finished runs are not retrained.
+4. ``taobao`` and ``purity``: the side experiments.
+5. ``report``: a record (:mod:`benchmarks.records`) per run and task column,
+   ``benchmarks/results/records/long_ctr/<task>/L<length>/<model>/``, with the overall and per-bucket metrics, FLOPs
+   and training examples/s; and per task, length and backbone a ``<task>/L<length>/paired/<backbone>`` record: MoS -
+   backbone as the difference of the seed means of AUC and GAUC with a 95% interval from a paired bootstrap over test
+   users (:mod:`tfmoe.metrics.bootstrap`). A run that does not follow the full protocol (its epoch budget or early
+   stopping, ``samples_per_user``, a full epoch) is ``"partial": true``; ``benchmarks/report.py`` builds the
+   ``summary`` and ``paired`` tables from the records (:mod:`benchmarks.long_ctr_tables`).
 
-The full protocol is one command, resumable over many sessions (hours on 2 CPU cores, most of it at
-length 1,000; minutes per model on a GPU)::
+The full protocol, resumable over many sessions (hours on 2 CPU cores; minutes per model on a GPU)::
 
     nohup .venv/bin/python benchmarks/long_ctr.py --seeds 0 1 2 --chunk 2 > /work/runs/long_ctr/full.log 2>&1 &
 
-A bounded run (what fits in an hour on a shared 2-core machine) and the report of what has run so far::
+A smoke run of the protocol (a few steps per model, recorded as partial) and the report of what has run so far::
 
-    nohup .venv/bin/python benchmarks/long_ctr.py --phase prepare flops train --backbones din \\
-        --lengths 1000 200 --epochs 2 --chunk 1 --samples-per-user 2 > /work/runs/long_ctr/din.log 2>&1 &
+    .venv/bin/python benchmarks/long_ctr.py --phase prepare train report --tasks ml-1m-ctr-pop --backbones din \\
+        --variants "" mos_ --lengths 200 --seeds 0 --epochs 1 --steps-per-epoch 20
     .venv/bin/python benchmarks/long_ctr.py --phase report
 """
 
@@ -55,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -76,6 +78,8 @@ PROTOCOL, VARIANTS, COMMON, BACKBONES = (SETTINGS[k] for k in ("protocol", "vari
 VARIANTS = tuple(VARIANTS)
 LENGTHS, EVAL_BATCH, MOS, GSHARD, EXPERT_CHOICE = (SETTINGS[k] for k in ("lengths", "eval_batch", "mos", "gshard",
                                                                           "expert_choice"))
+TASKS, BUCKETS, BOOTSTRAP = SETTINGS["tasks"], SETTINGS["buckets"], SETTINGS["bootstrap"]
+TRAINED_TASKS = tuple(task for task, spec in TASKS.items() if "evaluates" not in spec)
 TAOBAO, SYNTHETIC = SETTINGS["taobao"], SETTINGS["synthetic"]
 BENCHMARK = "long_ctr"
 RECORDS = records.ROOT
@@ -101,13 +105,14 @@ def split_name(name: str) -> tuple[str, str]:
     return "", name
 
 
-def model_options(name: str, length: int) -> dict:
-    """Registry name + options of ``name`` (e.g. ``"mos_din"``) at history length ``length``."""
+def model_options(name: str, length: int, task: str | None = None) -> dict:
+    """Registry name + options of ``name`` (e.g. ``"mos_din"``) at history length ``length`` for ``task``."""
     variant, backbone = split_name(name)
     structure = LENGTHS[length]
     options = {"name": name, **COMMON, **BACKBONES[backbone]}
     if variant == "mos_":
         options.update(MOS, **structure)
+        options.update(TASKS[task].get("mos", {}) if task else {})
         if backbone == "transact" and length >= 1000:
             options["global_expert"] = "sessions"
     elif variant == "gshard_":
@@ -118,13 +123,16 @@ def model_options(name: str, length: int) -> dict:
 
 
 def ctr_config(data_dir: str, model: dict, max_len: int, seed: int, output_dir: str, epochs: int, patience: int,
-               samples_per_user: int, steps_per_epoch: int | None, sequence_features=(), eval_batch=1024) -> dict:
+               samples_per_user: int, steps_per_epoch: int | None, sequence_features=(), eval_batch=1024,
+               sampling: dict | None = None) -> dict:
+    """A CTR training config; ``sampling`` adds :class:`~tfmoe.data.samples.CTRSampling` fields (the time split)."""
     return {
         "task": "ctr",
         "data": {"dir": data_dir, "max_len": max_len, "batch_size": PROTOCOL["batch_size"],
                  "eval_batch_size": eval_batch, "sequence_features": list(sequence_features),
                  "ctr": {"num_negatives": PROTOCOL["num_negatives"], "positions": "random",
-                         "samples_per_user": samples_per_user, "min_history": 1, "eval_seed": PROTOCOL["eval_seed"]}},
+                         "samples_per_user": samples_per_user, "min_history": 1, "eval_seed": PROTOCOL["eval_seed"],
+                         **(sampling or {})}},
         "model": model,
         "optimizer": {"name": "adam", "learning_rate": PROTOCOL["learning_rate"]},
         "training": {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "seed": seed, "verbose": 2,
@@ -132,6 +140,25 @@ def ctr_config(data_dir: str, model: dict, max_len: int, seed: int, output_dir: 
         "evaluation": {"splits": ["test"]},
         "output_dir": output_dir,
     }
+
+
+def trained_task(task: str) -> str:
+    """The task whose models ``task`` scores (itself, unless ``task`` is an evaluation-only column)."""
+    return TASKS[task].get("evaluates", task)
+
+
+def columns(task: str) -> list[str]:
+    """The tasks a model trained on ``task`` is evaluated on: ``task`` and its evaluation-only columns."""
+    return [task] + [name for name, spec in TASKS.items() if spec.get("evaluates") == task]
+
+
+def task_sampling(task: str) -> dict:
+    """The CTRSampling fields of ``task`` beyond :func:`ctr_config`'s: the time split, then the task's own (an
+    evaluation-only column starts from the fields of the task it scores)."""
+    out = {"holdout": "fraction", "holdout_fraction": PROTOCOL["holdout_fraction"]}
+    out.update(TASKS[trained_task(task)]["ctr"])
+    out.update(TASKS[task]["ctr"])
+    return out
 
 
 def sampling_tag(samples_per_user: int, steps_per_epoch: int | None) -> str:
@@ -144,14 +171,16 @@ def parse_tag(tag: str) -> tuple[int, int | None]:
     return int(spu[3:]), int(steps) if steps else None
 
 
-def ml1m_config(args, name: str, length: int, seed: int, epochs: int | None = None, samples_per_user=None,
-                steps_per_epoch=None) -> dict:
+def task_config(args, task: str, name: str, length: int, seed: int, epochs: int | None = None,
+                samples_per_user=None, steps_per_epoch=None) -> dict:
+    """The training config of ``name`` at ``length`` and ``seed`` on trained task ``task``."""
+    spec = TASKS[task]
     spu = samples_per_user or args.samples_per_user
     steps = steps_per_epoch if samples_per_user else args.steps_per_epoch
-    return ctr_config(os.path.join(args.data_dir, "ml-1m"), model_options(name, length), length, seed,
-                      os.path.join(args.work_dir, "ml-1m-ctr", f"L{length}", name, sampling_tag(spu, steps),
-                                   f"seed{seed}"),
-                      epochs or args.epochs, args.patience, spu, steps, eval_batch=EVAL_BATCH[length])
+    return ctr_config(os.path.join(args.data_dir, spec["dataset"]), model_options(name, length, task), length, seed,
+                      os.path.join(args.work_dir, task, f"L{length}", name, sampling_tag(spu, steps), f"seed{seed}"),
+                      epochs or args.epochs, args.patience, spu, steps, spec.get("sequence_features", ()),
+                      EVAL_BATCH[length], task_sampling(task))
 
 
 def _log(message: str) -> None:
@@ -170,8 +199,12 @@ def prepare(names, data_dir: str) -> None:
         subprocess.run(command, check=True)
 
 
+def _names(args) -> list[str]:
+    return [model_name(v, b) for b in args.backbones for v in args.variants]
+
+
 def flops(args) -> dict:
-    """``{length: {model: {"analytic", "profiler", "params"}}}`` for every model at every length (cached)."""
+    """``{length: {model: {"analytic", "profiler", "params"}}}`` of the chosen models and lengths (cached)."""
     import numpy as np
 
     from tfmoe.models import registry
@@ -179,13 +212,12 @@ def flops(args) -> dict:
 
     path = os.path.join(args.work_dir, "flops.json")
     table = read_json(path)
-    names = [model_name(v, b) for b in BACKBONES for v in VARIANTS]
-    for length in LENGTHS:
+    for length in args.lengths:
         rng = np.random.default_rng(0)
         features = {"history": rng.integers(1, 3000, (2, length)).astype("int32"),
                     "target_item": rng.integers(1, 3000, 2).astype("int32")}
         row = table.setdefault(str(length), {})
-        for name in names:
+        for name in _names(args):
             if name in row:
                 continue
             options = {k: x for k, x in model_options(name, length).items() if k != "name"}
@@ -197,33 +229,87 @@ def flops(args) -> dict:
     return table
 
 
-def train_ml1m(args) -> None:
-    """Every length x model x seed; models of a length take turns ``chunk`` epochs at a time."""
+def train_tasks(args) -> None:
+    """Every trained task x length x model x seed (models of a length take turns ``chunk`` epochs at a time), then
+    the per-impression evaluation of every run on its task columns."""
     from tfmoe.training import train
 
-    names = [model_name(v, b) for b in args.backbones for v in VARIANTS]
-    for length in args.lengths:
-        for target in range(min(args.chunk, args.epochs), args.epochs + args.chunk, args.chunk):
-            target = min(target, args.epochs)
-            for name in names:
+    for task in args.tasks:
+        for length in args.lengths:
+            for target in range(min(args.chunk, args.epochs), args.epochs + args.chunk, args.chunk):
+                target = min(target, args.epochs)
+                for name in _names(args):
+                    for seed in args.seeds:
+                        config = task_config(args, task, name, length, seed, target)
+                        _log(f"== train {task} L={length} {name} seed {seed} up to epoch {target}")
+                        start = time.time()
+                        result = train(config)
+                        _log(f"== {task} L={length} {name} seed {seed}: epochs {result.epochs_run}, best "
+                             f"{result.best_epoch}, stopped early {result.stopped_early}, test "
+                             f"{json.dumps(result.test_metrics)} ({time.time() - start:.0f} s)")
+                if target == args.epochs:
+                    break
+            for name in _names(args):
                 for seed in args.seeds:
-                    config = ml1m_config(args, name, length, seed, target)
-                    _log(f"== train ml-1m-ctr L={length} {name} seed {seed} up to epoch {target}")
-                    start = time.time()
-                    result = train(config)
-                    _log(f"== L={length} {name} seed {seed}: epochs {result.epochs_run}, best {result.best_epoch}, "
-                         f"stopped early {result.stopped_early}, test {json.dumps(result.test_metrics)} "
-                         f"({time.time() - start:.0f} s)")
-            if target == args.epochs:
-                break
+                    evaluate_run(task_config(args, task, name, length, seed), task)
+
+
+# ----- per-impression evaluation -----------------------------------------------------------------------
+_USER_ITEMS: dict = {}
+
+
+def impressions_path(config_dict: dict, task: str) -> str:
+    return os.path.join(config_dict["output_dir"], f"impressions-{task}.npz")
+
+
+def evaluate_run(config_dict: dict, task: str) -> dict | None:
+    """``{column: {"overall", "buckets"}}`` of the best checkpoint of a run trained on ``task``, on each of the task's
+    columns, from the impressions files (scored now when missing or older than the checkpoint); ``None`` before a
+    checkpoint exists."""
+    from benchmarks import ctr_impressions
+
+    weights = os.path.join(config_dict["output_dir"], "best.weights.h5")
+    if not os.path.exists(weights):
+        return None
+    out, model = {}, None
+    for column in columns(task):
+        path = impressions_path(config_dict, column)
+        if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(weights):
+            if model is None:
+                model, features = _best_model(config_dict)
+            ctr_impressions.save_impressions(path, _score(config_dict, column, model, features))
+        out[column] = ctr_impressions.bucket_metrics(ctr_impressions.load_impressions(path), BUCKETS)
+    return out
+
+
+def _best_model(config_dict: dict):
+    """The run's model with its best weights, and the sequence features it reads."""
+    from tfmoe.training.config import TrainConfig
+    from tfmoe.training.trainer import build_model, data_sizes, with_model_inputs
+
+    config = TrainConfig.from_dict(config_dict)
+    model = build_model(config, "ctr", data_sizes(config.data.dir))
+    model.load_weights(os.path.join(config.output_dir, "best.weights.h5"))
+    return model, tuple(with_model_inputs(config, model).data.sequence_features)
+
+
+def _score(config_dict: dict, task: str, model, features) -> dict:
+    from benchmarks import ctr_impressions
+    from tfmoe.data import dataset
+    from tfmoe.data.samples import CTRSampling
+
+    data_dir = config_dict["data"]["dir"]
+    if data_dir not in _USER_ITEMS:
+        _USER_ITEMS[data_dir] = dataset.load_user_items(data_dir)
+    sampling = CTRSampling(**{**config_dict["data"]["ctr"], **task_sampling(task)})
+    _log(f"== score {task} {config_dict['output_dir']}")
+    return ctr_impressions.score_impressions(model, data_dir, "test", sampling, config_dict["data"]["max_len"],
+                                             features, config_dict["data"]["eval_batch_size"],
+                                             touched_items=_USER_ITEMS[data_dir])
 
 
 # ----- side experiments --------------------------------------------------------------------------------
-TAOBAO = {"max_len": 200, "epochs": 3, "patience": 2, "samples_per_user": 20,
-          "mos": {"session_mode": "session_ids", "session_length": 10, "num_themes": 4, "sessions_per_theme": 5,
-                  "short_window": 20, "active_themes": 1, "load_balance_weight": 1e-2}}
-
-
+# ----- side experiments --------------------------------------------------------------------------------
 def taobao_config(args, name: str, seed: int = 0) -> dict:
     model = {"name": name, **COMMON}
     if name.startswith("mos_"):
@@ -241,11 +327,6 @@ def taobao(args) -> None:
         _log(f"== train taobao-smoke {name}")
         result = train(taobao_config(args, name))
         _log(f"== taobao-smoke {name}: epochs {result.epochs_run}, test {json.dumps(result.test_metrics)}")
-
-
-SYNTHETIC = {"preset": "small", "seed": 0, "max_len": 200, "epochs": 10, "patience": 3, "samples_per_user": 10,
-             "mos": {"session_mode": "session_ids", "session_length": 10, "num_sessions": 20, "num_themes": 8,
-                     "sessions_per_theme": 5, "short_window": 20, "active_themes": 1, "load_balance_weight": 1e-2}}
 
 
 def synthetic_paths(args) -> dict:
@@ -392,14 +473,14 @@ def _one_based(epoch):
 
 
 def _run_result(config_dict: dict) -> dict | None:
-    """Test metrics of one run: from metrics.json when finished, else from its best checkpoint (partial)."""
+    """Trainer results of one run: from metrics.json when finished, else from its best checkpoint (partial)."""
     run = saved_run(config_dict, "ctr")
     if run is None:
         return None
     budget_reached = run["finished"] and (run["stopped_early"] or run["epochs"] >= PROTOCOL["epochs"])
     return {"finished": run["finished"], "epochs": run["epochs"], "best_epoch": _one_based(run["best_epoch"]),
             "stopped_early": run["stopped_early"], "test": run["test"], "valid": run["valid"],
-            "budget_reached": budget_reached}
+            "history": run.get("history", []), "budget_reached": budget_reached}
 
 
 def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
@@ -410,84 +491,32 @@ def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
 
 
 def _se(test: dict) -> float | None:
-    count = int(test.get("count") or 0)
-    positives = count // (1 + PROTOCOL["num_negatives"])
-    return auc_standard_error(test["AUC"], positives, count - positives) if positives else None
+    positives, count = test.get("positives"), int(test.get("count") or 0)
+    if test.get("AUC") is None or not positives or positives >= count:
+        return None
+    return auc_standard_error(test["AUC"], positives, count - positives)
 
 
-def _mean(values):
-    return statistics.fmean(values) if values else None
-
-
-def _entry(runs: list[dict], flops_row: dict | None, tag: str | None) -> dict:
-    entry = {"auc": None, "gauc": None, "logloss": None,
-             "flops": (flops_row or {}).get("analytic"), "flops_profiler": (flops_row or {}).get("profiler"),
-             "params": (flops_row or {}).get("params"), "seeds": len(runs)}
-    if not runs:
-        entry.update(partial=True, partial_reasons=["not trained yet (FLOPs only)"])
-        return entry
-    spu, steps = parse_tag(tag)
-    auc = [r["test"]["AUC"] for r in runs]
-    gauc = [r["test"]["GAUC"] for r in runs]
-    entry.update(auc=_mean(auc), gauc=_mean(gauc), logloss=_mean([r["test"]["LogLoss"] for r in runs]),
-                 auc_std=statistics.pstdev(auc) if len(auc) > 1 else 0.0,
-                 gauc_std=statistics.pstdev(gauc) if len(gauc) > 1 else 0.0,
-                 epochs=_mean([r["epochs"] for r in runs]), best_epoch=[r["best_epoch"] for r in runs],
-                 samples_per_user=spu, steps_per_epoch=steps, test_impressions=runs[0]["test"].get("count"),
-                 auc_se_hanley_mcneil=_se(runs[0]["test"]))
+def partial_reasons(result: dict, samples_per_user: int, steps_per_epoch: int | None) -> list[str]:
+    """Why a run is not the full protocol (empty: it is)."""
     reasons = []
-    if len(runs) < PROTOCOL["seeds"]:
-        reasons.append(f"{len(runs)} of {PROTOCOL['seeds']} seeds")
-    if not all(r["budget_reached"] for r in runs):
-        reasons.append(f"epochs {[r['epochs'] for r in runs]} < budget {PROTOCOL['epochs']} without early stopping")
-    if spu != PROTOCOL["samples_per_user"]:
-        reasons.append(f"samples_per_user {spu} per epoch (protocol {PROTOCOL['samples_per_user']})")
-    if steps is not None:
-        reasons.append(f"steps_per_epoch {steps} (protocol: one pass over the users)")
-    entry.update(partial=bool(reasons), partial_reasons=reasons, runs=runs)
-    return entry
+    if not result["budget_reached"]:
+        reasons.append(f"{result['epochs']} epochs < budget {PROTOCOL['epochs']} without early stopping")
+    if samples_per_user != PROTOCOL["samples_per_user"]:
+        reasons.append(f"samples_per_user {samples_per_user} per epoch (protocol {PROTOCOL['samples_per_user']})")
+    if steps_per_epoch is not None:
+        reasons.append(f"steps_per_epoch {steps_per_epoch} (protocol: one pass over the users)")
+    return reasons
 
 
-def _budget_tags(args, length: int, name: str) -> list[str]:
+def _budget_tags(args, task: str, length: int, name: str) -> list[str]:
     """Sampling budgets run for a model (``spu<k>[-steps<n>]`` folders), the protocol's first, then largest."""
-    root = os.path.join(args.work_dir, "ml-1m-ctr", f"L{length}", name)
+    root = os.path.join(args.work_dir, task, f"L{length}", name)
     tags = [t for t in (os.listdir(root) if os.path.isdir(root) else []) if t.startswith("spu")]
     protocol = sampling_tag(PROTOCOL["samples_per_user"], None)
     return sorted(tags, key=lambda t: (t != protocol, -parse_tag(t)[0], parse_tag(t)[1] is not None))
 
 
-def _relative(a, b):
-    return None if a is None or b is None else (a - b) / b
-
-
-def comparisons(section: dict) -> dict:
-    """Per length and backbone: MoS's relative AUC/GAUC gain over each other model and its FLOPs ratio."""
-    out = {}
-    for length, models in section.items():
-        for backbone in BACKBONES:
-            mos = models.get(f"mos_{backbone}")
-            if not mos or mos["auc"] is None:
-                continue
-            row = {}
-            for variant in ("", "gshard_", "expert_choice_"):
-                other = models.get(model_name(variant, backbone))
-                if not other or other["auc"] is None:
-                    continue
-                row[f"vs_{model_name(variant, backbone)}"] = {
-                    "auc_rel": _relative(mos["auc"], other["auc"]), "gauc_rel": _relative(mos["gauc"], other["gauc"]),
-                    "auc_diff": mos["auc"] - other["auc"], "gauc_diff": mos["gauc"] - other["gauc"],
-                    "flops_ratio": (mos["flops"] / other["flops"]) if mos["flops"] and other["flops"] else None,
-                    "mos_wins_auc": mos["auc"] > other["auc"], "mos_wins_gauc": mos["gauc"] > other["gauc"],
-                    "partial": mos["partial"] or other["partial"]}
-            if row:
-                out.setdefault(length, {})[f"mos_{backbone}"] = row
-    return out
-
-
-PROTOCOL_TEXT = ("ML-1M CTR: history = items before t, 1 uniform negative from untouched items; test = last position, "
-                 "valid = second-last (negatives seeded by (eval_seed, user_id), identical across models and seeds); "
-                 "train = random earlier positions, samples_per_user per user and epoch; test AUC/GAUC/LogLoss at the "
-                 "best validation-AUC epoch; FLOPs = analytic forward FLOPs per example")
 COMMAND = None  # the command line records name: main's, else this process's argv
 
 
@@ -508,7 +537,7 @@ def data_files(args, name: str) -> list[str]:
 _DATA_HASHES: dict = {}
 
 
-def write_run_record(args, variant: str, config: dict, metrics: dict, epochs, seed: int, partial: bool,
+def write_run_record(args, variant: str, config: dict, metrics: dict, epochs, seed, partial: bool,
                      dataset: str, root: str | None = None, **extra) -> str:
     files = tuple(data_files(args, dataset))
     if files not in _DATA_HASHES:  # hashed once per process
@@ -519,95 +548,144 @@ def write_run_record(args, variant: str, config: dict, metrics: dict, epochs, se
     return records.write_record(record, root or getattr(args, "records", None) or RECORDS)
 
 
+def _train_examples_per_s(history: list) -> float | None:
+    from tfmoe.training.trainer import sequences_per_s
+
+    return sequences_per_s(history, None, PROTOCOL["batch_size"])
+
+
+def task_runs(args, task: str, length: int, name: str) -> list[dict]:
+    """The runs of ``name`` on trained task ``task`` at ``length`` (the first budget with any run), each with its
+    config, trainer result, per-column evaluation and partial reasons."""
+    for tag in _budget_tags(args, task, length, name):
+        spu, steps = parse_tag(tag)
+        runs = []
+        for seed in args.seeds:
+            config = task_config(args, task, name, length, seed, None, spu, steps)
+            result = _run_result(config)
+            evaluation = evaluate_run(config, task) if result is not None else None
+            if evaluation is None:
+                continue
+            runs.append({"seed": seed, "config": config, "result": result, "evaluation": evaluation,
+                         "partial_reasons": partial_reasons(result, spu, steps)})
+        if runs:
+            return runs
+    return []
+
+
+def run_metrics(args, run: dict, column: str, flops_row: dict) -> dict:
+    """The record metrics of ``run`` on task column ``column``."""
+    result, evaluation = run["result"], run["evaluation"][column]
+    return {"test": evaluation["overall"], "buckets": evaluation["buckets"], "valid": result["valid"],
+            "best_epoch": result["best_epoch"], "stopped_early": result["stopped_early"],
+            "auc_se_hanley_mcneil": _se(evaluation["overall"]), "flops": flops_row.get("analytic"),
+            "flops_profiler": flops_row.get("profiler"), "params": flops_row.get("params"),
+            "train_examples_per_s": _train_examples_per_s(result["history"]),
+            "evaluation_ctr": task_sampling(column), "partial_reasons": run["partial_reasons"],
+            "impressions_file": _placeholders({"f": impressions_path(run["config"], column)}, args)["f"]}
+
+
+def paired_comparison(column: str, mos_runs: list[dict], backbone_runs: list[dict]) -> dict:
+    """MoS - backbone on ``column``: the paired bootstrap over test users of the seed-averaged AUC and GAUC."""
+    import numpy as np
+
+    from benchmarks import ctr_impressions
+    from tfmoe.metrics.bootstrap import paired_bootstrap
+
+    loaded = {side: [ctr_impressions.load_impressions(impressions_path(r["config"], column)) for r in runs]
+              for side, runs in (("mos", mos_runs), ("backbone", backbone_runs))}
+    first = loaded["mos"][0]
+    for arrays in loaded["mos"] + loaded["backbone"]:
+        if not (np.array_equal(arrays["users"], first["users"]) and np.array_equal(arrays["labels"],
+                                                                                    first["labels"])):
+            raise ValueError(f"paired_comparison: the runs on {column} were not scored on the same impressions")
+    out = paired_bootstrap(first["users"], first["labels"], [a["scores"] for a in loaded["mos"]],
+                           [a["scores"] for a in loaded["backbone"]], num_samples=BOOTSTRAP["samples"],
+                           seed=BOOTSTRAP["seed"], confidence=BOOTSTRAP["confidence"])
+    return {**out, "seeds_mos": [r["seed"] for r in mos_runs], "seeds_backbone": [r["seed"] for r in backbone_runs]}
+
+
 def report(args) -> dict:
-    """A record of every ML-1M CTR and Taobao run this machine holds (partial unless the run followed the full
-    protocol: its epoch budget or early stopping, ``samples_per_user``, a full epoch), and the tables of what ran."""
-    flops_path = os.path.join(args.work_dir, "flops.json")
-    flops_table = read_json(flops_path)
-    section = {}
-    for length in LENGTHS:
-        row = {}
-        for backbone in BACKBONES:
-            for variant in VARIANTS:
-                name = model_name(variant, backbone)
-                runs, tag = [], None
+    """Records of every run this machine holds, per task column; the paired MoS - backbone records; the tables."""
+    flops_table = read_json(os.path.join(args.work_dir, "flops.json"))
+    written = {}
+    for task in args.tasks:
+        dataset = TASKS[task]["dataset"]
+        for length in args.lengths:
+            runs = {name: task_runs(args, task, length, name) for name in _names(args)}
+            for name, found in runs.items():
                 flops_row = flops_table.get(str(length), {}).get(name) or {}
-                for tag in _budget_tags(args, length, name):  # the first budget with any run
-                    spu, steps = parse_tag(tag)
-                    for seed in args.seeds:
-                        config = ml1m_config(args, name, length, seed, None, spu, steps)
-                        result = _run_result(config)
-                        if result is None:
-                            continue
-                        runs.append({"seed": seed, **result})
-                        full = result["budget_reached"] and spu == PROTOCOL["samples_per_user"] and steps is None
-                        metrics = {"test": result["test"], "valid": result["valid"],
-                                   "best_epoch": result["best_epoch"], "stopped_early": result["stopped_early"],
-                                   "auc_se_hanley_mcneil": _se(result["test"]), "flops": flops_row.get("analytic"),
-                                   "flops_profiler": flops_row.get("profiler"), "params": flops_row.get("params")}
-                        write_run_record(args, f"ml-1m-ctr/L{length}/{name}", config, metrics, result["epochs"], seed,
-                                         not full, "ml-1m")
-                    if runs:
-                        break
-                row[name] = _entry(runs, flops_row or None, tag if runs else None)
-        section[str(length)] = row
-    payload = {"ml-1m-ctr": section, "comparisons": comparisons(section)}
+                for run in found:
+                    for column in columns(task):
+                        metrics = run_metrics(args, run, column, flops_row)
+                        path = write_run_record(args, f"{column}/L{length}/{name}", run["config"], metrics,
+                                                run["result"]["epochs"], run["seed"], bool(run["partial_reasons"]),
+                                                dataset)
+                        written.setdefault(column, {}).setdefault(str(length), {}).setdefault(name, []).append(path)
+            for backbone in args.backbones:
+                mos, other = runs.get(f"mos_{backbone}"), runs.get(backbone)
+                if not mos or not other:
+                    continue
+                for column in columns(task):
+                    paired = paired_comparison(column, mos, other)
+                    partial = (any(r["partial_reasons"] for r in mos + other)
+                               or min(len(mos), len(other)) < PROTOCOL["seeds"])
+                    config = {"task": column, "length": length, "mos": f"mos_{backbone}", "backbone": backbone,
+                              "bootstrap": BOOTSTRAP, "runs": [_placeholders(r["config"], args)["output_dir"]
+                                                               for r in mos + other]}
+                    write_run_record(args, f"{column}/L{length}/paired/{backbone}", config, paired, None,
+                                     sorted({r["seed"] for r in mos + other}), partial, dataset)
+                    _log(f"== paired {column} L={length} mos_{backbone} - {backbone}: AUC {paired['auc_diff']:+.4f} "
+                         f"{paired['auc_ci95']}, GAUC {paired['gauc_diff']:+.4f} {paired['gauc_ci95']}")
     for name in ("mos_din", "din"):
         config = taobao_config(args, name)
         result = _run_result(config)
         if result is not None:
             metrics = {"test": result["test"], "valid": result["valid"], "best_epoch": result["best_epoch"],
-                       "stopped_early": result["stopped_early"], "auc_se_hanley_mcneil": _se(result["test"])}
+                       "stopped_early": result["stopped_early"]}
             write_run_record(args, f"taobao-smoke/{name}", config, metrics, result["epochs"], 0, True, "taobao",
                              notes="smoke run: 1 seed, few epochs")
-    print_table(payload)
-    print(markdown_table(payload))
-    return payload
+    from benchmarks import long_ctr_tables
+
+    found = records.load_records(getattr(args, "records", None) or RECORDS, BENCHMARK)
+    print(long_ctr_tables.summary_table(long_ctr_tables.summary(found, PROTOCOL["seeds"])))
+    print(long_ctr_tables.paired_table(long_ctr_tables.paired(found)))
+    return written
 
 
-def _fmt(value, spec):
-    return format(value, spec) if value is not None else "-"
+def impression_counts(args) -> dict:
+    """Test impressions of each trained task's time split, overall and per history-length bucket (data only)."""
+    from benchmarks import ctr_impressions
+    from tfmoe.data.samples import CTRSampling
+
+    out = {}
+    for task in args.tasks:
+        sampling = CTRSampling(**task_sampling(task))
+        out[task] = ctr_impressions.impression_counts(os.path.join(args.data_dir, TASKS[task]["dataset"]), sampling,
+                                                      BUCKETS)
+        _log(f"== {task}: test impressions {json.dumps(out[task])}")
+    return out
 
 
-def print_table(payload: dict) -> None:
-    print(f"{'L':>5} {'model':22} {'AUC':>7} {'GAUC':>7} {'LogLoss':>8} {'MFLOPs':>9} {'seeds':>5} {'epochs':>6}  "
-          "status")
-    for length, models in payload["ml-1m-ctr"].items():
-        for name, e in models.items():
-            if e["auc"] is None and e["seeds"] == 0:
-                continue
-            print(f"{length:>5} {name:22} {_fmt(e['auc'], '7.4f')} {_fmt(e['gauc'], '7.4f')} "
-                  f"{_fmt(e['logloss'], '8.4f')} {_fmt(e['flops'] and e['flops'] / 1e6, '9.2f')} {e['seeds']:5d} "
-                  f"{_fmt(e.get('epochs'), '6.1f')}  {'partial' if e['partial'] else 'complete'}")
-
-
-def markdown_table(payload: dict) -> str:
-    """The README table: trained models at each length (AUC to 4 decimals, MFLOPs per example)."""
-    lines = ["| length | model | AUC | GAUC | LogLoss | MFLOPs | params | epochs | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for length, models in payload["ml-1m-ctr"].items():
-        for name, e in models.items():
-            if e["seeds"] == 0:
-                continue
-            lines.append(f"| {length} | {name} | {_fmt(e['auc'], '.4f')} | {_fmt(e['gauc'], '.4f')} | "
-                         f"{_fmt(e['logloss'], '.4f')} | {_fmt(e['flops'] and e['flops'] / 1e6, '.2f')} | "
-                         f"{_fmt(e['params'], ',')} | {_fmt(e.get('epochs'), 'g')} | {e['seeds']} |")
-    return "\n".join(lines)
+PHASES = ["prepare", "counts", "flops", "train", "taobao", "purity", "report"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase", nargs="+", default=["prepare", "flops", "train", "taobao", "purity", "report"],
-                        choices=["prepare", "flops", "train", "taobao", "purity", "report"])
+                        choices=PHASES)
+    parser.add_argument("--tasks", nargs="+", default=list(TRAINED_TASKS), choices=list(TRAINED_TASKS),
+                        help="trained tasks (their evaluation-only columns come with them)")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--lengths", nargs="+", type=int, default=[1000, 200, 50], choices=list(LENGTHS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--lengths", nargs="+", type=int, default=[1000, 200], choices=list(LENGTHS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(PROTOCOL["seeds"])))
     parser.add_argument("--epochs", type=int, default=PROTOCOL["epochs"], help="max epochs per run")
     parser.add_argument("--patience", type=int, default=PROTOCOL["patience"])
     parser.add_argument("--chunk", type=int, default=PROTOCOL["epochs"],
                         help="models of a length take turns training this many epochs (default: one after another)")
     parser.add_argument("--samples-per-user", type=int, default=PROTOCOL["samples_per_user"],
-                        help="training positions drawn per user and epoch (bounds the cost of an epoch)")
+                        help="training positions drawn per user and epoch (the same for every model)")
     parser.add_argument("--steps-per-epoch", type=int, default=None,
                         help="training batches per epoch (default: one pass over the users)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="runs (outside the repo)")
@@ -620,11 +698,13 @@ def main(argv=None) -> int:
 
     quiet_tensorflow()
     if "prepare" in args.phase:
-        prepare(["ml-1m"], args.data_dir)
+        prepare(sorted({TASKS[t]["dataset"] for t in args.tasks}), args.data_dir)
+    if "counts" in args.phase:
+        impression_counts(args)
     if "flops" in args.phase:
         flops(args)
     if "train" in args.phase:
-        train_ml1m(args)
+        train_tasks(args)
     if "taobao" in args.phase:
         taobao(args)
     if "purity" in args.phase:

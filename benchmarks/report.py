@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,8 +36,13 @@ PROTOCOLS = {
     "next_item": SETTINGS["protocol"].strip(),
     "next_item_cost": "training sequences/s of each variant, interleaved rounds on the same cached batches; epoch "
                       "time relative to the dataset's SASRec",
-    "long_ctr": "ML-1M CTR, one uniform negative per positive from the items the user never touched; test = last "
-                "position, validation = second-last; test AUC / GAUC / LogLoss at the best validation-AUC epoch",
+    "long_ctr": "each user's positions split in time (test = last 10%, at least 1; validation = the 10% before); "
+                "ml-1m-ctr-pop: one negative per impression drawn by popularity among the items the user never "
+                "touched, ml-1m-ctr-uniform: the same models against uniform untouched negatives, ml-latest-small: "
+                "every rating an impression, label = rating >= 4; samples_per_user training positions per user and "
+                "epoch for every model; test AUC / GAUC / LogLoss at the best validation-AUC epoch, overall and by "
+                "items of history (<= 200, 201-1000, > 1000); MoS - backbone: difference of the seed means, 95% "
+                "interval from a paired bootstrap over test users",
     "theme_purity": "purity and NMI of MoS-DIN's session -> theme assignments against the planted themes of the "
                     "synthetic set, over every real session of the test histories",
     "train_speed": "every model trains on the same batches, the models taking turns one epoch at a time; seconds per "
@@ -152,19 +156,18 @@ def purity_table(metrics: dict) -> str:
     return "\n".join(rows if auc else rows[:-2])
 
 
-def long_ctr_table(chosen: list[dict]) -> str:
-    runs = {}
-    for r in chosen:
-        runs.setdefault(r["variant"], []).append(r)
-    rows = ["| variant | AUC | GAUC | LogLoss | seeds | epochs (mean) |\n|---|---|---|---|---|---|"]
-    for variant, found in sorted(runs.items()):
-        test = [r["metrics"]["test"] for r in found]
-        partial = " (partial)" if any(r["partial"] for r in found) else ""
-        rows.append(f"| {variant} | {statistics.fmean(t['AUC'] for t in test):.4f} | "
-                    f"{statistics.fmean(t['GAUC'] for t in test):.4f} | "
-                    f"{statistics.fmean(t['LogLoss'] for t in test):.4f} | {len(found)} | "
-                    f"{statistics.fmean(r['epochs'] for r in found):.1f}{partial} |")
-    return "\n".join(rows)
+def long_ctr_tables(found: list[dict]) -> str:
+    """The long-CTR ``summary`` (per task, length and model: mean ± std over seeds, by history bucket, MFLOPs,
+    training speed) and ``paired`` (MoS - backbone with bootstrap intervals) tables
+    (:mod:`benchmarks.long_ctr_tables`)."""
+    from benchmarks import long_ctr_tables
+    from benchmarks.long_ctr import PROTOCOL
+
+    parts = [long_ctr_tables.summary_table(long_ctr_tables.summary(found, PROTOCOL["seeds"]))]
+    paired = long_ctr_tables.paired(found)
+    if paired:
+        parts.append(long_ctr_tables.paired_table(paired))
+    return "\n\n".join(parts)
 
 
 def render(found: list[dict]) -> str:
@@ -187,7 +190,7 @@ def render(found: list[dict]) -> str:
         parts.append(_section(f"Next item: cost on {dataset}", COST, tables.cost_table(rows, dataset),
                               list(rows.values())))
     if by_benchmark.get("long_ctr"):
-        parts.append(_section("Long-sequence CTR", "long_ctr", long_ctr_table(by_benchmark["long_ctr"]),
+        parts.append(_section("Long-sequence CTR", "long_ctr", long_ctr_tables(by_benchmark["long_ctr"]),
                               by_benchmark["long_ctr"]))
     for record in by_benchmark.get("theme_purity", []):
         parts.append(_section(f"Theme purity: {record['variant']}", "theme_purity", purity_table(record["metrics"]),

@@ -1,4 +1,5 @@
-"""benchmarks/long_ctr.py: every model config is valid, budgets and partial labels, comparisons, session purity."""
+"""benchmarks/long_ctr.py: every model config is valid, budgets and partial labels, session purity, and the protocol
+end to end on tiny data (train, per-impression evaluation by history bucket, records, the paired bootstrap)."""
 
 import argparse
 import pathlib
@@ -20,21 +21,37 @@ def _args(tmp_path, **overrides):
     return argparse.Namespace(**values)
 
 
-def test_every_model_and_length_gives_a_valid_config(tmp_path):
+def test_every_task_model_and_length_gives_a_valid_config(tmp_path):
+    from tfmoe.data.samples import CTRSampling
     from tfmoe.training import TrainConfig
 
     args = _args(tmp_path)
-    for length in long_ctr.LENGTHS:
-        for backbone in long_ctr.BACKBONES:
-            for variant in long_ctr.VARIANTS:
-                name = variant + backbone
-                config = TrainConfig.from_dict(long_ctr.ml1m_config(args, name, length, 0))
-                assert config.model["name"] == name and config.data.max_len == length
-                assert config.output_dir.endswith(f"L{length}/{name}/spu2/seed0")
+    for task in long_ctr.TRAINED_TASKS:
+        for length in long_ctr.LENGTHS:
+            for backbone in long_ctr.BACKBONES:
+                for variant in long_ctr.VARIANTS:
+                    name = variant + backbone
+                    config = TrainConfig.from_dict(long_ctr.task_config(args, task, name, length, 0))
+                    assert config.model["name"] == name and config.data.max_len == length
+                    assert config.output_dir.endswith(f"{task}/L{length}/{name}/spu2/seed0")
+                    sampling = CTRSampling(**config.data.ctr)
+                    assert sampling.holdout == "fraction" and sampling.samples_per_user == 2
     mos = long_ctr.model_options("mos_transact", 1000)
     assert mos["global_expert"] == "sessions" and mos["num_themes"] == 8
     assert long_ctr.model_options("gshard_twin", 200)["num_experts"] == 4
     assert long_ctr.model_options("expert_choice_din", 50)["capacity_factor"] == 2.0
+    assert long_ctr.model_options("mos_din", 200, "ml-latest-small")["session_mode"] == "session_ids"
+    assert long_ctr.model_options("mos_din", 200, "ml-1m-ctr-pop")["session_mode"] == "chunk"
+
+
+def test_task_columns_and_their_sampling():
+    assert long_ctr.columns("ml-1m-ctr-pop") == ["ml-1m-ctr-pop", "ml-1m-ctr-uniform"]
+    assert long_ctr.trained_task("ml-1m-ctr-uniform") == "ml-1m-ctr-pop"
+    assert long_ctr.task_sampling("ml-1m-ctr-pop")["negatives"] == "popularity"
+    assert long_ctr.task_sampling("ml-1m-ctr-uniform") == {"holdout": "fraction", "holdout_fraction": 0.1,
+                                                           "negatives": "uniform"}
+    assert long_ctr.task_sampling("ml-latest-small")["impressions"] == "labelled"
+    assert long_ctr.prepare_arguments("ml-latest-small")[:2] == ["--format", "movielens-csv"]
 
 
 def test_budget_tags_round_trip():
@@ -42,29 +59,11 @@ def test_budget_tags_round_trip():
     assert long_ctr.parse_tag(long_ctr.sampling_tag(2, 7)) == (2, 7)
 
 
-def _run(auc, gauc, epochs=2, budget=False):
-    return {"seed": 0, "finished": True, "epochs": epochs, "best_epoch": epochs, "stopped_early": False,
-            "budget_reached": budget, "test": {"AUC": auc, "GAUC": gauc, "LogLoss": 0.5, "count": 10}}
-
-
-def test_entries_are_partial_unless_the_full_protocol_ran():
-    untrained = long_ctr._entry([], {"analytic": 10, "profiler": 11.0, "params": 3}, None)
-    assert untrained["auc"] is None and untrained["seeds"] == 0 and untrained["partial"] and untrained["flops"] == 10
-    short = long_ctr._entry([_run(0.8, 0.7)], {"analytic": 10}, "spu2")
-    assert short["partial"] and len(short["partial_reasons"]) == 3
-    full = long_ctr._entry([dict(_run(0.8, 0.7, budget=True), seed=s) for s in range(3)], {"analytic": 10},
-                           long_ctr.sampling_tag(long_ctr.PROTOCOL["samples_per_user"], None))
-    assert not full["partial"] and full["seeds"] == 3
-
-
-def test_comparisons_report_gains_and_flops_ratio():
-    section = {"1000": {"din": long_ctr._entry([_run(0.80, 0.70)], {"analytic": 100}, "spu2"),
-                        "mos_din": long_ctr._entry([_run(0.81, 0.72)], {"analytic": 150}, "spu2"),
-                        "gshard_din": long_ctr._entry([], {"analytic": 300}, None)}}
-    row = long_ctr.comparisons(section)["1000"]["mos_din"]
-    assert set(row) == {"vs_din"}
-    assert row["vs_din"]["auc_rel"] == pytest.approx(0.0125) and row["vs_din"]["flops_ratio"] == 1.5
-    assert row["vs_din"]["mos_wins_gauc"] and row["vs_din"]["partial"]
+def test_runs_are_partial_unless_the_full_protocol_ran():
+    full = {"budget_reached": True, "epochs": 4}
+    assert long_ctr.partial_reasons(full, long_ctr.PROTOCOL["samples_per_user"], None) == []
+    reasons = long_ctr.partial_reasons({"budget_reached": False, "epochs": 1}, 2, 5)
+    assert len(reasons) == 3 and reasons[0].startswith("1 epochs < budget")
 
 
 def test_session_purity_on_planted_themes(tmp_path):
@@ -99,42 +98,92 @@ def test_the_settings_file_holds_every_models_options():
 
     assert long_ctr.SETTINGS_FILE.endswith("benchmarks/settings/long_ctr.yaml")
     assert set(long_ctr.LENGTHS) == {50, 200, 1000} and long_ctr.PROTOCOL["seeds"] == 3
+    assert long_ctr.BUCKETS == [200, 1000] and long_ctr.PROTOCOL["samples_per_user"] == 10
     preset = presets.get("mos_din_ml1m_ctr")
     options = long_ctr.model_options("mos_din", preset["max_len"])
     assert {k: options[k] for k in preset["options"]} == preset["options"]  # the preset, and MoS's loss settings
     assert long_ctr.prepare_arguments("taobao")[-2:] == ["--on-error", "skip"]
 
 
-def test_report_writes_a_record_per_run_partial_unless_the_full_protocol_ran(tmp_path, monkeypatch):
-    from benchmarks import records
+def _prepare(tmp_path, fmt, source, out):
+    import subprocess
 
-    args = _args(tmp_path, lengths=[50], backbones=["din"], records=str(tmp_path / "records"))
-    spu = long_ctr.PROTOCOL["samples_per_user"]
-    for name, tag in (("din", f"spu{spu}"), ("mos_din", "spu2")):
-        (tmp_path / "work" / "ml-1m-ctr" / "L50" / name / tag).mkdir(parents=True)
-    (tmp_path / "work" / "flops.json").write_text('{"50": {"din": {"analytic": 10, "profiler": 11.0, "params": 3}}}')
+    subprocess.run([str(pathlib.Path(sys.executable).parent / "tfmoe"), "prepare", "--format", fmt, "--input",
+                    str(source), "--out", str(out), "--progress", "off"], check=True, capture_output=True)
 
-    def fake_run(config):
-        if not config["output_dir"].endswith("seed0") or "/taobao-smoke/" in config["output_dir"]:
-            return None
-        return {"finished": True, "epochs": 4, "best_epoch": 2, "stopped_early": True, "budget_reached": True,
-                "valid": {"AUC": 0.7}, "test": {"AUC": 0.8, "GAUC": 0.7, "LogLoss": 0.5, "count": 10}}
 
-    monkeypatch.setattr(long_ctr, "_run_result", fake_run)
+def _smoke(tmp_path, monkeypatch, task):
+    """The protocol of ``task`` end to end: DIN and MoS-DIN at length 50, 1 seed, 1 epoch of 2 steps."""
+    from benchmarks import ctr_impressions, long_ctr_tables, records, report
+
     monkeypatch.setattr(long_ctr.paths, "SHARED_DATA", str(tmp_path / "no-shared-data"))  # hash the prepared data
-    (tmp_path / "data" / "ml-1m").mkdir(parents=True)
-    (tmp_path / "data" / "ml-1m" / "summary.json").write_text("{}")
-    monkeypatch.setattr(long_ctr, "COMMAND", ["benchmarks/long_ctr.py", "--phase", "report"])
-    payload = long_ctr.report(args)
-    assert payload["ml-1m-ctr"]["50"]["din"]["auc"] == 0.8
-    found = {r["variant"]: r for r in records.load_records(str(tmp_path / "records"), "long_ctr")}
-    assert set(found) == {"ml-1m-ctr/L50/din", "ml-1m-ctr/L50/mos_din"}
-    din, mos = found["ml-1m-ctr/L50/din"], found["ml-1m-ctr/L50/mos_din"]
-    assert not din["partial"] and mos["partial"]  # 2 samples per user and epoch: not the protocol's
-    assert din["metrics"]["test"]["AUC"] == 0.8 and din["metrics"]["flops"] == 10 and din["epochs"] == 4
-    assert mos["metrics"]["flops"] is None and mos["seed"] == 0
-    assert din["config"]["data"]["dir"] == "<data-dir>/ml-1m"
-    assert din["config"]["output_dir"] == f"<work-dir>/ml-1m-ctr/L50/din/spu{spu}/seed0"
-    assert din["config"]["model"] == long_ctr.model_options("din", 50)
-    assert din["command"] == ["benchmarks/long_ctr.py", "--phase", "report"]
-    assert din["data_hash"] == records.data_hash([str(tmp_path / "data" / "ml-1m")])
+    monkeypatch.setitem(long_ctr.BOOTSTRAP, "samples", 50)
+    argv = ["--phase", "train", "report", "--tasks", task, "--backbones", "din", "--variants", "", "mos_",
+            "--lengths", "50", "--seeds", "0", "--epochs", "1", "--steps-per-epoch", "2",
+            "--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
+            "--records", str(tmp_path / "records")]
+    assert long_ctr.main(argv) == 0
+    found = records.load_records(str(tmp_path / "records"), "long_ctr")
+    by_variant = {r["variant"]: r for r in found}
+    sampling = long_ctr.task_sampling(task)
+    from tfmoe.data.samples import CTRSampling
+
+    counts = ctr_impressions.impression_counts(str(tmp_path / "data" / long_ctr.TASKS[task]["dataset"]),
+                                               CTRSampling(**sampling), long_ctr.BUCKETS)
+    rows = counts["impressions"] * (1 if sampling.get("impressions") == "labelled" else 2)
+    for column in long_ctr.columns(task):
+        for name in ("din", "mos_din"):
+            record = by_variant[f"{column}/L50/{name}"]
+            metrics = record["metrics"]
+            assert record["partial"] and record["epochs"] == 1 and record["seed"] == 0
+            assert metrics["test"]["count"] == rows and 0.0 <= metrics["test"]["AUC"] <= 1.0
+            assert set(metrics["buckets"]) == {"<=200", "201-1000", ">1000"}
+            assert metrics["buckets"]["<=200"]["count"] == rows  # tiny data: every history is short
+            assert sum(b["count"] for b in metrics["buckets"].values()) == rows
+            assert metrics["evaluation_ctr"] == long_ctr.task_sampling(column)
+            npz = metrics["impressions_file"].replace("<work-dir>", str(tmp_path / "work"))
+            arrays = ctr_impressions.load_impressions(npz)
+            assert arrays["labels"].size == rows and (arrays["positions"] >= 1).all()
+        paired = by_variant[f"{column}/L50/paired/din"]
+        assert paired["partial"] and paired["seeds"] == [0]
+        lo, hi = paired["metrics"]["auc_ci95"]
+        assert lo <= hi and paired["metrics"]["users"] == counts["users"]
+    summary = long_ctr_tables.summary(found, long_ctr.PROTOCOL["seeds"])
+    entry = summary[task]["50"]["mos_din"]
+    assert entry["seeds"] == 1 and entry["partial"] and entry["auc_std"] == 0.0
+    assert list(entry["buckets"]) == ["<=200", "201-1000", ">1000"]
+    assert set(long_ctr_tables.paired(found)[task]["50"]) == {"din"}
+    assert "mos_din - din" in report.render(found)
+    return found
+
+
+def test_ml1m_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
+    """Popularity negatives for training and test, the uniform column scored from the same checkpoints."""
+    from tfmoe.data import synthetic
+
+    data = synthetic.generate(synthetic.preset_config("tiny", seed=2))
+    raw = synthetic.write_files(data, tmp_path / "raw")
+    _prepare(tmp_path, "tfmoe-synthetic", raw[synthetic.INTERACTIONS_FILE], tmp_path / "data" / "ml-1m")
+    found = _smoke(tmp_path, monkeypatch, "ml-1m-ctr-pop")
+    pop = {r["variant"]: r for r in found}["ml-1m-ctr-pop/L50/din"]
+    uniform = {r["variant"]: r for r in found}["ml-1m-ctr-uniform/L50/din"]
+    assert pop["config"] == uniform["config"]  # one trained model, two test columns
+    assert pop["metrics"]["test"]["AUC"] != uniform["metrics"]["test"]["AUC"]
+
+
+def test_labelled_protocol_end_to_end_on_a_ratings_csv(tmp_path, monkeypatch):
+    """ml-latest-small's protocol on a written ratings.csv: real labels, time-gap sessions read by MoS."""
+    rng = np.random.default_rng(0)
+    lines = ["userId,movieId,rating,timestamp"]
+    for user in range(1, 25):
+        time = 10_000 * user
+        for _ in range(int(rng.integers(12, 40))):
+            time += int(rng.choice([60, 600, 7200]))
+            lines.append(f"{user},{int(rng.integers(1, 80))},{rng.integers(1, 11) / 2:.1f},{time}")
+    path = tmp_path / "ratings.csv"
+    path.write_text("\n".join(lines) + "\n")
+    _prepare(tmp_path, "movielens-csv", path, tmp_path / "data" / "ml-latest-small")
+    found = _smoke(tmp_path, monkeypatch, "ml-latest-small")
+    mos = {r["variant"]: r for r in found}["ml-latest-small/L50/mos_din"]
+    assert mos["config"]["model"]["session_mode"] == "session_ids"
+    assert "session_ids" in mos["config"]["data"]["sequence_features"]

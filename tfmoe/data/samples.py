@@ -168,8 +168,8 @@ def holdout_bounds(lengths, fraction: float):
 
 def with_target_appended(features: dict) -> dict:
     """``valid``/``test`` record features as one full sequence: ``target`` appended to ``items``, its timestamp,
-    category and behavior to theirs (side features of unknown rows stay empty; other side features get a 0 that no history
-    reads, since a history ends before its position). The ``target*`` scalars are dropped."""
+    category and behavior to theirs (side features of unknown rows stay empty; other side features get a 0 that no
+    history reads, since a history ends before its position). The ``target*`` scalars are dropped."""
     out = {key: value for key, value in features.items() if not key.startswith(schema.TARGET)}
     targets = {schema.ITEMS: features[schema.TARGET], schema.TIMESTAMPS: features.get(schema.TARGET_TIMESTAMP),
                schema.CATEGORIES: features.get(schema.TARGET_CATEGORY),

@@ -159,3 +159,15 @@ def test_records_without_behaviors_fail_with_the_users_named():
                                       sequence_features=())
     assert x["target_item"].numpy().tolist() == [7] and y.numpy().tolist() == [1.0]
     assert np.array_equal(x["history"].numpy(), [[0, 1, 2, 3]])
+
+
+def test_ml_latest_small_reader_matches_its_readme():
+    """The shared ml-latest-small ratings.csv (CRLF, header): the README's counts and share of ratings >= 4."""
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
+    if not path.exists():
+        pytest.skip(f"real dataset not found at {path}")
+    rows = list(readers.iter_interactions(readers.make_reader("movielens-csv"), [str(path)]))
+    assert len(rows) == 100_836 and len({r.user for r in rows}) == 610 and len({r.item for r in rows}) == 9_724
+    assert round(100 * sum(r.behavior in POSITIVE for r in rows) / len(rows), 1) == 48.2

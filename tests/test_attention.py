@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import check_layer_contract
 
 from tfmoe.layers import masking
 from tfmoe.layers.attention import MultiHeadMoEAttention
+from tfmoe.testing import run_layer_test
 
 
 def _softmax(z):
@@ -256,12 +256,13 @@ def test_dynamic_sequence_length_in_a_functional_model(data):
 
 def test_contract(tmp_path, data):
     x, mask = data
-    check_layer_contract(
+    run_layer_test(
         lambda: MultiHeadMoEAttention(
             num_heads=2, num_experts=3, dropout=0.1, return_head_outputs=True, return_router_probs=True
         ),
         (x, mask),
         tmp_path,
+        output_dtype=["compute", "compute", "float32"],  # output, head outputs, router probabilities (float32)
     )
 
 

@@ -5,13 +5,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import assert_independent_initial_weights, mixed_precision_tolerance
 from test_dataset import write_prepared
 
 from tfmoe.data import dataset, synthetic
 from tfmoe.metrics import ctr_metrics, evaluate_ctr
 from tfmoe.models import registry
 from tfmoe.models.ctr import TargetAttention, time_gap_session_ids
+from tfmoe.testing import assert_independent_initial_weights
 
 FAMILIES = ("", "mos_", "gshard_", "expert_choice_")
 ALL = [f"{family}{b}" for family in FAMILIES for b in ("din", "transact", "twin")]
@@ -189,28 +189,14 @@ def test_din_attention_is_a_masked_softmax_average():
 
 
 # ----- XLA, mixed precision, serialization ------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["din", "transact", "twin", "mos_din", "mos_transact", "mos_twin", "gshard_din",
-                                  "expert_choice_din", "gshard_twin"])
+# tests/test_model_contract.py runs tfmoe.testing's model contract (XLA fit and predict, float16 and bfloat16,
+# .keras save/load, config round trip, MirroredStrategy) on din, transact, twin, mos_din, gshard_din and
+# expert_choice_din; the backbone-and-family combinations it leaves out are checked here.
+@pytest.mark.parametrize("name", ["mos_transact", "mos_twin", "gshard_twin"])
 def test_forward_pass_compiles_with_xla(name):
     model, x = build(name), random_features()
     compiled = tf.function(lambda f: model(f, training=False), jit_compile=True)
     np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), atol=1e-4)
-
-
-@pytest.mark.parametrize("name", ["mos_din", "gshard_din"])
-def test_mixed_precision_keeps_float32_logits(name):
-    x = random_features()
-    reference = build(name)
-    model = build(name, dtype="mixed_float16")
-    model.set_weights(reference.get_weights())
-    logits = model(x)
-    assert logits.dtype == tf.float32
-    # float16 (unit roundoff 2^-11 ~ 4.9e-4): the logit goes through the embedding, the experts (a dozen
-    # roundings on its path), the fusion and the head: 16 roundings of the logits' scale
-    expected = reference(x).numpy()
-    tolerance = mixed_precision_tolerance("mixed_float16", roundings=16)
-    np.testing.assert_allclose(logits.numpy(), expected, rtol=tolerance,
-                               atol=tolerance * max(1.0, np.abs(expected).max()))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -272,8 +258,7 @@ def test_the_ctr_task_composes_any_interest_layer(tmp_path):
     assert set(model.analytic_flops()) == {"inputs", "router", "experts", "combine", "head", "total"}
 
 
-@pytest.mark.parametrize("name", ["din", "transact", "twin", "mos_din", "mos_twin", "gshard_transact",
-                                  "expert_choice_din"])
+@pytest.mark.parametrize("name", ["mos_din", "mos_twin", "gshard_transact"])
 def test_save_load_and_config_round_trip(name, tmp_path):
     extra = {"theme_mode": "dense", "shared_experts": False, "diversity_weight": 0.1} if name == "mos_din" else {}
     model, x = build(name, **extra), random_features()

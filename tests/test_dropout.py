@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import check_layer_contract
 
 from tfmoe.layers import BitDropout
+from tfmoe.testing import run_layer_test
 
 X = np.random.default_rng(0).normal(size=(2, 3, 5)).astype("float32")
 
@@ -58,4 +58,4 @@ def test_rejects_a_bad_rate(rate):
 
 
 def test_contract(tmp_path):
-    check_layer_contract(lambda: BitDropout(0.2, seed=4), (X,), tmp_path)
+    run_layer_test(lambda: BitDropout(0.2, seed=4), (X,), tmp_path)

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from layer_contract import check_layer_contract
 
 from tfmoe.layers.experts import ExpertBank, FeedForward, per_expert_initializer
+from tfmoe.testing import run_layer_test
 
 
 def _gelu(x):
@@ -163,12 +163,12 @@ def test_invalid_arguments_raise(factory, message):
 # ---------------------------------------------------------------- contract
 def test_feed_forward_contract(tmp_path):
     mask = np.array([[True, True, True, False, False], [True, False, True, True, True]])
-    check_layer_contract(_seeded(lambda: FeedForward(hidden_dim=16, dropout=0.1)), (X, mask), tmp_path)
+    run_layer_test(_seeded(lambda: FeedForward(hidden_dim=16, dropout=0.1)), (X, mask), tmp_path)
 
 
 def test_expert_bank_mixture_contract(tmp_path):
     gates = np.random.default_rng(2).random((2, 5, 3)).astype("float32")
-    check_layer_contract(
+    run_layer_test(
         _seeded(lambda: ExpertBank(num_experts=3, hidden_dim=8, dropout=0.1)), (X, gates), tmp_path
     )
 
@@ -177,6 +177,6 @@ def test_expert_bank_buffers_contract(tmp_path):
     # Buffers are [E, C, d]: axis 0 is the expert axis, not a batch axis that MirroredStrategy could
     # split, so the distributed check runs on the mixture mode above.
     buffers = np.random.default_rng(3).normal(size=(3, 4, 6)).astype("float32")
-    check_layer_contract(
+    run_layer_test(
         _seeded(lambda: ExpertBank(num_experts=3, hidden_dim=8)), (buffers,), tmp_path, mirrored=False
     )

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from layer_contract import check_layer_contract
 
 from tfmoe.layers.fusion import MultiScaleFusion
+from tfmoe.testing import run_layer_test
 
 ACTIVATIONS = {"relu": lambda z: np.maximum(z, 0.0), "tanh": np.tanh}
 
@@ -99,10 +99,11 @@ def test_dropout_only_in_training(data):
 @pytest.mark.parametrize("combine", ["weighted_sum", "concat"])
 def test_contract(tmp_path, data, combine):
     experts, query, mask = data
-    check_layer_contract(
+    run_layer_test(
         lambda: MultiScaleFusion(hidden_units=[8], combine=combine, dropout=0.1),
         (experts, query, mask),
         tmp_path,
+        output_dtype=["compute", "float32"],  # the fused output; the gate g, a float32 softmax
     )
 
 

@@ -8,11 +8,9 @@ import math
 from fractions import Fraction
 
 import keras
-import layer_contract
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import check_layer_contract
 
 from tfmoe.layers.experts import FeedForward
 from tfmoe.layers.moe import (
@@ -25,6 +23,7 @@ from tfmoe.layers.moe import (
     plan_top_k_dispatch,
 )
 from tfmoe.layers.routing_stats import RoutingStatsLogger, collect_routing_statistics
+from tfmoe.testing import run_layer_test
 
 
 # ---------------------------------------------------------------- numpy references
@@ -643,7 +642,7 @@ MASK_CONTRACT = np.arange(5)[None, :] < np.array([[5], [3], [4], [2]])
     ids=["top_k", "dense", "expert_choice"],
 )
 def test_moe_contract(factory, tmp_path):
-    check_layer_contract(_seeded(factory), (X_CONTRACT, MASK_CONTRACT), tmp_path)
+    run_layer_test(_seeded(factory), (X_CONTRACT, MASK_CONTRACT), tmp_path)
 
 
 def test_dropless_under_xla_raises_a_clear_error():
@@ -663,9 +662,4 @@ def test_dropless_under_xla_raises_a_clear_error():
 def test_dropless_contract_without_xla(tmp_path):
     # everything but jit_compile: the experts' row counts are data-dependent shapes (documented)
     make = _seeded(lambda: MixtureOfExperts(num_experts=4, hidden_dim=8, k=2, routing="dropless", dropout=0.1))
-    args = (X_CONTRACT, MASK_CONTRACT)
-    layer_contract.assert_config_round_trip(make, args)
-    layer_contract.assert_keras_save_load(make, args, tmp_path)
-    for policy in ("mixed_float16", "mixed_bfloat16"):
-        layer_contract.assert_mixed_precision(make, args, policy=policy)
-    layer_contract.assert_mirrored_strategy(make, args)
+    run_layer_test(make, (X_CONTRACT, MASK_CONTRACT), tmp_path, jit=False)

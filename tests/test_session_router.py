@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import check_layer_contract
 
 from tfmoe.layers.routing_stats import collect_routing_statistics
 from tfmoe.layers.session_router import (
@@ -13,6 +12,7 @@ from tfmoe.layers.session_router import (
     select_target_themes,
     theme_routing_statistics,
 )
+from tfmoe.testing import run_layer_test
 
 
 @pytest.fixture(autouse=True)
@@ -390,7 +390,7 @@ def test_contract(tmp_path):
     mask[0, 1] = False
     mask[1, 2, :2] = False
     target = items[:, -1, 0] + 0.1
-    check_layer_contract(
+    run_layer_test(
         lambda: SessionThemeRouter(
             num_themes=3,
             sessions_per_theme=2,
@@ -400,6 +400,8 @@ def test_contract(tmp_path):
         ),
         (items, mask, target),
         tmp_path,
+        # routing_probs, selection_weights, target_probs: float32 routing math; theme_items: the compute dtype
+        output_dtype=["float32", "float32", "float32", "compute"],
     )
 
 
@@ -662,7 +664,9 @@ def test_codebook_contract(tmp_path):
     mask[0, 1] = False
     mask[1, 2, :2] = False
     target = items[:, -1, 0] + 0.1
-    check_layer_contract(lambda: _codebook(commitment_weight=0.25), (items, mask, target), tmp_path)
+    # quantized_sessions (the float32 codebook's vectors), routing_probs, selection_weights, target_probs: float32
+    run_layer_test(lambda: _codebook(commitment_weight=0.25), (items, mask, target), tmp_path,
+                   output_dtype=["float32", "float32", "float32", "float32", "compute"])
 
 
 def test_codebook_distances_are_float32_under_mixed_precision():

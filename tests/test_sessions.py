@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import check_layer_contract
 
 from tfmoe.layers import sessions
 from tfmoe.layers.sessions import SessionGrouper
+from tfmoe.testing import run_layer_test
 
 
 def numpy_group(session_ids, mask, num_sessions, session_length, mode="session"):
@@ -115,14 +115,14 @@ def test_contract_session_mode(tmp_path):
     rng = np.random.default_rng(2)
     session_ids, mask = _random_history(rng, 4, 8, max_sessions=4, holes=True)
     values = rng.normal(size=(4, 8, 3)).astype("float32")
-    check_layer_contract(
+    run_layer_test(
         lambda: SessionGrouper(3, 2, return_positions=True), (values, session_ids, mask), tmp_path
     )
 
 
 def test_contract_chunk_mode(tmp_path):
     values = np.random.default_rng(3).normal(size=(4, 8, 3)).astype("float32")
-    check_layer_contract(lambda: SessionGrouper(None, 3, mode="chunk"), (values,), tmp_path)
+    run_layer_test(lambda: SessionGrouper(None, 3, mode="chunk"), (values,), tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -690,3 +690,13 @@ def test_models_store_each_argument_under_its_own_name():
     config = model.get_config()
     assert all(getattr(model, key) == value for key, value in config.items()
                if key not in ("name", "trainable", "loss", "attention_initializer"))
+
+
+@pytest.mark.parametrize("cls", [FAME, HyMoERec])
+def test_signatures_list_the_sasrec_arguments_their_kwargs_take(cls):
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters
+    assert parameters["hidden_dim"].default == 64 and parameters["dropout"].default == 0.2
+    assert parameters["seed"].kind is inspect.Parameter.KEYWORD_ONLY and "kwargs" in parameters
+    assert parameters["num_heads"].default == (2 if cls is FAME else 1)

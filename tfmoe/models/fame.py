@@ -46,7 +46,13 @@ import tensorflow as tf
 from tfmoe.layers import FeedForward, MultiHeadMoEAttention, SoftmaxRouter, masking
 from tfmoe.models import registry
 from tfmoe.models.next_item_task import NextItemTask, with_placeholder_frequencies
-from tfmoe.models.sasrec import encoder_arguments, sasrec_encoder, split_arguments, store_encoder_arguments
+from tfmoe.models.sasrec import (
+    encoder_arguments,
+    sasrec_encoder,
+    split_arguments,
+    store_encoder_arguments,
+    with_sasrec_arguments,
+)
 from tfmoe.models.sequence_encoder import normal_or
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import HeadChunks, fresh_initializer, optional_initializer, serialize_optional
@@ -351,6 +357,7 @@ class FAME(NextItemTask):
         Liu, Zhang & Long, WSDM 2025. https://arxiv.org/abs/2411.11926
     """
 
+    @with_sasrec_arguments
     def __init__(self, num_items, max_len, num_experts=4, mix="logits", num_heads=2, facet_inner_dim=None,
                  facet_norm="post", item_projection="dense", item_projection_init="chunks", **kwargs):
         owner = type(self).__name__

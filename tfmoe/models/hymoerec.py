@@ -36,7 +36,13 @@ import keras
 from tfmoe.layers import HybridMoEFeedForward
 from tfmoe.models import registry
 from tfmoe.models.next_item_task import NextItemTask, with_placeholder_frequencies
-from tfmoe.models.sasrec import encoder_arguments, sasrec_encoder, split_arguments, store_encoder_arguments
+from tfmoe.models.sasrec import (
+    encoder_arguments,
+    sasrec_encoder,
+    split_arguments,
+    store_encoder_arguments,
+    with_sasrec_arguments,
+)
 from tfmoe.models.sequence_encoder import normal_or
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer
@@ -59,6 +65,7 @@ class HyMoERec(NextItemTask):
         routing: ``"top_k"``, ``"dense"`` or ``"dropless"``.
     """
 
+    @with_sasrec_arguments
     def __init__(
         self,
         num_items,

@@ -34,6 +34,8 @@ References:
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 
 from tfmoe.models import registry
@@ -193,3 +195,19 @@ class SASRec(NextItemTask):
     @classmethod
     def from_config(cls, config):
         return cls(**with_placeholder_frequencies(config))
+
+
+def with_sasrec_arguments(init):
+    """Decorates ``__init__(self, num_items, max_len, <own arguments>, **kwargs)`` whose ``kwargs`` are
+    :class:`SASRec`'s arguments: its signature lists them (keyword-only, SASRec's defaults where the model has no
+    default of its own), so that ``inspect.signature`` (``help``, the trainer's option defaults) sees every option."""
+    own = inspect.signature(init).parameters
+    listed = [p for p in own.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    listed += [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for name, p in inspect.signature(SASRec.__init__).parameters.items()
+        if name not in own and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not p.empty
+    ]
+    listed += [p for p in own.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    init.__signature__ = inspect.Signature(listed)
+    return init

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_contract import check_layer_contract, mixed_precision_tolerance
 
 from tfmoe.layers.hybrid import HybridMoEFeedForward
+from tfmoe.testing import mixed_precision_tolerance, run_layer_test
 
 
 def _sigmoid(a):
@@ -174,14 +174,14 @@ def test_mixed_precision(policy):
     assert got.dtype == policy.split("_")[1]
     for v in layer.weights:
         assert v.dtype == ("int64" if v.path.endswith("step") else "float32"), v.path
-    # unit-scale outputs: mixed_precision_tolerance = 8 unit roundoffs of the compute dtype (see layer_contract)
+    # unit-scale outputs: mixed_precision_tolerance = 8 unit roundoffs of the compute dtype (see tfmoe.testing)
     tolerance = mixed_precision_tolerance(policy)
     np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=tolerance,
                                atol=tolerance * max(1.0, np.abs(expected).max()))
 
 
 def test_contract(tmp_path):
-    check_layer_contract(_factory, (X, MASK), tmp_path, policies=())
+    run_layer_test(_factory, (X, MASK), tmp_path, policies=())
 
 
 def test_a_config_saved_by_tfmoe_0_1_loads_with_its_losses_under_their_names():

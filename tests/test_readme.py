@@ -17,6 +17,16 @@ def test_readme_python_blocks_run():
         exec(compile(block, "README.md", "exec"), {})
 
 
+def test_docs_python_blocks_run():
+    """Every python example in the docs guides runs as written (the README's are checked above)."""
+    pages = sorted((ROOT / "docs").rglob("*.md"))
+    blocks = [(page, block) for page in pages
+              for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]
+    assert len(blocks) >= 4
+    for page, block in blocks:
+        exec(compile(block, str(page.relative_to(ROOT)), "exec"), {})
+
+
 def test_readme_two_commands_exist_and_ci_runs_the_test_command():
     commands = re.search(r"## Two commands.*?```bash\n(.*?)```", README, flags=re.S).group(1).splitlines()
     scripts = [line.split()[0] for line in commands if line.strip()]

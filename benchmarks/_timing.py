@@ -70,7 +70,8 @@ def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int = 2, roun
     return {name: _summary(values) for name, values in times.items()}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
@@ -86,7 +87,7 @@ def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

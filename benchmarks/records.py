@@ -51,6 +51,7 @@ import subprocess
 import sys
 
 from benchmarks import _paths as paths
+from benchmarks._timing import cpu_model
 
 ROOT = os.path.join(paths.RESULTS, "records")
 REQUIRED = ("benchmark", "variant", "config", "metrics", "epochs", "machine", "command", "commit", "date",
@@ -83,17 +84,6 @@ def data_hash(files) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _gpu_name(tf, device) -> str:
     try:
         return tf.config.experimental.get_device_details(device).get("device_name", device.name)
@@ -103,7 +93,7 @@ def _gpu_name(tf, device) -> str:
 
 def machine() -> dict:
     """CPU model, cores, GPUs (``[]`` without one; ``null`` without TensorFlow), Python, TensorFlow and Keras."""
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "gpus": None, "platform": platform.platform(),
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "gpus": None, "platform": platform.platform(),
             "python": sys.version.split()[0], "tensorflow": None, "keras": None}
     for module in ("tensorflow", "keras"):
         try:

@@ -346,16 +346,22 @@ class SequenceLinesReader(TextReader):
 
 
 @dataclass(frozen=True)
-class MovielensRatingsReader(TextReader):
-    """MovieLens ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``; label = rating."""
+class _RatingsReader(TextReader):
+    """A ratings reader: ``min_rating`` (checked here) drops and counts lower ratings."""
 
-    format: ClassVar[str] = "movielens-ratings"
     min_rating: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
         if self.min_rating is not None:
             v.check_float(type(self).__name__, "min_rating", self.min_rating)
+
+
+@dataclass(frozen=True)
+class MovielensRatingsReader(_RatingsReader):
+    """MovieLens ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``; label = rating."""
+
+    format: ClassVar[str] = "movielens-ratings"
 
     @property
     def fields(self):
@@ -386,17 +392,11 @@ def rating_behavior(rating: float) -> int:
 
 
 @dataclass(frozen=True)
-class MovielensCsvReader(TextReader):
+class MovielensCsvReader(_RatingsReader):
     """MovieLens ``ratings.csv``: header ``userId,movieId,rating,timestamp``; label = rating, behavior = its half
     stars (:func:`rating_behavior`)."""
 
     format: ClassVar[str] = "movielens-csv"
-    min_rating: float | None = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.min_rating is not None:
-            v.check_float(type(self).__name__, "min_rating", self.min_rating)
 
     @property
     def fields(self):

@@ -42,8 +42,9 @@ from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
 
 
-class Backbone(keras.layers.Layer):
-    """Base of the backbones: ``build(sequence_shape)`` from ``d``; subclasses define the rest."""
+class SequenceLayer(keras.layers.Layer):
+    """A layer over a sequence ``[B, L, d]`` whose weights depend only on ``d``: ``build(sequence_shape)`` calls
+    ``_build(d)``; subclasses define ``_build`` and ``output_dim(d)``."""
 
     def build(self, sequence_shape):
         d = sequence_shape[-1]
@@ -57,6 +58,10 @@ class Backbone(keras.layers.Layer):
 
     def output_dim(self, d: int) -> int:
         raise NotImplementedError
+
+
+class Backbone(SequenceLayer):
+    """Base of the backbones: ``build(sequence_shape)`` from ``d``; subclasses define the rest."""
 
     def flops(self, length: int, d: int) -> int:
         raise NotImplementedError

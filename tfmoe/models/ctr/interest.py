@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import keras
 
-from tfmoe.models.ctr.backbones import BACKBONES, make_backbone
+from tfmoe.models.ctr.backbones import BACKBONES, SequenceLayer, make_backbone
 from tfmoe.utils import validation as v
 
 
-class InterestLayer(keras.layers.Layer):
+class InterestLayer(SequenceLayer):
     """Base of the interest layers: ``max_len``, ``backbone``, ``backbone_options`` and the shared interface."""
 
     def __init__(self, max_len, backbone="din", backbone_options=None, **kwargs):
@@ -59,19 +59,6 @@ class InterestLayer(keras.layers.Layer):
     def make_backbone(self, name: str):
         """A fresh backbone layer of this layer's kind, with ``backbone_options`` and this layer's dtype policy."""
         return make_backbone(self.backbone, self.backbone_options, dtype=self.dtype_policy, name=name)
-
-    def build(self, sequence_shape):
-        d = sequence_shape[-1]
-        if d is None:
-            raise ValueError(f"{type(self).__name__}: the feature size must be static, got {tuple(sequence_shape)}")
-        self._build(int(d))
-        self.built = True
-
-    def _build(self, d: int):
-        raise NotImplementedError
-
-    def output_dim(self, d: int) -> int:
-        raise NotImplementedError
 
     def flops(self, d: int) -> dict:
         raise NotImplementedError

@@ -81,7 +81,7 @@ class FacetBlock(keras.layers.Layer):
             (:class:`~tfmoe.utils.initializers.HeadChunks`), so the block starts from ``"slice"``'s sub-embeddings
             and learns from there; ``"random"``: ``W_f`` drawn from ``kernel_initializer``. A draw from a small
             ``kernel_initializer`` shrinks the sub-embeddings: ``N(0, 0.02^2)`` at ``d = 64`` scales them, and the
-            head scores, by about ``0.02 sqrt(d) = 0.16`` (benchmarks/next_item.py's FAME ablations).
+            head scores, by about ``0.02 sqrt(d) = 0.16``.
         layer_norm_epsilon: LayerNorm epsilon.
         kernel_initializer: initializer of every kernel (attention, FFN', gate, and ``W_f`` with
             ``item_projection_init="random"``; each its own draw).
@@ -345,8 +345,7 @@ class FAME(NextItemTask):
 
     Args (on top of :class:`~tfmoe.models.SASRec`'s; ``num_heads`` defaults to 2 here):
         num_experts: expert queries per head ``N`` (default 4, as FAME's public reimplementations). The attention cost
-            grows with ``H N``: 2 per head matched 4 on ML-1M and Beauty at 1.3x SASRec's epoch time instead of 1.6x on
-            ML-1M (benchmarks/next_item.py, which uses 2).
+            grows with ``H N``; the benchmark presets use 2 (see the benchmarks' report for the comparison).
         mix: ``"logits"`` (default) or ``"probs"`` (needs ``loss="softmax"``).
         facet_inner_dim: inner size of the facet block's shared FFN' (default ``d' = d / H``).
         facet_norm: ``"post"`` (default) or ``"pre"`` LayerNorm inside the facet block (:class:`FacetBlock`).

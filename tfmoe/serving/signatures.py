@@ -143,8 +143,8 @@ def build_signatures(model, spec: ServingSpec, jit_compile: bool = False) -> dic
 
     The model is traced once, as one function on the validated raw inputs that every signature
     calls: a third of the tracing time of three separate traces, and one copy of the model graph
-    in ``saved_model.pb``. ``jit_compile=True`` marks that function for XLA (must-compile): about
-    1.5x faster batch-1 SASRec on CPU here, but the serving binary must include XLA's CPU JIT.
+    in ``saved_model.pb``. ``jit_compile=True`` marks that function for XLA (must-compile): faster at batch 1
+    on CPU (``benchmarks/serving.py --xla``), but the serving binary must include XLA's CPU JIT.
     """
     output = SCORES if spec.task == "next_item" else PROBABILITY
     raw_specs = preprocessing.raw_input_specs(spec)

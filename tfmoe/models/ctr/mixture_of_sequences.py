@@ -48,7 +48,7 @@ Options (defaults = the spec's suggestions; [I] = inferred, not from the paper):
         codebook_weight (default 1) and commitment_weight (``beta``) weight the two losses; ``beta``
         defaults to 0 here (VQ-VAE: 0.25): MoS has no reconstruction loss to keep the session
         embeddings honest, so the commitment term pulls each session towards the code it already has
-        and locks early mistakes in (``purity_meta.diagnostics`` of ``benchmarks/results/long_ctr.json``).
+        and locks early mistakes in (``benchmarks/theme_purity.py --ablate-commitment`` measures it).
         See :class:`~tfmoe.layers.SessionThemeRouter`.
     fusion_units: hidden sizes of the fusion gate MLP (default [64]).
 

@@ -3,6 +3,9 @@
 Each head ``h`` owns ``N`` expert query projections and one shared key and value projection;
 expert ``n`` attends with its own query, and a per-head router mixes the ``N`` expert outputs
 with dense soft weights computed from their concatenation.
+
+References:
+    * Liu, Zhang & Long, "Facet-Aware Multi-Head Mixture-of-Experts Model for Sequential Recommendation", WSDM 2025. https://arxiv.org/abs/2411.11926
 """
 
 from __future__ import annotations

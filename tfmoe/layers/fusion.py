@@ -1,4 +1,8 @@
-"""MoS multi-scale fusion: a query-conditioned gate over global, short-term and theme experts."""
+"""MoS multi-scale fusion: a query-conditioned gate over global, short-term and theme experts.
+
+References:
+    * Mixture of Sequence (MoS), WWW 2026: the multi-scale fusion (docs/specs/mos.md).
+"""
 
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ Example:
     >>> x = np.random.rand(2, 5, 16).astype("float32")
     >>> ffn(x, training=True).shape, int(ffn.step.numpy())
     (TensorShape([2, 5, 16]), 1)
+
+References:
+    * Li, Sun & Lim, "HyMoERec: Hybrid Mixture-of-Experts for Sequential Recommendation", AAAI 2026. https://arxiv.org/abs/2511.06388
 """
 
 from __future__ import annotations

@@ -46,6 +46,13 @@ Example:
     >>> y = moe(x, mask=np.arange(10)[None, :] < np.array([[10], [7], [3], [9]]))
     >>> y.shape, float(moe.routing_statistics["tokens"].numpy())
     (TensorShape([4, 10, 32]), 29.0)
+
+References:
+    * Shazeer et al., "Outrageously Large Neural Networks: The Sparsely-Gated Mixture-of-Experts Layer", ICLR 2017. https://arxiv.org/abs/1701.06538
+    * Lepikhin et al., "GShard", ICLR 2021. https://arxiv.org/abs/2006.16668
+    * Fedus, Zoph & Shazeer, "Switch Transformers", JMLR 2022. https://arxiv.org/abs/2101.03961
+    * Zhou et al., "Mixture-of-Experts with Expert Choice Routing", NeurIPS 2022. https://arxiv.org/abs/2202.09368
+    * Zoph et al., "ST-MoE" (router z-loss), 2022. https://arxiv.org/abs/2202.08906
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ Example:
     >>> out = router(np.random.rand(2, 5, 8).astype("float32"))
     >>> out["expert_indices"].shape, out["combine_weights"].shape
     (TensorShape([2, 5, 2]), TensorShape([2, 5, 4]))
+
+References:
+    * Lepikhin et al., "GShard", ICLR 2021. https://arxiv.org/abs/2006.16668
+    * Fedus, Zoph & Shazeer, "Switch Transformers", JMLR 2022. https://arxiv.org/abs/2101.03961
+    * Zhou et al., "Mixture-of-Experts with Expert Choice Routing", NeurIPS 2022. https://arxiv.org/abs/2202.09368
 """
 
 from __future__ import annotations

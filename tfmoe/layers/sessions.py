@@ -26,6 +26,9 @@ Example:
     array([[0, 0],
            [7, 8],
            [9, 5]])
+
+References:
+    * Mixture of Sequence (MoS), WWW 2026: sessions as the routing unit (docs/specs/mos.md).
 """
 
 from __future__ import annotations

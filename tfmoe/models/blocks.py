@@ -19,6 +19,10 @@ Example:
     >>> block = blocks.TransformerBlock(num_heads=2, inner_dim=16)
     >>> tuple(block(x, mask=mask).shape)
     (1, 4, 8)
+
+References:
+    * Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. https://arxiv.org/abs/1808.09781
+    * Vaswani et al., "Attention Is All You Need", NeurIPS 2017. https://arxiv.org/abs/1706.03762
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ Example:
     >>> seq, mask = np.random.rand(2, 5, 4).astype("float32"), np.ones((2, 5), bool)
     >>> tuple(din(seq, mask, np.random.rand(2, 4).astype("float32")).shape)
     (2, 4)
+
+References:
+    * Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018. https://arxiv.org/abs/1706.06978
+    * Xia et al., "TransAct", KDD 2023. https://arxiv.org/abs/2306.00248
+    * Chang et al., "TWIN", KDD 2023. https://arxiv.org/abs/2302.02352
 """
 
 from __future__ import annotations

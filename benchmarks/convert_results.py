@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/convert_results.py
 
-It reads ``benchmarks/results/archive/converted/`` (the next-item files), ``benchmarks/results/archive/`` (the
-ablation file) and ``benchmarks/results/`` (the files that their benchmarks still write).
+It reads ``benchmarks/results/archive/converted/`` (the next-item, MoE-layer, data-pipeline and serving files) and
+``benchmarks/results/archive/`` (the ablation file).
 
 Every record says ``"converted_from": "<file>"`` and keeps the file's ``_meta`` command and machine where it has
 them; ``commit``, ``date`` and ``data_hash`` are ``null`` (the files did not record them). What is converted:
@@ -145,7 +145,7 @@ def main() -> int:
     converted = next_item(load("next_item.json")) + next_item_cost(load("next_item_cost.json"))
     converted += next_item_ablation(load(os.path.join("..", "next_item_ablation.json")))
     converted.append(theme_purity(load(os.path.join("..", "long_ctr.json"))))
-    converted += [single(name, load(os.path.join(paths.RESULTS, f"{name}.json")))
+    converted += [single(name, load(f"{name}.json"))
                   for name in ("moe_layers", "data_pipeline", "serving")]
     for record in converted:
         records.write_record(record)

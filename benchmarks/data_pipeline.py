@@ -3,33 +3,34 @@
 Writes synthetic prepared TFRecords (``schema.encode_example``, GZIP shards, leave-one-out splits)
 to a temp dir, then measures in one run:
 
-1. reader throughput (rows/s, median of 3 chunks) at history lengths 200 and 2,000 for
-   next-item and CTR training batches, for three variants: the defaults (GZIP records parsed
-   with timestamps, categories and session ids), ``cache=True`` (decompressed records kept in
-   memory after the first epoch) and ``cache+ids`` (cache and the item history only);
+1. reader throughput (rows/s, median of ``repeats`` chunks) at each history length for next-item and
+   CTR training batches, for each reader variant (the default variant: the defaults, i.e. GZIP records
+   parsed with timestamps, categories and session ids; ``cache=True``, decompressed records kept in
+   memory after the first epoch; and ``cache+ids``, cache and the item history only);
 2. the time of a Keras ``train_on_batch`` step fed by the reader (one persistent iterator, as
    in a long run) over the same step fed from memory (the same batches held as tensors), in
    wall time and in process CPU time. Models: next-item = item embedding 64-d + one causal
    transformer block + full softmax over the catalogue at every position; CTR = item and
    category embeddings 64-d + target attention pooling (DIN-style) + MLP + sigmoid; both
-   ``jit_compile=True``. The reader parses the side features the model consumes (none for
-   next-item, categories for CTR), plus one row with all default side features. Rounds time
-   both feeds back to back in ABBA order and the ratio is the median of the per-round ratios,
-   which keeps it robust to other processes on shared machines.
+   ``jit_compile=True``. The reader parses the side features of the setting (the model's own, or
+   all default side features). Rounds time both feeds back to back in ABBA order and the ratio is
+   the median of the per-round ratios, which keeps it robust to other processes on shared machines.
 
-``reader_over_memory_step_time`` in the JSON is the largest wall-time ratio over the measured
+Settings: ``benchmarks/settings/data_pipeline.yaml`` (variants ``default`` and ``quick``). One record per run
+(:mod:`benchmarks.records`), ``benchmarks/results/records/data_pipeline/<variant>/seed<k>-<hash>.json``, written
+after the throughput table and after every training-step setting (all but the last ``partial``), with the data hash
+of the written TFRecords. ``reader_over_memory_step_time`` is the largest wall-time ratio over the measured
 settings (goal <= 1.05).
 
 Usage:
-    .venv/bin/python benchmarks/data_pipeline.py [--quick] [--out benchmarks/results/data_pipeline.json]
+    .venv/bin/python benchmarks/data_pipeline.py [--variant quick] [--out-records DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,19 +40,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
+import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-NUM_ITEMS = 3_500  # ML-1M-sized catalogue (full softmax stays realistic)
-NUM_CATEGORIES = 50
-SHARDS = 4
-# Reader variants of the throughput table: the defaults, cached raw records, and cache + history only.
-ROWS_PER_USER = {"next_item": 1, "ctr": 4 * 2}  # CTR: 4 positions per user, 1 negative each
-VARIANTS = (("default", {}), ("cache", {"cache": True}), ("cache+ids", {"cache": True, "sequence_features": ()}))
+from benchmarks import _paths as paths
+from benchmarks import records
+
+BENCHMARK = "data_pipeline"
+SETTINGS_FILE = os.path.join(paths.BENCHMARKS, "settings", "data_pipeline.yaml")
+with open(SETTINGS_FILE, encoding="utf-8") as _f:
+    SETTINGS = yaml.safe_load(_f)
+CTR_INPUTS = ("history", "history_categories", "target_item", "target_category")
 
 
-def write_records(root: str, num_users: int, length: int, seed: int = 0) -> str:
+def variant_config(name: str) -> dict:
+    """The complete config of variant ``name`` of the settings file (a copy)."""
+    if name not in SETTINGS["variants"]:
+        raise ValueError(f"data_pipeline: no variant {name!r} in {SETTINGS_FILE} (have "
+                         f"{sorted(SETTINGS['variants'])})")
+    return copy.deepcopy(SETTINGS["variants"][name])
+
+
+def write_records(root: str, num_users: int, length: int, num_items: int, num_categories: int, shards: int,
+                  seed: int = 0) -> str:
     """A prepared directory of ``num_users`` users with ``length + 2`` interactions each."""
     import tensorflow as tf
 
@@ -62,47 +74,54 @@ def write_records(root: str, num_users: int, length: int, seed: int = 0) -> str:
     for split in schema.SPLITS:
         os.makedirs(os.path.join(root, split), exist_ok=True)
         writers[split] = [
-            tf.io.TFRecordWriter(os.path.join(root, split, schema.shard_file_name(i, SHARDS)),
+            tf.io.TFRecordWriter(os.path.join(root, split, schema.shard_file_name(i, shards)),
                                  options="GZIP")
-            for i in range(SHARDS)
+            for i in range(shards)
         ]
     n = length + 2
-    touched = min(n, NUM_ITEMS - 100)
+    touched = min(n, num_items - 100)
     for user in range(1, num_users + 1):
-        seq = rng.choice(np.arange(1, NUM_ITEMS + 1), size=touched, replace=False)
+        seq = rng.choice(np.arange(1, num_items + 1), size=touched, replace=False)
         seq = np.resize(seq, n)  # long histories revisit items, as real logs do
         times = 1_600_000_000 + np.cumsum(rng.integers(10, 5_000, size=n))
-        cats = seq % NUM_CATEGORIES + 1
+        cats = seq % num_categories + 1
         sessions = np.cumsum(np.r_[0, np.diff(times) > 1_800])
-        w = writers["train"][user % SHARDS]
+        w = writers["train"][user % shards]
         w.write(schema.encode_example(user, seq[:-2], times[:-2], cats[:-2], (), sessions[:-2]).SerializeToString())
         for split, cut in (("valid", 2), ("test", 1)):
             ex = schema.encode_example(user, seq[:-cut], times[:-cut], cats[:-cut], (), sessions[:-cut],
                                        target=int(seq[-cut]), target_timestamp=int(times[-cut]),
                                        target_category=int(cats[-cut]))
-            writers[split][user % SHARDS].write(ex.SerializeToString())
+            writers[split][user % shards].write(ex.SerializeToString())
     for split_writers in writers.values():
         for w in split_writers:
             w.close()
     os.makedirs(os.path.join(root, schema.VOCAB_DIR), exist_ok=True)
     with open(os.path.join(root, schema.VOCAB_DIR, "items.txt"), "w") as f:
-        f.write("".join(f"{i}\n" for i in range(1, NUM_ITEMS + 1)))
+        f.write("".join(f"{i}\n" for i in range(1, num_items + 1)))
     return root
 
 
-def reader(data_dir, task, max_len, batch_size, user_items=None, **kwargs):
-    """The training reader (repeated, static shapes); CTR: 4 random positions per user, 1 negative each."""
+def rows_per_user(task: str, config: dict) -> int:
+    """Training rows a user gives per epoch: 1 for next-item; CTR: positions x (1 positive + negatives)."""
+    return 1 if task == "next_item" else config["ctr_samples_per_user"] * (1 + config["ctr_num_negatives"])
+
+
+def reader(data_dir, task, max_len, batch_size, config, user_items=None, **kwargs):
+    """The training reader (repeated, static shapes); CTR: ``ctr_samples_per_user`` random positions per user,
+    ``ctr_num_negatives`` negatives each."""
     from tfmoe.data import dataset, samples
 
     extra = {}
     if task == "ctr":
-        extra = dict(ctr=samples.CTRSampling(num_negatives=1, samples_per_user=ROWS_PER_USER["ctr"] // 2),
+        extra = dict(ctr=samples.CTRSampling(num_negatives=config["ctr_num_negatives"],
+                                             samples_per_user=config["ctr_samples_per_user"]),
                      touched_items=user_items)
     return dataset.make_dataset(data_dir, "train", task, max_len=max_len, batch_size=batch_size, repeat=True,
                                 drop_remainder=True, **extra, **kwargs)
 
 
-def throughput(ds, batches: int, warmup: int, repeats: int = 3) -> dict:
+def throughput(ds, batches: int, warmup: int, repeats: int) -> dict:
     """Rows/s and ms/batch: the median of ``repeats`` chunks of ``batches`` batches after ``warmup``."""
     it = iter(ds)
     for _ in range(warmup):
@@ -119,7 +138,7 @@ def throughput(ds, batches: int, warmup: int, repeats: int = 3) -> dict:
     return {"rows_per_s": statistics.median(rates), "ms_per_batch": statistics.median(latencies)}
 
 
-def next_item_model(max_len: int):
+def next_item_model(max_len: int, num_items: int, num_categories: int):
     import keras
 
     class AddPositions(keras.layers.Layer):
@@ -131,28 +150,28 @@ def next_item_model(max_len: int):
 
     history = keras.Input(shape=(max_len,), dtype="int32", name="history")
     mask = keras.ops.not_equal(history, 0)
-    x = AddPositions()(keras.layers.Embedding(NUM_ITEMS + 1, 64)(history))
+    x = AddPositions()(keras.layers.Embedding(num_items + 1, 64)(history))
     pair_mask = keras.ops.logical_and(mask[:, None, :], mask[:, :, None])
     attn = keras.layers.MultiHeadAttention(num_heads=2, key_dim=32)(x, x, attention_mask=pair_mask,
                                                                    use_causal_mask=True)
     x = keras.layers.LayerNormalization()(x + attn)
     x = keras.layers.LayerNormalization()(x + keras.layers.Dense(64)(keras.layers.Dense(128, activation="gelu")(x)))
-    logits = keras.layers.Dense(NUM_ITEMS + 1)(x)
+    logits = keras.layers.Dense(num_items + 1)(x)
     model = keras.Model({"history": history}, logits)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
                   jit_compile=True)
     return model
 
 
-def ctr_model(max_len: int):
+def ctr_model(max_len: int, num_items: int, num_categories: int):
     import keras
 
     history = keras.Input(shape=(max_len,), dtype="int32", name="history")
     history_categories = keras.Input(shape=(max_len,), dtype="int32", name="history_categories")
     target_item = keras.Input(shape=(), dtype="int32", name="target_item")
     target_category = keras.Input(shape=(), dtype="int32", name="target_category")
-    items = keras.layers.Embedding(NUM_ITEMS + 1, 64)
-    cats = keras.layers.Embedding(NUM_CATEGORIES + 1, 64)
+    items = keras.layers.Embedding(num_items + 1, 64)
+    cats = keras.layers.Embedding(num_categories + 1, 64)
     seq = keras.ops.concatenate([items(history), cats(history_categories)], axis=-1)  # [B, L, 128]
     query = keras.ops.concatenate([items(target_item), cats(target_category)], axis=-1)  # [B, 128]
     q = keras.ops.repeat(query[:, None, :], max_len, axis=1)
@@ -206,80 +225,109 @@ def step_ratio(ds, model, input_names, steps: int, rounds: int, warmup: int) -> 
             "rounds_memory_ms": [round(1000 * t, 2) for t in wall["memory"]]}
 
 
-def machine_info() -> dict:
+MODELS = {"next_item_model": (next_item_model, ("history",)), "ctr_model": (ctr_model, CTR_INPUTS)}
+
+
+def reader_features(setting: dict) -> tuple:
+    """The side features the reader parses in a training-step setting (``all``: the reader's defaults)."""
+    from tfmoe.data import samples
+
+    side = setting["reader_features"]
+    return samples.DEFAULT_SEQUENCE_FEATURES if side == "all" else tuple(side)
+
+
+def metrics_of(throughput_rows: list[dict], step_rows: list[dict]) -> dict:
+    """The record's metrics from what was measured so far."""
+    metrics = {"reader_throughput": throughput_rows, "train_step": step_rows}
+    if step_rows:
+        metrics = {"reader_over_memory_step_time": max(r["ratio"] for r in step_rows), **metrics}
+    return metrics
+
+
+def run(variant: str = "default", overrides: dict | None = None, out_records: str | None = None,
+        command=None) -> dict:
+    """Writes the variant's data (its config updated by ``overrides``) to a temporary folder, measures it and
+    writes the record after each phase; returns the last one (with its ``"path"``)."""
+    import keras
     import tensorflow as tf
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "tensorflow": tf.__version__,
-            "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
-            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+    from tfmoe.data import dataset
+
+    config = {**variant_config(variant), **(overrides or {})}
+    tf.get_logger().setLevel("ERROR")
+    keras.utils.set_random_seed(config["seed"])
+    batch_size, warmup = config["batch_size"], config["warmup"]
+    throughput_rows, step_rows = [], []
+    phases = 1 + len(config["train_step"])
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs, users = {}, {}
+        for entry in config["histories"]:
+            length, users[entry["max_len"]] = entry["max_len"], entry["users"]
+            start = time.perf_counter()
+            dirs[length] = write_records(os.path.join(tmp, f"len{length}"), entry["users"], length,
+                                         config["num_items"], config["num_categories"], config["shards"],
+                                         config["seed"])
+            print(f"wrote {entry['users']} users x {length + 2} interactions in {time.perf_counter() - start:.1f} s",
+                  flush=True)
+        files = list(dirs.values())
+        user_items = {length: dataset.load_user_items(path) for length, path in dirs.items()}
+
+        def record(done: int) -> dict:
+            made = records.make_record(BENCHMARK, variant, config, metrics_of(throughput_rows, step_rows),
+                                       epochs=None, seed=config["seed"], partial=done < phases, data_files=files,
+                                       command=command)
+            made["path"] = records.write_record(made, out_records or records.ROOT)
+            return made
+
+        print(f"\n{'task':<10} {'max_len':>7} {'variant':<10} {'rows/s':>10} {'ms/batch':>9}")
+        for length in dirs:
+            for task in ("next_item", "ctr"):
+                for name, kwargs in config["reader_variants"].items():
+                    kwargs = {k: tuple(x) if isinstance(x, list) else x for k, x in kwargs.items()}
+                    ds = reader(dirs[length], task, length, batch_size, config, user_items[length], **kwargs)
+                    # A cache is filled during the first epoch: measure after it.
+                    epoch = -(-users[length] * rows_per_user(task, config) // batch_size) if kwargs.get("cache") else 0
+                    row = {"task": task, "max_len": length, "variant": name,
+                           **throughput(ds, config["batches"], warmup + epoch, config["repeats"])}
+                    throughput_rows.append(row)
+                    print(f"{task:<10} {length:>7} {name:<10} {row['rows_per_s']:>10.0f} "
+                          f"{row['ms_per_batch']:>9.1f}", flush=True)
+        last = record(1)
+
+        print(f"\n{'task':<10} {'max_len':>7} {'features':<10} {'memory ms':>10} {'reader ms':>10} {'ratio':>7} "
+              f"{'cpu ratio':>9}")
+        for setting in config["train_step"]:
+            task, length = setting["task"], setting["max_len"]
+            build_model, names = MODELS[setting["model"]]
+            side = reader_features(setting)
+            ds = reader(dirs[length], task, length, batch_size, config, user_items[length], sequence_features=side)
+            features = "all" if setting["reader_features"] == "all" else "model"
+            model = build_model(length, config["num_items"], config["num_categories"])
+            row = {"task": task, "max_len": length, "model": setting["model"], "features": features,
+                   "reader_features": list(side),
+                   **step_ratio(ds, model, names, config["steps"], config["rounds"], warmup)}
+            step_rows.append(row)
+            print(f"{task:<10} {length:>7} {features:<10} {row['memory_ms_per_step']:>10.1f} "
+                  f"{row['reader_ms_per_step']:>10.1f} {row['ratio']:>7.3f} {row['cpu_ratio']:>9.3f}", flush=True)
+            last = record(1 + len(step_rows))
+    return last
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer users, batches and rounds (a smoke run)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "data_pipeline.json"))
+    parser.add_argument("--variant", default="default", choices=sorted(SETTINGS["variants"]))
+    parser.add_argument("--quick", action="store_const", const="quick", dest="variant",
+                        help="the quick variant (a smoke run)")
+    parser.add_argument("--out-records", help="where the record is written (default: benchmarks/results/records; "
+                                              "quick: a temporary folder)")
     args = parser.parse_args(argv)
-    import keras
-    import tensorflow as tf
-
-    from tfmoe.data import dataset, samples
-
-    tf.get_logger().setLevel("ERROR")
-    keras.utils.set_random_seed(0)
-    lengths = (200, 2000)
-    users = {200: 512, 2000: 256} if args.quick else {200: 2048, 2000: 768}
-    batches, warmup = (8, 3) if args.quick else (20, 5)
-    steps, rounds = (4, 3) if args.quick else (6, 9)
-    batch_size = 128
-    info = machine_info()
-    results = {"command": " ".join([os.path.relpath(sys.executable, ROOT), *sys.argv]), "machine": info,
-               "settings": {"num_items": NUM_ITEMS, "batch_size": batch_size, "users": users, "quick": args.quick},
-               "reader_throughput": [], "train_step": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        dirs = {}
-        for length in lengths:
-            start = time.perf_counter()
-            dirs[length] = write_records(os.path.join(tmp, f"len{length}"), users[length], length)
-            print(f"wrote {users[length]} users x {length + 2} interactions in {time.perf_counter() - start:.1f} s",
-                  flush=True)
-        user_items = {length: dataset.load_user_items(dirs[length]) for length in lengths}
-
-        print(f"\n{'task':<10} {'max_len':>7} {'variant':<10} {'rows/s':>10} {'ms/batch':>9}")
-        for length in lengths:
-            for task in ("next_item", "ctr"):
-                for variant, kwargs in VARIANTS:
-                    ds = reader(dirs[length], task, length, batch_size, user_items[length], **kwargs)
-                    # A cache is filled during the first epoch: measure after it.
-                    epoch = -(-users[length] * ROWS_PER_USER[task] // batch_size) if "cache" in kwargs else 0
-                    row = {"task": task, "max_len": length, "variant": variant,
-                           **throughput(ds, batches, warmup + epoch)}
-                    results["reader_throughput"].append(row)
-                    print(f"{task:<10} {length:>7} {variant:<10} {row['rows_per_s']:>10.0f} "
-                          f"{row['ms_per_batch']:>9.1f}", flush=True)
-
-        print(f"\n{'task':<10} {'max_len':>7} {'features':<10} {'memory ms':>10} {'reader ms':>10} {'ratio':>7} "
-              f"{'cpu ratio':>9}")
-        ctr_inputs = ("history", "history_categories", "target_item", "target_category")
-        # (task, max_len, model, model inputs, reader side features): "model" = what the model consumes.
-        settings = [("next_item", 200, next_item_model, ("history",), ()),
-                    ("ctr", 200, ctr_model, ctr_inputs, ("categories",)),
-                    ("ctr", 2000, ctr_model, ctr_inputs, ("categories",)),
-                    ("ctr", 2000, ctr_model, ctr_inputs, samples.DEFAULT_SEQUENCE_FEATURES)]
-        for task, length, build_model, names, side in settings:
-            ds = reader(dirs[length], task, length, batch_size, user_items[length], sequence_features=side)
-            features = "all" if side == samples.DEFAULT_SEQUENCE_FEATURES else "model"
-            row = {"task": task, "max_len": length, "model": build_model.__name__, "reader_features": list(side),
-                   **step_ratio(ds, build_model(length), names, steps, rounds, warmup)}
-            results["train_step"].append(row)
-            print(f"{task:<10} {length:>7} {features:<10} {row['memory_ms_per_step']:>10.1f} "
-                  f"{row['reader_ms_per_step']:>10.1f} {row['ratio']:>7.3f} {row['cpu_ratio']:>9.3f}", flush=True)
-    results["reader_over_memory_step_time"] = max(r["ratio"] for r in results["train_step"])
-    print(f"\nreader_over_memory_step_time (max over settings) = {results['reader_over_memory_step_time']:.3f}"
-          " (goal <= 1.05)")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    out = args.out_records or (tempfile.mkdtemp(prefix="data-pipeline-") if args.variant == "quick" else records.ROOT)
+    record = run(args.variant, out_records=out,
+                 command=sys.argv if argv is None else ["benchmarks/data_pipeline.py", *argv])
+    goal = record["config"]["goal"]["reader_over_memory_step_time_max"]
+    ratio = record["metrics"].get("reader_over_memory_step_time")
+    print(f"\nreader_over_memory_step_time (max over settings) = {ratio:.3f} (goal <= {goal})")
+    print(f"record: {record['path']}")
     return 0
 
 

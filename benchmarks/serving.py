@@ -2,38 +2,37 @@
 
 Exports version 1 of a next-item model (or takes an existing export), starts a model server on a
 free loopback port (the real ``tensorflow_model_server`` if it is on PATH, else the local model
-server, with the same flags), then runs two bounded phases of concurrent clients, each sending
-``top_k`` requests (raw ``[batch, max_len]`` histories, the online path) back to back:
-
-1. batch 1 (one user per request), 2. batch 64 (64 users per request).
+server, with the same flags), then runs one bounded phase per request batch size of concurrent
+clients, each sending ``top_k`` requests (raw ``[batch, max_len]`` histories, the online path) back
+to back (the default variant: batch 1, one user per request, then batch 64).
 
 Halfway through each phase a new version is pushed the way the TFX Pusher does it (copied into
 a staging directory, then renamed into place); the server loads and warms it up, switches to it
 and unloads the old one while the clients keep going. Clients do not retry, so every request the
 swap breaks is counted in ``failed_requests`` (the goal is zero). Each phase stops after
-``--duration`` seconds or ``--max-requests`` requests, whichever comes first.
+``phase_duration_s`` seconds or ``max_requests_per_phase`` requests, whichever comes first.
 
-The model comes from one of:
+Settings: ``benchmarks/settings/serving.yaml``. The model comes from the variant's ``model`` (the default
+variant: SASRec as for ML-1M, ``num_items`` 3416, ``max_len`` 200, hidden 64, 2 blocks, random weights, exported
+with XLA and without a hand-written spec, :func:`tfmoe.serving.model_specs.spec_for_model`; every request carries
+full 200-item histories; ``quick``: a small demo model of :mod:`tfmoe.serving.demo_models` and short phases), or
+from the command line:
 
-* default: SASRec as for ML-1M (``num_items`` 3416, ``max_len`` 200, hidden 64, 2 blocks), with
-  random weights (latency does not depend on the weights), exported without a hand-written spec
-  (:func:`tfmoe.serving.model_specs.spec_for_model`); every request carries full 200-item histories;
 * ``--model-factory module:function``: ``function()`` returns ``(keras_model, ServingSpec)``;
-  versions are exported with :func:`tfmoe.serving.export.export_model` (the way to plug in SASRec);
+  versions are exported with :func:`tfmoe.serving.export.export_model`;
 * ``--export-fn module:function``: ``function(base_path, version)`` writes that version itself;
 * ``--model-dir DIR``: an existing base path; its latest version is served and re-pushed as new
-  version numbers;
-* ``--quick``: a small demo model (:mod:`tfmoe.serving.demo_models`), short phases, and the JSON goes to
-  a temp file unless ``--out`` is given (a toy model's numbers are not results).
+  version numbers (the record's data hash is that version's files).
 
 Version 1 is exported once; the pushed versions are copies of it under new version numbers (the
 server loads, warms up, switches and unloads exactly as for new weights, without paying for more
 exports during the run). The load average of the machine is sampled every second of each phase
-(the cores may be shared). Writes ``{"batch1": {"p50_ms", "p99_ms", "qps", ..., "during_swap":
-{...}}, "batch64": {...}, "failed_requests": n, "requests": total, "config": {...}, "machine": {...},
-"load_average": {...}}`` (default
-``benchmarks/results/serving.json``). Goal for SASRec with a 200-item history on 2 cores:
-zero failed requests and ``batch1.p99_ms`` under 20.
+(the cores may be shared). One record per run (:mod:`benchmarks.records`),
+``benchmarks/results/records/serving/<label>/seed<k>-<hash>.json``, written after every phase (all but the last
+``partial``); its metrics: ``{"batch1": {"p50_ms", "p99_ms", "qps", ..., "during_swap": {...}}, "batch64": {...},
+"failed_requests": n, "requests": total, "version_swaps": {...}, "load_average": {...}}``. The quick variant's
+record goes to a temporary folder unless ``--out-records`` is given (a toy model's numbers are not results). Goal
+for SASRec with a 200-item history on 2 cores: zero failed requests and ``batch1.p99_ms`` under 20.
 
 Usage:
     .venv/bin/python benchmarks/serving.py                 # SASRec, 2 phases of 30 s
@@ -44,6 +43,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import os
 import shutil
@@ -57,18 +57,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
+import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._timing import machine_info, write_json  # noqa: E402
+from benchmarks import _paths as paths
+from benchmarks import records
 
+BENCHMARK = "serving"
+SETTINGS_FILE = os.path.join(paths.BENCHMARKS, "settings", "serving.yaml")
+with open(SETTINGS_FILE, encoding="utf-8") as _f:
+    SETTINGS = yaml.safe_load(_f)
 MODEL_NAME = "recs"
 SIGNATURE = "top_k"
 HISTORY = "history"
-BATCH_SIZES = (1, 64)
-DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "serving.json")
-REQUEST_POOL = 64  # distinct pre-built requests per phase, cycled by the clients
+LOAD_AVERAGE_NOTE = "1/5/15-min load averages of the whole machine (shared with other jobs)"
+
+
+def variant_config(name: str) -> dict:
+    """The complete config of variant ``name`` of the settings file (a copy)."""
+    if name not in SETTINGS["variants"]:
+        raise ValueError(f"serving: no variant {name!r} in {SETTINGS_FILE} (have {sorted(SETTINGS['variants'])})")
+    return copy.deepcopy(SETTINGS["variants"][name])
 
 
 def load_callable(dotted: str):
@@ -79,48 +89,55 @@ def load_callable(dotted: str):
     return getattr(importlib.import_module(module), name)
 
 
-SASREC = {"num_items": 3416, "max_len": 200, "hidden_dim": 64, "num_blocks": 2}  # ML-1M sized
+def model_factory(model: dict):
+    """A function returning ``(keras_model, ServingSpec)`` for the ``model`` entry of a config: ``sasrec`` (random
+    weights, the spec derived from the model), ``demo`` (:mod:`tfmoe.serving.demo_models`) or ``module:function``."""
+    factory, options = model["factory"], model.get("options", {})
+    if factory == "sasrec":
+        def sasrec():
+            from tfmoe.models import SASRec
+            from tfmoe.serving.model_specs import spec_for_model
 
+            built = SASRec(**options, seed=model["seed"])
+            return built, spec_for_model(built, top_k=model["top_k"])
 
-def sasrec_factory():
-    """SASRec with random weights and the spec derived from it (``top_k`` 10)."""
-    from tfmoe.models import SASRec
-    from tfmoe.serving.model_specs import spec_for_model
+        return sasrec
+    if factory == "demo":
+        def demo():
+            from tfmoe.serving import demo_models
 
-    model = SASRec(**SASREC, seed=0)
-    return model, spec_for_model(model, top_k=10)
+            return (demo_models.next_item_model(options["num_items"], options["max_len"], dim=options["dim"],
+                                                seed=model["seed"]),
+                    demo_models.next_item_spec(options["num_items"], options["max_len"], top_k=model["top_k"]))
 
-
-def quick_factory():
-    from tfmoe.serving import demo_models
-
-    num_items, max_len = 1000, 50
-    return (demo_models.next_item_model(num_items, max_len, dim=16, seed=0),
-            demo_models.next_item_spec(num_items, max_len, top_k=10))
+        return demo
+    return load_callable(factory)
 
 
 class VersionSource:
     """Writes version ``v`` of the benchmarked model into a base path (export, export-fn or copy)."""
 
-    def __init__(self, args, workdir: str):
+    def __init__(self, config: dict, workdir: str):
         self.workdir = workdir
-        self.num_items = args.num_items
-        self.jit_compile = args.xla
-        if args.model_dir:
+        self.num_items = config.get("num_items")
+        self.jit_compile = config["xla"]
+        self.batch_sizes = tuple(config["batch_sizes"])
+        self.files = []  # the files read as data: an existing export
+        model = config["model"]
+        if model.get("model_dir"):
             from tfmoe.serving import layout
 
-            versions = layout.complete_versions(args.model_dir)
+            versions = layout.complete_versions(model["model_dir"])
             if not versions:
-                raise ValueError(f"--model-dir {args.model_dir!r} has no complete version directory")
-            self.source_dir = layout.version_path(args.model_dir, versions[-1])
+                raise ValueError(f"--model-dir {model['model_dir']!r} has no complete version directory")
+            self.source_dir = layout.version_path(model["model_dir"], versions[-1])
+            self.files = [self.source_dir]
             self.write = self._copy
-        elif args.export_fn:
-            self.export_fn = load_callable(args.export_fn)
+        elif model.get("export_fn"):
+            self.export_fn = load_callable(model["export_fn"])
             self.write = self._export_fn
         else:
-            factory = (load_callable(args.model_factory) if args.model_factory else
-                       quick_factory if args.quick else sasrec_factory)
-            self.model, self.spec = factory()
+            self.model, self.spec = model_factory(model)()
             self.write = self._export
             history = self.spec.feature(self.spec.history_feature)
             self.num_items = self.num_items or (history.vocab_size - 1 if history.vocab_size else None)
@@ -131,7 +148,7 @@ class VersionSource:
         from tfmoe.serving.export import export_model
 
         export_model(self.model, base_path, self.spec, version=version, model_name=MODEL_NAME,
-                     warmup_batch_sizes=BATCH_SIZES, jit_compile=self.jit_compile)
+                     warmup_batch_sizes=self.batch_sizes, jit_compile=self.jit_compile)
 
     def _export_fn(self, base_path: str, version: int) -> None:
         self.export_fn(base_path, version)
@@ -142,16 +159,15 @@ class VersionSource:
         layout.push_copy(self.source_dir, base_path, version)
 
 
-
-
 def push(staged_dir: str, base_path: str, version: int) -> None:
     from tfmoe.serving import layout
 
     layout.push_copy(staged_dir, base_path, version)
 
 
-def build_requests(num_items: int, max_len: int, batch_size: int, seed: int, history_len: int | None = None) -> list:
-    """Pre-built ``top_k`` requests with random histories of ids 1..num_items.
+def build_requests(num_items: int, max_len: int, batch_size: int, seed: int, history_len: int | None = None,
+                   pool_size: int = 64) -> list:
+    """``pool_size`` pre-built ``top_k`` requests with random histories of ids 1..num_items.
 
     Every history has ``history_len`` items (default ``max_len``: full histories), or, with
     ``history_len=0``, a random length in 1..max_len.
@@ -160,7 +176,7 @@ def build_requests(num_items: int, max_len: int, batch_size: int, seed: int, his
 
     rng = np.random.default_rng(seed)
     pool = []
-    for _ in range(REQUEST_POOL):
+    for _ in range(pool_size):
         lengths = (rng.integers(1, max_len + 1, size=batch_size) if history_len == 0 else
                    np.full(batch_size, min(history_len or max_len, max_len)))
         histories = [rng.integers(1, num_items + 1, size=n) for n in lengths]
@@ -274,27 +290,83 @@ def wait_for_version(target: str, version: int, timeout: float) -> float:
     return time.perf_counter() - started
 
 
-def main(argv=None) -> int:
+def resolved_config(config: dict, *, server: str, max_len: int, num_items: int) -> dict:
+    """The config a run measured: the variant's (with the command line's changes), the server kind, the served
+    ``max_len``, the ids' range and the history length of the requests."""
+    history_len = max_len if config["history_len"] is None else config["history_len"]
+    return {**config, "server": server, "signature": SIGNATURE, "max_len": max_len, "num_items": num_items,
+            "history_len": history_len, "client_retries": 0}
+
+
+def serving_metrics(results: dict, swaps: dict, load_before: list, load_after: list) -> dict:
+    """The record's metrics from the phases measured so far (``{"batch<b>": phase result}``)."""
+    return {**results, "failed_requests": sum(r["failed"] for r in results.values()),
+            "requests": sum(r["requests"] for r in results.values()), "version_swaps": swaps,
+            "load_average": {"before": load_before, "after": load_after, "cpus": os.cpu_count(),
+                             "note": LOAD_AVERAGE_NOTE}}
+
+
+def serving_record(label: str, config: dict, metrics: dict, *, partial: bool, data_files=(), command=None) -> dict:
+    """The record of a run (:func:`benchmarks.records.make_record`)."""
+    return records.make_record(BENCHMARK, label, config, metrics, epochs=None, seed=config["seed"], partial=partial,
+                               data_files=list(data_files), command=command)
+
+
+def apply_arguments(config: dict, args) -> dict:
+    """``config`` with the command line's changes."""
+    config = copy.deepcopy(config)
+    if args.model_factory:
+        config["model"] = {"factory": args.model_factory}
+    elif args.export_fn:
+        config["model"] = {"export_fn": args.export_fn}
+    elif args.model_dir:
+        config["model"] = {"model_dir": args.model_dir}
+    for key, value in (("num_items", args.num_items), ("clients", args.clients),
+                       ("phase_duration_s", args.duration), ("max_requests_per_phase", args.max_requests),
+                       ("request_timeout_s", args.timeout), ("xla", args.xla), ("history_len", args.history_len)):
+        if value is not None:
+            config[key] = value
+    config["server_flags"] = [*config["server_flags"], *args.server_flag]
+    return config
+
+
+def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="default", choices=sorted(SETTINGS["variants"]))
+    parser.add_argument("--quick", action="store_const", const="quick", dest="variant",
+                        help="the quick variant: a small demo model, short phases, a temporary records folder")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-factory", help="module:function returning (keras model, ServingSpec)")
     source.add_argument("--export-fn", help="module:function(base_path, version) that exports a version")
     source.add_argument("--model-dir", help="an existing base path of exported versions")
-    parser.add_argument("--quick", action="store_true", help="small demo model, short phases, temp output")
     parser.add_argument("--num-items", type=int, help="ids are drawn from 1..num_items (default: from the spec)")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients per phase (default: 4)")
-    parser.add_argument("--duration", type=float, help="seconds per phase (default: 30, quick: 6)")
-    parser.add_argument("--max-requests", type=int, default=200_000, help="requests per phase at most")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per request in seconds")
+    parser.add_argument("--clients", type=int, help="concurrent clients per phase (default: the variant's)")
+    parser.add_argument("--duration", type=float, help="seconds per phase (default: the variant's)")
+    parser.add_argument("--max-requests", type=int, help="requests per phase at most (default: the variant's)")
+    parser.add_argument("--timeout", type=float, help="deadline per request in seconds (default: the variant's)")
     parser.add_argument("--server-flag", action="append", default=[],
                         help="extra server flag, e.g. --server-flag=--tensorflow_intra_op_parallelism=1")
-    parser.add_argument("--xla", action="store_true", help="export with XLA (export_model(jit_compile=True))")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                        help="export with XLA (export_model(jit_compile=True); default: the variant's)")
     parser.add_argument("--history-len", type=int, help="items per history (default: max_len; 0: random lengths)")
-    parser.add_argument("--out", help=f"results JSON (default: {DEFAULT_OUT}; quick: a temp file)")
-    args = parser.parse_args(argv)
-    duration = args.duration or (6.0 if args.quick else 30.0)
+    parser.add_argument("--label", help="the record's variant label (default: the variant's name; custom when the "
+                                        "model comes from the command line)")
+    parser.add_argument("--out-records", help="where the record is written (default: benchmarks/results/records; "
+                                              "quick: a temporary folder)")
+    return parser.parse_args(argv)
 
-    from tfmoe.serving import config, launcher
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
+    config = apply_arguments(variant_config(args.variant), args)
+    label = args.label or ("custom" if args.model_factory or args.export_fn or args.model_dir else args.variant)
+    out_records = args.out_records or (tempfile.mkdtemp(prefix="serving-records-") if args.variant == "quick"
+                                       else records.ROOT)
+    command = sys.argv if argv is None else ["benchmarks/serving.py", *argv]
+    batch_sizes = config["batch_sizes"]
+
+    from tfmoe.serving import config as server_config
+    from tfmoe.serving import launcher
     from tfmoe.serving.client import ServingClient
     from tfmoe.utils.devices import quiet_tensorflow
 
@@ -302,38 +374,44 @@ def main(argv=None) -> int:
     workdir = tempfile.mkdtemp(prefix="serving-bench-")
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:
-        versions = VersionSource(args, workdir)
+        versions = VersionSource(config, workdir)
         root = os.path.join(workdir, "models")
         base = os.path.join(root, MODEL_NAME)
         print(f"writing version 1 and the versions to push under {workdir}", flush=True)
         versions.write(base, 1)
-        staged = {2: os.path.join(base, "1"), 3: os.path.join(base, "1")}  # pushes copy version 1
-        files = config.write_server_configs(root, [config.ModelEntry(MODEL_NAME)],
-                                            batching=config.BatchingConfig(max_batch_size=max(BATCH_SIZES)),
-                                            monitoring=False)
+        new_versions = list(range(2, 2 + len(batch_sizes)))
+        staged = {version: os.path.join(base, "1") for version in new_versions}  # pushes copy version 1
+        files = server_config.write_server_configs(
+            root, [server_config.ModelEntry(MODEL_NAME)],
+            batching=server_config.BatchingConfig(max_batch_size=max(batch_sizes)), monitoring=False)
         server = launcher.start_server(files.model_config_file, models=[MODEL_NAME],
                                        batching_parameters_file=files.batching_parameters_file,
-                                       extra_flags=args.server_flag, timeout=600)
+                                       extra_flags=config["server_flags"], timeout=600)
         print(f"{server.kind} server at {server.target}", flush=True)
+        record = None
         try:
             with ServingClient(server.target) as client:
                 max_len = client.input_shape(MODEL_NAME, SIGNATURE, HISTORY)[1]
+            resolved = resolved_config(config, server=server.kind, max_len=max_len, num_items=versions.num_items)
             results, swaps = {}, {}
-            for phase, (batch_size, version) in enumerate(zip(BATCH_SIZES, (2, 3))):
-                pool = build_requests(versions.num_items, max_len, batch_size, seed=phase, history_len=args.history_len)
+            for phase, (batch_size, version) in enumerate(zip(batch_sizes, new_versions)):
+                pool = build_requests(versions.num_items, max_len, batch_size, seed=config["seed"] + phase,
+                                      history_len=config["history_len"], pool_size=config["request_pool"])
                 swap = {}
 
                 def on_halfway(version=version, swap=swap):
                     push(staged[version], base, version)
                     threading.Thread(target=lambda: swap.update(
-                        seconds=round(wait_for_version(server.target, version, 120), 2))).start()
+                        seconds=round(wait_for_version(server.target, version, config["swap_timeout_s"]), 2))).start()
 
-                print(f"phase batch {batch_size}: {args.clients} clients, {duration:.0f} s, push version {version} "
-                      "halfway", flush=True)
-                result = run_phase(server.target, pool, args.clients, duration, args.max_requests, args.timeout,
-                                   on_halfway, new_version=version)
+                print(f"phase batch {batch_size}: {config['clients']} clients, {config['phase_duration_s']:.0f} s, "
+                      f"push version {version} halfway", flush=True)
+                result = run_phase(server.target, pool, config["clients"], config["phase_duration_s"],
+                                   config["max_requests_per_phase"], config["request_timeout_s"], on_halfway,
+                                   new_version=version, swap_timeout=config["swap_timeout_s"],
+                                   settle=config["settle_s"])
                 result["rows_per_s"] = round(result["qps"] * batch_size, 1)
-                deadline = time.monotonic() + 120
+                deadline = time.monotonic() + config["swap_timeout_s"]
                 while "seconds" not in swap and time.monotonic() < deadline:
                     time.sleep(0.1)
                 swaps[f"version_{version}_push_to_serving_s"] = swap.get("seconds")
@@ -341,32 +419,15 @@ def main(argv=None) -> int:
                 print(f"  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  {result['qps']} req/s  "
                       f"failed {result['failed']}  versions {result['versions_seen']}  p99 during the swap "
                       f"{result['during_swap']['p99_ms']} ms  load average {result['load_average_1min']}", flush=True)
+                metrics = serving_metrics(results, swaps, load_before, [round(x, 2) for x in os.getloadavg()])
+                record = serving_record(label, resolved, metrics, partial=len(results) < len(batch_sizes),
+                                        data_files=versions.files, command=command)
+                record["path"] = records.write_record(record, out_records)
         finally:
-            server_kind = server.kind
             server.stop()
-        payload = {
-            **results,
-            "failed_requests": sum(r["failed"] for r in results.values()),
-            "requests": sum(r["requests"] for r in results.values()),
-            "version_swaps": swaps,
-            "config": {
-                "server": server_kind, "signature": SIGNATURE, "max_len": max_len, "num_items": versions.num_items,
-                "clients": args.clients, "phase_duration_s": duration, "max_requests_per_phase": args.max_requests,
-                "request_timeout_s": args.timeout, "client_retries": 0, "server_flags": args.server_flag,
-                "model": args.model_factory or args.export_fn or args.model_dir or
-                ("quick demo (tfmoe.serving.demo_models)" if args.quick else f"SASRec {SASREC}, random weights"),
-                "history_len": args.history_len or max_len, "xla": args.xla,
-                "goal": "failed_requests == 0 and batch1.p99_ms < 20 (SASRec, 200-item history, 2 cores)",
-            },
-            "machine": machine_info(),
-            "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()],
-                             "cpus": os.cpu_count(),
-                             "note": "1/5/15-min load averages of the whole machine (shared with other jobs)"},
-        }
-        out = args.out or (os.path.join(tempfile.gettempdir(), "serving-quick.json") if args.quick else DEFAULT_OUT)
-        print(f"wrote {write_json(out, payload)}")
+        print(f"record: {record['path']}")
         swapped = all(r["swapped_under_load"] for r in results.values())
-        return 0 if payload["failed_requests"] == 0 and swapped else 1
+        return 0 if record["metrics"]["failed_requests"] == 0 and swapped else 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

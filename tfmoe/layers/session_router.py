@@ -275,7 +275,7 @@ class SessionThemeRouter(keras.layers.Layer):
     References:
         * MoS: Lin et al., "Mixture of Sequence: Theme-Aware Mixture-of-Experts for Long-Sequence
           Recommendation", WWW 2026, https://arxiv.org/abs/2604.20858 (what is known of it:
-          ``docs/models.md``, Part A; its Sec. 4.1 cites VQ-VAE).
+          ``docs/specs/mos.md``; its Sec. 4.1 cites VQ-VAE).
         * VQ-VAE: van den Oord, Vinyals, Kavukcuoglu, "Neural Discrete Representation Learning",
           NeurIPS 2017, https://arxiv.org/abs/1711.00937.
         * Dead-code restarts and data-dependent codebook initialisation: Łańcucki et al., "Robust

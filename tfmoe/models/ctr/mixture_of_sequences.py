@@ -1,6 +1,6 @@
 r"""The MoS interest layer (Mixture of Sequence, WWW 2026): sessions -> themes -> backbone experts -> fusion.
 
-Reconstructed from the abstract and the spec of ``docs/models.md`` (Part A, sections 4.1-4.8); the
+Reconstructed from the abstract and the spec of ``docs/specs/mos.md`` (sections 4.1-4.8); the
 paper's body was not available, so every unknown is an option whose default is the spec's::
 
     sessions   [B, M, P, d] <- SessionGrouper(e, mask)        session_mode (S1 time gap / S2 chunks)

@@ -59,3 +59,10 @@ def test_popularity_negatives_need_the_counts():
         samples.ctr_eval(features, 8, NUM_ITEMS, samples.CTRSampling(negatives="popularity"), sequence_features=())
     with pytest.raises(ValueError, match="`negatives` must be one of"):
         samples.CTRSampling(negatives="hard")
+
+
+def test_counts_of_another_catalogue_size_are_named():
+    features, counts = zipf_logs()
+    with pytest.raises(ValueError, match=r"item_counts: must have shape \[num_items \+ 1 = 301\], got \(300,\)"):
+        samples.ctr_eval(features, 8, NUM_ITEMS, samples.CTRSampling(negatives="popularity"), sequence_features=(),
+                         item_counts=counts[:-1])

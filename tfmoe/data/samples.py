@@ -374,19 +374,21 @@ def _negatives(features: dict, touched, num_items, draw_rows, draw_index, first_
         table = negatives.untouched_table(rows, num_items, presorted=presorted)
         drawn = negatives.sample_untouched(table, draw_rows, draw_index, seeds)
     else:
-        table = weighted_negatives.weighted_untouched_table(rows, item_counts, presorted=presorted)
+        table = weighted_negatives.weighted_untouched_table(rows, item_counts, presorted=presorted,
+                                                            num_items=num_items)
         drawn = weighted_negatives.sample_untouched_weighted(table, draw_rows, draw_index, seeds)
     return tf.reshape(drawn, [-1, n])
 
 
-def _item_counts(sampling: CTRSampling, item_counts, num_items):
-    """The counts the negatives follow: ``item_counts`` for popularity negatives, None for uniform ones."""
+def _item_counts(sampling: CTRSampling, item_counts):
+    """The counts the negatives follow: ``item_counts`` for popularity negatives (checked where the table is built,
+    :func:`~tfmoe.data.weighted_negatives.weighted_untouched_table`), None for uniform ones."""
     if sampling.negatives == "uniform":
         return None
     if item_counts is None:
         raise ValueError("CTR samples: CTRSampling(negatives='popularity') needs `item_counts` ([num_items + 1] "
                          "occurrence counts, e.g. UserItems.item_counts)")
-    return weighted_negatives.check_item_counts(item_counts, num_items)
+    return item_counts
 
 
 def ctr_eval(features: dict, max_len, num_items, sampling: CTRSampling = CTRSampling(), touched=None,
@@ -408,7 +410,7 @@ def ctr_eval(features: dict, max_len, num_items, sampling: CTRSampling = CTRSamp
     draw_rows = tf.repeat(tf.range(batch), n)
     draw_index = tf.tile(tf.range(n, dtype=tf.int64), [batch])
     neg = _negatives(features, touched, num_items, draw_rows, draw_index, sampling.eval_seed, n,
-                     _item_counts(sampling, item_counts, num_items))
+                     _item_counts(sampling, item_counts))
     history = _record_history(features, max_len, sequence_features, skip_last=0)
     times = features.get(schema.TARGET_TIMESTAMP, tf.zeros([batch], tf.int64))
     return _ctr_rows(history, features[schema.TARGET], times, neg, sequence_features, item_categories)
@@ -506,7 +508,7 @@ def _position_rows(features, max_len, num_items, sample_rows, positions, draw_in
                                                            sequence_features)
     n = sampling.num_negatives
     neg = _negatives(features, touched, num_items, tf.repeat(sample_rows, n), draw_index, first_seeds, n,
-                     _item_counts(sampling, item_counts, num_items))
+                     _item_counts(sampling, item_counts))
     return _ctr_rows(history, positives, positive_times, neg, sequence_features, item_categories)
 
 

@@ -62,12 +62,14 @@ def check_item_counts(item_counts, num_items=None) -> tf.Tensor:
         return tf.tensor_scatter_nd_update(counts, [[0]], tf.zeros([1], tf.int64))  # padding is never drawn
 
 
-def weighted_untouched_table(touched: tf.RaggedTensor, item_counts, presorted: bool = False) -> WeightedUntouchedTable:
+def weighted_untouched_table(touched: tf.RaggedTensor, item_counts, presorted: bool = False,
+                             num_items=None) -> WeightedUntouchedTable:
     """Lookup table of each row's untouched items weighted by ``item_counts`` ([V + 1] ints, entry 0 ignored).
 
     ``touched``: [B, None] ids in ``[1, V]``; rows may be unsorted with duplicates unless ``presorted=True``.
+    ``num_items``: when given, ``item_counts`` must have ``num_items + 1`` entries (:func:`check_item_counts`).
     """
-    counts = check_item_counts(item_counts)
+    counts = check_item_counts(item_counts, num_items)
     num_items = tf.size(counts, out_type=tf.int64) - 1
     touched = (negatives._checked_ids(touched, num_items) if presorted
                else negatives.sorted_unique_rows(touched, num_items))

@@ -139,9 +139,7 @@ def assert_mixed_precision(make_layer, args, kwargs=None, policy="mixed_float16"
         got = call(layer, args, kwargs)
     finally:
         keras.config.set_dtype_policy(previous)
-    for v in layer.weights:
-        floating = "float" in str(v.dtype)  # integer variables (step counters) keep their dtype
-        assert v.dtype == "float32" or not floating, f"variable {v.path} has dtype {v.dtype} under {policy}"
+    assert_float32_variables(layer, policy)
     for arr in floating_outputs(got):
         assert np.all(np.isfinite(arr.astype(np.float32))), f"non-finite output under {policy}"
     if rtol is None and atol is None:
@@ -153,6 +151,14 @@ def assert_mixed_precision(make_layer, args, kwargs=None, policy="mixed_float16"
         scale = max(1.0, float(np.abs(x).max())) if x.size else 1.0
         np.testing.assert_allclose(x, y.astype(np.float32), rtol=tolerance if rtol is None else rtol,
                                    atol=tolerance * scale if atol is None else atol)
+
+
+def assert_float32_variables(layer_or_model, policy: str):
+    """Under a mixed ``policy`` every floating variable stays float32 (integer ones, e.g. step counters, keep
+    their dtype)."""
+    for v in layer_or_model.weights:
+        floating = "float" in str(v.dtype)
+        assert v.dtype == "float32" or not floating, f"variable {v.path} has dtype {v.dtype} under {policy}"
 
 
 def sublayers_off_policy(layer, policy: str) -> list[str]:

@@ -23,7 +23,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmoe.testing.layer_test import assert_weight_counts, sublayers_off_policy, with_dtype
+from tfmoe.testing.layer_test import (
+    assert_float32_variables,
+    assert_weight_counts,
+    sublayers_off_policy,
+    with_dtype,
+)
 from tfmoe.testing.outputs import assert_close_to_scale, assert_outputs_close
 from tfmoe.testing.precision import mixed_precision_tolerance
 
@@ -114,9 +119,7 @@ def assert_model_mixed_precision(make_model, x, policy="mixed_bfloat16", roundin
     off = sublayers_off_policy(model, policy)
     assert not off, f"{type(model).__name__}: sub-layers not under {policy}: {off}"
     model.set_weights(reference.get_weights())
-    for v in model.weights:
-        floating = "float" in str(v.dtype)  # integer variables (step counters) keep their dtype
-        assert v.dtype == "float32" or not floating, f"variable {v.path} has dtype {v.dtype} under {policy}"
+    assert_float32_variables(model, policy)
     got = _predict(model, x)
     assert got.dtype == np.float32, f"{type(model).__name__}: predictions are {got.dtype} under {policy}"
     assert_close_to_scale(_predict(reference, x), got, mixed_precision_tolerance(policy, roundings))

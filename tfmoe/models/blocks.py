@@ -147,6 +147,20 @@ class ItemEncoder(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfmoe")
+def add_residual_sublayers(block, attention_output_dropout=None) -> None:
+    """Gives ``block`` the LayerNorms and dropouts around its two residual sums, under the block's dtype policy:
+    ``attention_norm``, ``ffn_norm``, ``attention_output_dropout_layer`` (rate ``attention_output_dropout``, default
+    ``block.dropout``) and ``ffn_output_dropout`` (rate ``block.dropout``); LayerNorm epsilon
+    ``block.layer_norm_epsilon``. Shared by :class:`TransformerBlock` and FAME's ``FacetBlock``."""
+    policy, eps = block.dtype_policy, block.layer_norm_epsilon
+    block.attention_norm = keras.layers.LayerNormalization(epsilon=eps, dtype=policy, name="attention_norm")
+    block.ffn_norm = keras.layers.LayerNormalization(epsilon=eps, dtype=policy, name="ffn_norm")
+    block.attention_output_dropout_layer = keras.layers.Dropout(
+        block.dropout if attention_output_dropout is None else attention_output_dropout, dtype=policy
+    )
+    block.ffn_output_dropout = keras.layers.Dropout(block.dropout, dtype=policy)
+
+
 class TransformerBlock(keras.layers.Layer):
     """Causal transformer block with a pluggable FFN, pre-, post- or SASRec-LayerNorm.
 
@@ -256,13 +270,7 @@ class TransformerBlock(keras.layers.Layer):
             self.ffn = feedforward if feedforward is not None else self._default_ffn()
         except (TypeError, ValueError) as error:
             raise ValueError(f"{owner}: {error}") from error
-        policy, eps = self.dtype_policy, self.layer_norm_epsilon
-        self.attention_norm = keras.layers.LayerNormalization(epsilon=eps, dtype=policy, name="attention_norm")
-        self.ffn_norm = keras.layers.LayerNormalization(epsilon=eps, dtype=policy, name="ffn_norm")
-        self.attention_output_dropout_layer = keras.layers.Dropout(
-            self.dropout if attention_output_dropout is None else attention_output_dropout, dtype=policy
-        )
-        self.ffn_output_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
+        add_residual_sublayers(self, attention_output_dropout)
         self.supports_masking = True
 
     def _default_ffn(self):

@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from tfmoe.layers import FeedForward, MultiHeadMoEAttention, SoftmaxRouter, masking
 from tfmoe.models import registry
+from tfmoe.models.blocks import add_residual_sublayers
 from tfmoe.models.next_item_task import NextItemTask, with_placeholder_frequencies
 from tfmoe.models.sasrec import (
     encoder_arguments,
@@ -146,13 +147,7 @@ class FacetBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="attention",
         )
-        eps, policy = self.layer_norm_epsilon, self.dtype_policy
-        self.attention_norm = keras.layers.LayerNormalization(epsilon=eps, dtype=policy, name="attention_norm")
-        self.ffn_norm = keras.layers.LayerNormalization(epsilon=eps, dtype=policy, name="ffn_norm")
-        self.attention_output_dropout_layer = keras.layers.Dropout(
-            self.dropout if attention_output_dropout is None else attention_output_dropout, dtype=policy
-        )
-        self.ffn_output_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
+        add_residual_sublayers(self, attention_output_dropout)
         self.ffn = None
         self.gate = None
 

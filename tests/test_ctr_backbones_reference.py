@@ -143,7 +143,7 @@ def test_transact_equals_a_numpy_loop_reference(options):
         for norm in norms:
             norm.gamma.assign(1.0 + 0.2 * norm.gamma.numpy())
     got = layer(seq, mask, target).numpy()
-    assert got.shape == (len(LENGTHS), layer.output_dim(D))
+    assert got.shape == (len(LENGTHS), layer.output_width(D))
     np.testing.assert_allclose(got, numpy_transact(layer, seq, mask, target), rtol=1e-4, atol=1e-4)
     dm = got.shape[1] // 2
     np.testing.assert_array_equal(got[0, dm:], 0.0)  # no real item: the pool is zero

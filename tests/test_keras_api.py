@@ -173,6 +173,6 @@ def test_a_saved_compiled_model_loads_compiled_with_its_feature_metrics(tmp_path
     loaded = load_model(str(tmp_path / "m.keras"))
     assert loaded.compiled and float(loaded.optimizer.learning_rate) == pytest.approx(0.01)
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 2
-    assert [(m.name, m.filter_seen) for m in loaded._feature_metrics] == [("NDCG@5", True), ("HR@10", False)]
+    assert [(m.name, m.filter_seen) for m in loaded._own_metrics] == [("NDCG@5", True), ("HR@10", False)]
     want = model.evaluate(x, labels[:, -1], verbose=0, return_dict=True)
     assert loaded.evaluate(x, labels[:, -1], verbose=0, return_dict=True) == pytest.approx(want, rel=1e-5)

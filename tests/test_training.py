@@ -330,6 +330,6 @@ def test_trains_a_ctr_model_and_requests_the_inputs_it_reads(prepared, tmp_path)
                        "session_length": 3, "num_themes": 2, "sessions_per_theme": 2, "short_window": 3}
     result = train(values)  # session_ids are not in data.sequence_features: the trainer adds them
     assert result.task == "ctr" and result.monitor == "AUC"
-    assert set(result.test_metrics) == {"AUC", "GAUC", "LogLoss", "count"}
+    assert set(result.test_metrics) == {"AUC", "GAUC", "LogLoss", "count", "loss"}
     assert result.test_metrics["count"] == 2 * USERS  # one positive + one seeded negative per user
     assert result.test_metrics["AUC"] > 0.75, result.test_metrics  # successor pattern; chance 0.5

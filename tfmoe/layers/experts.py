@@ -69,9 +69,7 @@ class _FeedForwardBase(keras.layers.Layer):
         owner = type(self).__name__
         self.hidden_dim = check_int(owner, "hidden_dim", hidden_dim, minimum=1)
         self.output_dim = check_optional_int(owner, "output_dim", output_dim, minimum=1)
-        self.dropout_rate = check_float(
-            owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False
-        )
+        self.dropout = check_float(owner, "dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.use_bias = check_bool(owner, "use_bias", use_bias)
         try:
             self.activation = keras.activations.get(activation)
@@ -79,7 +77,7 @@ class _FeedForwardBase(keras.layers.Layer):
             self.bias_initializer = keras.initializers.get(bias_initializer)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{owner}: invalid activation or initializer: {error}") from error
-        self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy, name="hidden_dropout")
+        self.hidden_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name="hidden_dropout")
         self.supports_masking = True
 
     def _model_dim(self, input_shape):
@@ -91,7 +89,7 @@ class _FeedForwardBase(keras.layers.Layer):
         return model_dim
 
     def _hidden(self, pre_activation, training):
-        return self.dropout(self.activation(pre_activation), training=training)
+        return self.hidden_dropout(self.activation(pre_activation), training=training)
 
     def get_config(self):
         config = super().get_config()
@@ -99,7 +97,7 @@ class _FeedForwardBase(keras.layers.Layer):
             hidden_dim=self.hidden_dim,
             output_dim=self.output_dim,
             activation=keras.activations.serialize(self.activation),
-            dropout=self.dropout_rate,
+            dropout=self.dropout,
             use_bias=self.use_bias,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),

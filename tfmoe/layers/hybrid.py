@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tfmoe.layers.experts import FeedForward
 from tfmoe.layers.moe import MixtureOfExperts
+from tfmoe.utils.forwarding import Forwarded
 from tfmoe.utils.initializers import fresh_initializer
 from tfmoe.utils.validation import check_choice, check_float, check_int, check_optional_int
 
@@ -72,6 +73,20 @@ class HybridMoEFeedForward(keras.layers.Layer):
         >>> round(float(ffn.alpha()), 3)
         0.5
     """
+
+    # arguments the layer passes on to its routed branch, read from there
+    num_experts = Forwarded("moe")
+    k = Forwarded("moe")
+    capacity_factor = Forwarded("moe")
+    normalize = Forwarded("moe")
+    noise_std = Forwarded("moe")
+    seed = Forwarded("moe")
+    activation = Forwarded("moe")
+    dropout = Forwarded("moe")
+    entropy_loss_weight = Forwarded("moe")
+    load_balance_weight = Forwarded("moe")
+    z_loss_weight = Forwarded("moe")
+    track_statistics = Forwarded("moe")
 
     def __init__(
         self,

@@ -77,6 +77,7 @@ from tfmoe.layers.routers import (
     unflatten_tokens,
 )
 from tfmoe.layers.routing_stats import add_routing_statistics, assign_routing_statistics, routing_statistics
+from tfmoe.utils.forwarding import Forwarded
 from tfmoe.utils.validation import check_bool, check_choice, check_float, check_int, check_optional_int
 from tfmoe.utils.xla import in_xla_context
 
@@ -325,6 +326,12 @@ class MixtureOfExperts(keras.layers.Layer):
         TensorShape([2, 3, 8])
     """
 
+    # arguments the layer passes on to its expert bank, read from there
+    activation = Forwarded("experts")
+    dropout = Forwarded("experts")
+    use_bias = Forwarded("experts")
+    kernel_initializer = Forwarded("experts")
+
     def __init__(
         self,
         num_experts,
@@ -363,12 +370,10 @@ class MixtureOfExperts(keras.layers.Layer):
         self.entropy_loss_weight = check_float(owner, "entropy_loss_weight", entropy_loss_weight, minimum=0.0)
         self.track_statistics = check_bool(owner, "track_statistics", track_statistics)
         # Router arguments are validated here so that errors name this layer.
-        self._router_config = dict(
-            normalize=check_choice(owner, "normalize", normalize, ("selected", "all")),
-            temperature=check_float(owner, "temperature", temperature, minimum=0.0, min_inclusive=False),
-            noise_std=check_float(owner, "noise_std", noise_std, minimum=0.0),
-            seed=check_optional_int(owner, "seed", seed, minimum=0),
-        )
+        self.normalize = check_choice(owner, "normalize", normalize, ("selected", "all"))
+        self.temperature = check_float(owner, "temperature", temperature, minimum=0.0, min_inclusive=False)
+        self.noise_std = check_float(owner, "noise_std", noise_std, minimum=0.0)
+        self.seed = check_optional_int(owner, "seed", seed, minimum=0)
         router_args = dict(
             num_experts=self.num_experts,
             temperature=temperature,
@@ -384,7 +389,7 @@ class MixtureOfExperts(keras.layers.Layer):
             )
         else:
             self.router = ExpertChoiceRouter(capacity_factor=self.capacity_factor * self.k, **router_args)
-        self._router_config["router_initializer"] = self.router.get_config()["kernel_initializer"]
+        self.router_initializer = self.router.get_config()["kernel_initializer"]
         try:
             self.experts = ExpertBank(
                 num_experts=self.num_experts,
@@ -449,7 +454,11 @@ class MixtureOfExperts(keras.layers.Layer):
             z_loss_weight=self.z_loss_weight,
             entropy_loss_weight=self.entropy_loss_weight,
             track_statistics=self.track_statistics,
-            **self._router_config,
+            normalize=self.normalize,
+            temperature=self.temperature,
+            noise_std=self.noise_std,
+            seed=self.seed,
+            router_initializer=self.router_initializer,
         )
         return config
 

@@ -146,8 +146,14 @@ class CTRMetrics(keras.metrics.Metric):
     ``{"AUC", "GAUC", "LogLoss"}`` (float32) computed exactly over every row seen. Rows beyond
     ``capacity`` are not stored and make every result NaN (never a silent approximation). GAUC
     needs ``user_ids`` (NaN otherwise), so pass them explicitly; ``model.compile(metrics=...)``
-    only provides labels and predictions. One replica only: under ``tf.distribute`` use
-    :func:`evaluate_ctr`.
+    only provides labels and predictions.
+
+    Under ``tf.distribute`` every replica appends the rows of all replicas (an ``all_gather``), and
+    the result reads the first replica's buffers: the same rows as on one device. The buffer writes
+    compile under XLA; ``result()`` sorts and does not, so a tfmoe model compiled with
+    ``jit_compile=True`` runs its test steps without XLA when these metrics are compiled
+    (``evaluation_only``: the metric is updated by ``evaluate`` and validation, not by training steps,
+    where an exact AUC would re-sort the buffers at every step).
 
     Args:
         capacity: rows the buffers hold (4 buffers of 4-8 bytes per row).
@@ -161,6 +167,8 @@ class CTRMetrics(keras.metrics.Metric):
         {'AUC': 1.0, 'GAUC': 1.0, 'LogLoss': 0.29}
     """
 
+    evaluation_only = True
+
     def __init__(self, capacity: int = 1 << 20, from_logits: bool = False, name: str = "ctr_metrics", **kwargs):
         super().__init__(name=name, **kwargs)
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
@@ -168,33 +176,35 @@ class CTRMetrics(keras.metrics.Metric):
         if not isinstance(from_logits, bool):
             raise ValueError(f"CTRMetrics: `from_logits` must be True or False, got {from_logits!r}")
         self.capacity, self.from_logits = capacity, from_logits
+        # one slot past the capacity takes the rows that do not fit (static shapes: the writes compile under XLA)
         self._buffers = {
-            key: self.add_variable(shape=(capacity,), initializer="zeros", dtype=dtype, name=key)
+            key: self.add_variable(shape=(capacity + 1,), initializer="zeros", dtype=dtype, name=key,
+                                   aggregation="only_first_replica")
             for key, dtype in (("labels", "float32"), ("scores", "float32"), ("weights", "float32"), ("users", "int64"))
         }
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int64", name="count")
-        self.overflow = self.add_variable(shape=(), initializer="zeros", dtype="int64", name="overflow")
-        self._has_users = self.add_variable(shape=(), initializer="zeros", dtype="int64", name="has_users")
+        self.count, self.overflow, self._has_users = (
+            self.add_variable(shape=(), initializer="zeros", dtype="int64", name=name, aggregation="only_first_replica")
+            for name in ("count", "overflow", "has_users"))
 
     def update_state(self, y_true, y_pred, sample_weight=None, user_ids=None):
         scores = tf.reshape(tf.cast(y_pred, tf.float32), [-1])
         if self.from_logits:
             scores = tf.sigmoid(scores)
-        rows = {
+        rows = gather_from_replicas({
             "labels": tf.reshape(tf.cast(y_true, tf.float32), [-1]),
             "scores": scores,
             "weights": tf.ones_like(scores) if sample_weight is None
             else tf.reshape(tf.cast(sample_weight, tf.float32), [-1]),
             "users": tf.zeros_like(scores, tf.int64) if user_ids is None
             else tf.reshape(tf.cast(user_ids, tf.int64), [-1]),
-        }
-        n = tf.size(scores, out_type=tf.int64)
+        })
+        n = tf.size(rows["scores"], out_type=tf.int64)
         index = self.count + tf.range(n)
         keep = index < self.capacity
-        kept_index = tf.boolean_mask(index, keep)[:, None]
+        slots = tf.where(keep, index, self.capacity)[:, None]
         for key, values in rows.items():
             buffer = self._buffers[key]
-            buffer.assign(tf.tensor_scatter_nd_update(buffer.value, kept_index, tf.boolean_mask(values, keep)))
+            buffer.assign(tf.tensor_scatter_nd_update(buffer.value, slots, values))
         kept = tf.reduce_sum(tf.cast(keep, tf.int64))
         self.count.assign_add(kept)
         self.overflow.assign_add(n - kept)
@@ -203,7 +213,7 @@ class CTRMetrics(keras.metrics.Metric):
 
     def result(self):
         n = self.count.value
-        safe = tf.maximum(n, 1)  # keeps the graph valid when empty (the result is then NaN)
+        safe = tf.clip_by_value(n, 1, self.capacity)  # keeps the graph valid when empty (the result is then NaN)
         labels, scores, weights, users = (self._buffers[k].value[:safe] for k in ("labels", "scores", "weights",
                                                                                     "users"))
         nan = tf.constant(np.nan, tf.float64)
@@ -224,3 +234,12 @@ class CTRMetrics(keras.metrics.Metric):
         config = super().get_config()
         config.update(capacity=self.capacity, from_logits=self.from_logits)
         return config
+
+
+def gather_from_replicas(tensors: dict) -> dict:
+    """``tensors`` (``[n]`` each) with the rows of every replica, in a replica context of a multi-replica strategy;
+    unchanged elsewhere."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tensors
+    return {key: context.all_gather(value, axis=0) for key, value in tensors.items()}

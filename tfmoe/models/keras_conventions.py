@@ -10,9 +10,13 @@ HyMoERec) and the CTR models (:class:`tfmoe.models.ctr.CTRModel`). A model suppl
   only (never ``[B, L, V]``), or the click labels and probabilities.
 
 ``compile(metrics=[...])`` keeps every :class:`tfmoe.metrics.FeatureMetric` (``NDCG``, ``HitRate``,
-``MRR`` with ``filter_seen``, ``GAUC``) beside the compiled metrics and updates it with the batch's
-features (the seen items, the user ids); every other Keras metric is compiled as usual and sees the
-same ``(y_true, y_pred)``. ``fit`` and ``evaluate`` report them under their names (``"NDCG@10"``).
+``MRR`` with ``filter_seen``, ``GAUC``) and every ``evaluation_only`` metric (the exact ``AUC`` and
+``GAUC``) beside the compiled metrics: a feature metric is updated with the batch's features (the seen
+items, the user ids); an evaluation-only metric is updated and reported by ``evaluate`` (and ``fit``'s
+validation) but not by training steps, where an exact AUC would re-sort its rows at every step. Every
+other Keras metric is compiled as usual and sees the same ``(y_true, y_pred)``. ``fit`` and
+``evaluate`` report them under their names (``"NDCG@10"``). The exact CTR metrics sort, which XLA
+cannot compile: with ``jit_compile=True`` the training steps are compiled and the test steps are not.
 
 Example:
     >>> import numpy as np
@@ -39,22 +43,22 @@ class KerasConventions:
 
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, weighted_metrics=None,
                 **kwargs):
-        """``keras.Model.compile``; :class:`tfmoe.metrics.FeatureMetric` s in ``metrics`` read the features."""
+        """``keras.Model.compile``; feature and evaluation-only metrics in ``metrics`` are kept by the model."""
         flat = list(metrics) if isinstance(metrics, (list, tuple)) else ([] if metrics is None else [metrics])
-        feature_metrics = tuple(m for m in flat if isinstance(m, FeatureMetric))
-        others = [m for m in flat if not isinstance(m, FeatureMetric)]
-        object.__setattr__(self, "_feature_metrics", feature_metrics)  # not tracked: a recompile replaces them
+        own = tuple(m for m in flat if _kept_by_model(m))
+        others = [m for m in flat if not _kept_by_model(m)]
+        object.__setattr__(self, "_own_metrics", own)  # not tracked: a recompile replaces them
         super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=others or None,
                         weighted_metrics=weighted_metrics, **kwargs)
 
     def get_compile_config(self):
-        """Keras' compile config, with the feature metrics among ``metrics`` (a saved model recompiles with them)."""
+        """Keras' compile config with the model's own metrics among ``metrics`` (a saved model recompiles with them)."""
         config = super().get_compile_config()
-        feature_metrics = getattr(self, "_feature_metrics", ())
-        if config and feature_metrics:
+        own = getattr(self, "_own_metrics", ())
+        if config and own:
             metrics = config.get("metrics") or []
             metrics = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
-            config["metrics"] = metrics + [keras.saving.serialize_keras_object(m) for m in feature_metrics]
+            config["metrics"] = metrics + [keras.saving.serialize_keras_object(m) for m in own]
         return config
 
     def compile_from_config(self, config):
@@ -64,15 +68,40 @@ class KerasConventions:
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)  # its variables exist before the weights load
 
+    def _active_metrics(self):
+        """The model's own metrics that the step being traced updates (training steps skip evaluation-only ones)."""
+        training = getattr(self, "_tracing_train_step", False)
+        return tuple(m for m in getattr(self, "_own_metrics", ()) if not (training and _evaluation_only(m)))
+
     @property
     def metrics(self):
-        return [*super().metrics, *getattr(self, "_feature_metrics", ())]
+        return [*super().metrics, *self._active_metrics()]
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         y_true, predictions = self.metric_inputs(y, y_pred)
-        for metric in getattr(self, "_feature_metrics", ()):
-            metric.update_from_features(x, y_true, predictions, sample_weight=sample_weight)
+        for metric in self._active_metrics():
+            if isinstance(metric, FeatureMetric):
+                metric.update_from_features(x, y_true, predictions, sample_weight=sample_weight)
+            else:
+                metric.update_state(y_true, predictions, sample_weight=sample_weight)
         return super().compute_metrics(x, y_true, predictions, sample_weight=sample_weight)
+
+    def train_step(self, data):
+        object.__setattr__(self, "_tracing_train_step", True)  # read while the step is traced
+        try:
+            return super().train_step(data)
+        finally:
+            object.__setattr__(self, "_tracing_train_step", False)
+
+    def make_test_function(self, force=False):
+        """Keras' test function; without XLA when an evaluation-only metric (which sorts) is compiled."""
+        if not (self.jit_compile and any(_evaluation_only(m) for m in getattr(self, "_own_metrics", ()))):
+            return super().make_test_function(force)
+        self._jit_compile = False
+        try:
+            return super().make_test_function(force)
+        finally:
+            self._jit_compile = True
 
     @classmethod
     def from_preset(cls, preset: str, **kwargs):
@@ -97,6 +126,14 @@ class KerasConventions:
 
     def metric_inputs(self, y, y_pred):
         raise NotImplementedError(f"{type(self).__name__} must implement metric_inputs(y, y_pred)")
+
+
+def _evaluation_only(metric) -> bool:
+    return bool(getattr(metric, "evaluation_only", False))
+
+
+def _kept_by_model(metric) -> bool:
+    return isinstance(metric, FeatureMetric) or _evaluation_only(metric)
 
 
 def _presets_of(cls) -> list[str]:

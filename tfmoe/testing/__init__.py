@@ -15,6 +15,7 @@ Example:
 """
 
 from tfmoe.testing.layer_test import (
+    assert_arguments_stored_under_their_names,
     assert_config_round_trip,
     assert_dtype_policy_reaches_sublayers,
     assert_independent_initial_weights,
@@ -33,6 +34,7 @@ from tfmoe.testing.precision import UNIT_ROUNDOFF, mixed_precision_tolerance
 
 __all__ = [
     "UNIT_ROUNDOFF",
+    "assert_arguments_stored_under_their_names",
     "assert_config_round_trip",
     "assert_dtype_policy_reaches_sublayers",
     "assert_independent_initial_weights",

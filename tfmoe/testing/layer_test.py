@@ -38,11 +38,49 @@ def assert_config_round_trip(make_layer, args, kwargs=None):
     layer = make_layer()
     expected = call(layer, args, kwargs)
     config = layer.get_config()
+    assert_arguments_stored_under_their_names(layer, config)
     clone = type(layer).from_config(config)
     assert clone.get_config() == config, "from_config(get_config()) changed the config"
     call(clone, args, kwargs)  # build
     clone.set_weights(layer.get_weights())
     assert_outputs_close(expected, call(clone, args, kwargs))
+
+
+_PLAIN = (bool, int, float, str, type(None))
+_BASE_ARGUMENTS = {"self", "name", "dtype", "trainable", "kwargs", "args"}
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _keras_attributes(layer_or_model) -> set[str]:
+    """Attribute names Keras itself gives a bare layer or model (``loss`` on a model: ``compile``'s loss)."""
+    bare = keras.Model() if isinstance(layer_or_model, keras.Model) else keras.layers.Layer()
+    return {name for name in dir(bare) if not name.startswith("_")}
+
+
+def assert_arguments_stored_under_their_names(layer_or_model, config=None):
+    """Every constructor argument that ``get_config`` writes is an attribute of the same name, and a plain value
+    (number, string, bool, None, list of those) is the value the config holds. Names Keras already uses on a
+    layer or model (``loss`` on a model) are left to Keras."""
+    config = layer_or_model.get_config() if config is None else config
+    reserved = _BASE_ARGUMENTS | _keras_attributes(layer_or_model)
+    for klass in type(layer_or_model).__mro__:
+        if "__init__" not in vars(klass) or not issubclass(klass, keras.layers.Layer):
+            continue
+        for argument in inspect.signature(klass.__init__).parameters:
+            if argument in reserved or argument not in config:
+                continue
+            owner = type(layer_or_model).__name__
+            assert hasattr(layer_or_model, argument), f"{owner}: argument {argument!r} is not stored as .{argument}"
+            value = getattr(layer_or_model, argument)
+            if isinstance(value, _PLAIN) or (isinstance(value, (list, tuple)) and all(
+                    isinstance(v, _PLAIN) for v in value)):
+                assert _plain(value) == _plain(config[argument]), (
+                    f"{owner}.{argument} is {value!r}, its config says {config[argument]!r}")
 
 
 def _symbolic_inputs(args):

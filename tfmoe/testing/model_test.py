@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmoe.testing.layer_test import (
+    assert_arguments_stored_under_their_names,
     assert_float32_variables,
     assert_weight_counts,
     sublayers_off_policy,
@@ -55,6 +56,7 @@ def assert_model_config_round_trip(make_model, x):
     """``from_config(get_config())``: the same config, and the same predictions with the same weights."""
     model = _built(make_model(), x)
     config = model.get_config()
+    assert_arguments_stored_under_their_names(model, config)
     clone = type(model).from_config(config)
     assert clone.get_config() == config, "from_config(get_config()) changed the config"
     _built(clone, x).set_weights(model.get_weights())

@@ -1,7 +1,8 @@
 """Keras callbacks of the trainer: validation metrics, early stopping with a resumable state, epoch timing.
 
-Order matters: :class:`EpochTimer` and :class:`Validation` add ``train_seconds`` and ``val_<metric>`` to
-the epoch logs, which :class:`EarlyStoppingWithState` (best weights, patience) and TensorBoard then read;
+Order matters: ``fit``'s validation adds ``val_<metric>`` and :class:`EpochTimer` ``train_seconds`` and
+``val_seconds`` to the epoch logs, which :class:`EarlyStoppingWithState` (best weights, patience) and
+TensorBoard then read;
 the state is written to ``state.json`` before ``BackupAndRestore`` saves the weights, so a run killed at
 any point resumes with a consistent history (epochs at or after the resumed epoch are dropped and rerun).
 
@@ -102,43 +103,34 @@ def _to_float(value):
         return value
 
 
-class Validation(keras.callbacks.Callback):
-    """Evaluates on the validation split every ``every`` epochs (and at the last) and logs ``val_<metric>``."""
-
-    def __init__(self, evaluate, epochs: int, every: int = 1, monitor: str = "NDCG@10", verbose: bool = True):
-        super().__init__()
-        self.evaluate = evaluate  # () -> {metric: float}
-        self.epochs = epochs
-        self.every = every
-        self.monitor = monitor
-        self.verbose = verbose
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or ((epoch + 1) % self.every and epoch + 1 != self.epochs):
-            return
-        start = time.perf_counter()
-        metrics = self.evaluate()
-        logs.update({f"val_{name}": value for name, value in metrics.items() if name != "count"})
-        logs["val_seconds"] = time.perf_counter() - start
-        if self.verbose:
-            shown = " ".join(f"{k}={metrics[k]:.4f}" for k in metrics if k != "count")
-            print(f"epoch {epoch + 1}: valid {shown} ({logs['val_seconds']:.1f} s)", flush=True)
-
-
 class EpochTimer(keras.callbacks.Callback):
-    """Adds ``train_seconds`` (training time of the epoch, validation excluded) and ``train_batches`` to the logs."""
+    """Adds ``train_seconds`` (training time of the epoch), ``train_batches`` and, in validated epochs,
+    ``val_seconds`` (``fit``'s validation pass) to the logs."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._batches = 0
+        self._train_seconds = self._validation_start = None
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
 
+    def on_test_begin(self, logs=None):
+        if getattr(self, "_start", None) is not None and self._train_seconds is None:  # fit's validation
+            self._validation_start = time.perf_counter()
+            self._train_seconds = self._validation_start - self._start
+
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["train_seconds"] = time.perf_counter() - self._start
-            logs["train_batches"] = self._batches
+        if logs is None:
+            return
+        now = time.perf_counter()
+        logs["train_seconds"] = self._train_seconds if self._train_seconds is not None else now - self._start
+        logs["train_batches"] = self._batches
+        if self._validation_start is not None:
+            logs["val_seconds"] = now - self._validation_start
+
+    def on_train_end(self, logs=None):
+        self._start = None
 
 
 class EarlyStoppingWithState(keras.callbacks.Callback):

@@ -1,9 +1,10 @@
 """The one trainer of every tfmoe model: config -> data -> model under a strategy -> fit -> best model -> metrics.
 
-``train(config)`` reads a prepared directory (``tfmoe prepare``), builds the registered model, fits it
-with the model's own ``compute_loss``, evaluates the validation split every ``eval_every`` epochs,
-stops early on the validation metric (``NDCG@10`` for next-item models, ``AUC`` for CTR models), then
-reloads the best weights, evaluates the test split and saves the best model.
+``train(config)`` reads a prepared directory (``tfmoe prepare``), builds the registered model, compiles it
+with the task's metrics (:meth:`~tfmoe.training.evaluation.TaskEvaluation.metrics`), and calls ``fit`` with
+the validation split every ``eval_every`` epochs. It stops early on the validation metric (``NDCG@10``
+for next-item models, ``AUC`` for CTR models), then reloads the best weights, runs ``model.evaluate`` on
+the validation and test splits and saves the best model.
 
 Output directory (``config.output_dir``)::
 
@@ -54,7 +55,7 @@ from tfmoe.models import load_model, registry
 from tfmoe.training import callbacks as cb
 from tfmoe.training import run_settings
 from tfmoe.training.config import TrainConfig
-from tfmoe.training.evaluation import task_evaluation
+from tfmoe.training.evaluation import batch_sharding, task_evaluation
 from tfmoe.training.strategies import get_strategy, is_chief, prepare_for_fit
 from tfmoe.utils.files import write_atomic
 
@@ -187,13 +188,9 @@ def _training_dataset(config: TrainConfig, task: str, ctr_context: dict):
         from tfmoe.training.evaluation import ctr_sampling
 
         options.update(ctr=ctr_sampling(config), **ctr_context)
-    # Multi-worker runs split every global batch between the workers (each reads all records and keeps its part),
-    # so they train on exactly the batches of a single-worker run. TensorFlow's default (AUTO) would instead give
-    # each worker whole files, which fails when there are fewer files than workers (one file per split is what
-    # `tfmoe prepare` writes below 128 MiB). Other strategies ignore the policy.
-    sharding = tf.data.Options()
-    sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.make_dataset(config.data.dir, "train", task, **options).with_options(sharding)
+    # multi-worker runs split every global batch between the workers (each reads all records and keeps its part),
+    # so they train on exactly the batches of a single-worker run
+    return dataset.make_dataset(config.data.dir, "train", task, **options).with_options(batch_sharding())
 
 
 def _ctr_context(config: TrainConfig, task: str, sizes: dict) -> dict:
@@ -257,17 +254,15 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
         keras.utils.set_random_seed(config.training.seed)
         with strategy.scope():
             model = build_model(config, task, sizes)
-            model.compile(optimizer=make_optimizer(config.optimizer), jit_compile=config.training.jit_compile)
+            model.compile(optimizer=make_optimizer(config.optimizer), metrics=evaluation.metrics(config),
+                          jit_compile=config.training.jit_compile)
         prepare_for_fit(strategy, model)
         config = with_model_inputs(config, model)
         train_ds = _training_dataset(config, task, ctr_context)
         valid_ds = evaluation.dataset(config, "valid", ctr_context=ctr_context)
         verbose = config.training.verbose
-        evaluate = evaluation.evaluator(model, config)
         fit_callbacks = [
             cb.EpochTimer(),
-            cb.Validation(lambda: evaluate(valid_ds), config.training.epochs,
-                          config.training.eval_every, monitor, verbose=verbose != 0),
             cb.EarlyStoppingWithState(state, at(STATE_FILE), at(BEST_WEIGHTS),
                                       config.training.early_stopping.patience,
                                       config.training.early_stopping.min_delta),
@@ -280,13 +275,13 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
         ]
         if not complete:  # a run that stopped early and was cut off before saving skips to the end
             model.fit(train_ds, epochs=config.training.epochs, steps_per_epoch=config.training.steps_per_epoch,
+                      validation_data=valid_ds, validation_freq=config.training.eval_every,
                       callbacks=fit_callbacks, verbose=verbose)
         if tf.io.gfile.exists(at(BEST_WEIGHTS)):
             model.load_weights(at(BEST_WEIGHTS))
-        metrics = {"valid": _clean(evaluate(valid_ds))}
+        metrics = {"valid": _evaluate(model, valid_ds)}
         for split in config.evaluation.splits:
-            split_ds = evaluation.dataset(config, split, ctr_context=ctr_context)
-            metrics[split] = _clean(evaluate(split_ds))
+            metrics[split] = _evaluate(model, evaluation.dataset(config, split, ctr_context=ctr_context))
         model.save(at(MODEL_FILE))
 
         rows = (train_records(config.data.dir) if task == "next_item" and config.training.steps_per_epoch is None
@@ -354,10 +349,10 @@ def evaluate_best(config, splits=None) -> dict:
     ctr_context = _ctr_context(config, task, sizes)
     model = build_model(config, task, sizes)
     model.load_weights(weights)
+    model.compile(metrics=evaluation.metrics(config))
     config = with_model_inputs(config, model)
-    evaluate = evaluation.evaluator(model, config)
     splits = list(splits) if splits is not None else ["valid", *config.evaluation.splits]
-    return {split: _clean(evaluate(evaluation.dataset(config, split, ctr_context=ctr_context))) for split in splits}
+    return {split: _evaluate(model, evaluation.dataset(config, split, ctr_context=ctr_context)) for split in splits}
 
 
 def load_result(output_dir: str) -> TrainResult:
@@ -377,8 +372,9 @@ def _routing_logger(run_dir: str):
     return RoutingStatsLogger(os.path.join(run_dir, LOG_DIR, "routing"), update_freq="epoch")
 
 
-def _clean(metrics: dict) -> dict:
-    return {k: float(x) for k, x in metrics.items()}
+def _evaluate(model, dataset) -> dict:
+    """``{metric: float}`` of ``model.evaluate`` with the compiled task metrics (and the loss)."""
+    return {k: float(x) for k, x in model.evaluate(dataset, return_dict=True, verbose=0).items()}
 
 
 def _as_config(config) -> TrainConfig:

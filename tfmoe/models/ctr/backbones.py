@@ -18,7 +18,7 @@ runs on sequences of any static length (whole history, short window, theme subse
   ``top_k`` most relevant (static ``min(top_k, S)``), and the ESU is multi-head target attention over
   them (``softmax`` of the same scores, values ``W_v e_i``, output projection to ``d_out``).
 
-Each backbone has ``output_dim(d)`` and ``flops(length, d)``: the analytic forward FLOPs per
+Each backbone has ``output_width(d)`` and ``flops(length, d)``: the analytic forward FLOPs per
 example (see :mod:`tfmoe.utils.flops` for the conventions).
 
 Example:
@@ -49,7 +49,7 @@ from tfmoe.utils import validation as v
 
 class SequenceLayer(keras.layers.Layer):
     """A layer over a sequence ``[B, L, d]`` whose weights depend only on ``d``: ``build(sequence_shape)`` calls
-    ``_build(d)``; subclasses define ``_build`` and ``output_dim(d)``."""
+    ``_build(d)``; subclasses define ``_build`` and ``output_width(d)``."""
 
     def build(self, sequence_shape):
         d = sequence_shape[-1]
@@ -61,7 +61,7 @@ class SequenceLayer(keras.layers.Layer):
     def _build(self, d: int):
         raise NotImplementedError
 
-    def output_dim(self, d: int) -> int:
+    def output_width(self, d: int) -> int:
         raise NotImplementedError
 
 
@@ -120,7 +120,7 @@ class TargetAttention(Backbone):
         self.score_layer = keras.layers.Dense(1, dtype=self.dtype_policy, autocast=False, name="attention_score")
         self.score_layer.build((None, width))
 
-    def output_dim(self, d):
+    def output_width(self, d):
         return d
 
     def call(self, sequence, mask, target, training=None):
@@ -214,7 +214,7 @@ class TransActEncoder(Backbone):
                 layer.build((None, width))
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
-    def output_dim(self, d):
+    def output_width(self, d):
         return 2 * self._dims(d)[0]
 
     def _attention(self, i, x, key_mask, training):
@@ -300,7 +300,7 @@ class TwinAttention(Backbone):
         self.top_k = v.check_int(owner, "top_k", top_k, minimum=1)
         self.num_heads = v.check_int(owner, "num_heads", num_heads, minimum=1)
         self.head_dim = v.check_optional_int(owner, "head_dim", head_dim, minimum=1)
-        self.out_dim = v.check_optional_int(owner, "output_dim", output_dim, minimum=1)
+        self.output_dim = v.check_optional_int(owner, "output_dim", output_dim, minimum=1)
 
     def _head_dim(self, d):
         return self.head_dim or max(1, d // self.num_heads)
@@ -312,11 +312,11 @@ class TwinAttention(Backbone):
         self.value_projection = self._dense(inner, "value_projection", use_bias=False)
         for layer in (self.key_projection, self.query_projection, self.value_projection):
             layer.build((None, d))
-        self.output_projection = self._dense(self.output_dim(d), "output_projection")
+        self.output_projection = self._dense(self.output_width(d), "output_projection")
         self.output_projection.build((None, inner))
 
-    def output_dim(self, d):
-        return self.out_dim or d
+    def output_width(self, d):
+        return self.output_dim or d
 
     def call(self, sequence, mask, target, training=None):
         seq, mask, q = _inputs(self, sequence, mask, target)
@@ -342,11 +342,11 @@ class TwinAttention(Backbone):
         gsu = fl.dense_flops(length, d, inner, bias=False) + fl.dense_flops(1, d, inner, bias=False)
         gsu += fl.matmul_flops(h * length, dh, 1) + 2 * h * length  # scores, scale, head mean
         esu = fl.dense_flops(k, d, inner, bias=False) + 5 * k * h + fl.matmul_flops(h, k, dh)
-        return gsu + esu + fl.dense_flops(1, inner, self.output_dim(d))
+        return gsu + esu + fl.dense_flops(1, inner, self.output_width(d))
 
     def get_config(self):
         config = super().get_config()
-        config.update(top_k=self.top_k, num_heads=self.num_heads, head_dim=self.head_dim, output_dim=self.out_dim)
+        config.update(top_k=self.top_k, num_heads=self.num_heads, head_dim=self.head_dim, output_dim=self.output_dim)
         return config
 
 

@@ -117,7 +117,7 @@ class CTRModel(KerasConventions, keras.Model):
         d = self.input_dim
         if not self.interest.built:
             self._checked(self.interest.build, (None, self.max_len, d))
-        self.interest_dim = self.interest.output_dim(d)
+        self.interest_dim = self.interest.output_width(d)
         self.interaction = None
         if self.interest_dim != d:
             self.interaction = keras.layers.Dense(d, use_bias=False, dtype=self.dtype_policy, name="interaction")

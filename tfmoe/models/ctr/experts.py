@@ -77,8 +77,8 @@ class ExpertSet(keras.layers.Layer):
             backbone.build((None, None, d))
         self.built = True
 
-    def output_dim(self, d: int) -> int:
-        return self.backbones[0].output_dim(d)
+    def output_width(self, d: int) -> int:
+        return self.backbones[0].output_width(d)
 
     def flops(self, length: int, d: int, num_inputs: int | None = None) -> int:
         """Forward FLOPs per example for ``num_inputs`` (default ``E``) subsequences of ``length``."""

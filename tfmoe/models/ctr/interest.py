@@ -7,7 +7,7 @@ head and the loss. Every interest layer runs CTR backbones (:mod:`tfmoe.models.c
 named by ``backbone`` with ``backbone_options``) and has the same interface:
 
 * ``InterestLayer(max_len, backbone="din", backbone_options=None, **options)``;
-* ``build(sequence_shape)`` from ``[B, L, d]``; ``output_dim(d)``;
+* ``build(sequence_shape)`` from ``[B, L, d]``; ``output_width(d)``;
 * ``call(sequence, mask, target, features=None, training=None) -> [B, d_out]`` (``features``: the
   raw features dict, for the side features a layer reads: ``required_features()``);
 * ``flops(d) -> dict``: analytic forward FLOPs per example at ``max_len``, by part;
@@ -95,8 +95,8 @@ class SingleBackboneInterest(InterestLayer):
     def _build(self, d):
         self.encoder.build((None, self.max_len, d))
 
-    def output_dim(self, d):
-        return self.encoder.output_dim(d)
+    def output_width(self, d):
+        return self.encoder.output_width(d)
 
     def call(self, sequence, mask, target, features=None, training=None):
         return self.encoder(sequence, mask, target, training=training)

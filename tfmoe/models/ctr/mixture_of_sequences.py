@@ -174,10 +174,10 @@ class MixtureOfSequences(InterestLayer):
         self.theme_experts.build((None, None, None, d))
         self.short_backbone.build((None, None, d))
         self.global_backbone.build((None, None, d))
-        self.fusion.build((None, 2 + self.themes_fused, self.output_dim(d)), (None, d))
+        self.fusion.build((None, 2 + self.themes_fused, self.output_width(d)), (None, d))
 
-    def output_dim(self, d):
-        return self.theme_experts.output_dim(d)
+    def output_width(self, d):
+        return self.theme_experts.output_width(d)
 
     def required_features(self):
         return {"session_ids": (ci.HISTORY_SESSION_IDS,), "time_gap": (ci.HISTORY_TIMESTAMPS,)}.get(
@@ -233,7 +233,7 @@ class MixtureOfSequences(InterestLayer):
     def flops(self, d):
         m, p = self.resolved["num_sessions"], self.session_length
         c, k = self.resolved["sessions_per_theme"], self.num_themes
-        out = self.output_dim(d)
+        out = self.output_width(d)
         parts = {
             # session means, routing projection and prototypes (Einsum: not seen by the profiler),
             # scaling + masking of the K theme subsequences

@@ -69,8 +69,8 @@ class _TokenExperts(InterestLayer):
         self.router.build((None, self.max_len, d))
         self.experts.build((None, None, None, d))
 
-    def output_dim(self, d):
-        return self.experts.output_dim(d)
+    def output_width(self, d):
+        return self.experts.output_width(d)
 
     def call(self, sequence, mask, target, features=None, training=None):
         indices, gates = self.dispatch(sequence, mask, training)
@@ -84,7 +84,7 @@ class _TokenExperts(InterestLayer):
         return {
             "router": fl.matmul_flops(self.max_len, d, e) + 5 * self.max_len * e + router_flops,
             "experts": self.experts.flops(c, d) + 2 * e * c * d,  # + gate scaling and masking of the tokens
-            "combine": 2 * e * self.output_dim(d),
+            "combine": 2 * e * self.output_width(d),
         }
 
     def options(self):

@@ -4,6 +4,9 @@ One run trains, in turns of one epoch each (so that drifting load on a shared ma
 
 * ``sasrec_peer``: tfmoe's :class:`~tfmoe.models.SASRec` at the peers' settings (length 200, d 50, 2 blocks, 1 head,
   dropout 0.2, batch 128, BCE with one negative per position, Adam), ``compile`` + ``fit``;
+* ``sasrec_peer_bucketed``: the same tfmoe model on the same sequences, batched by history length (each batch
+  padded to its length bucket's bound, ``peer.bucket_boundaries``) instead of every row padded to 200: what
+  ``data.bucket_boundaries`` does in the trainer;
 * ``keras_hub_sasrec``: the same model written the way a Keras user would (:class:`KerasHubSASRec`: keras-hub's
   ``TransformerDecoder``, ``ReversibleEmbedding`` and ``PositionEmbedding``, adapted from keras-rs's SASRec example);
 * ``sasrec``, ``fame``, ``hymoerec``: the next-item benchmark's ML-1M main settings (d 64, full cross-entropy);
@@ -17,6 +20,7 @@ the leave-one-out protocol) train. Per model the record holds the epoch times, t
 the float32 and bfloat16 matmul peak measured in the same run (:func:`matmul_peak`). Ratios:
 
     sasrec_speedup_over_keras_hub = t(keras_hub_sasrec) / t(sasrec_peer)
+    sasrec_bucketed_speedup_over_keras_hub = t(keras_hub_sasrec) / t(sasrec_peer_bucketed)
     fame_over_sasrec_time         = t(fame) / t(sasrec)
     hymoerec_over_sasrec_time     = t(hymoerec) / t(sasrec)
     mos_din_over_din_time         = t(mos_din) / t(din)
@@ -51,11 +55,12 @@ SETTINGS_FILE = os.path.join(paths.BENCHMARKS, "settings", "train_speed.yaml")
 with open(SETTINGS_FILE, encoding="utf-8") as _f:
     SETTINGS = yaml.safe_load(_f)
 BENCHMARK = "train_speed"
-PEER_MODELS = ("sasrec_peer", "keras_hub_sasrec")
+PEER_MODELS = ("sasrec_peer", "sasrec_peer_bucketed", "keras_hub_sasrec")
 MAIN_MODELS = ("sasrec", "fame", "hymoerec")
 CTR_MODELS = ("din", "mos_din")
 MODELS = PEER_MODELS + MAIN_MODELS + CTR_MODELS
 RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
+          "sasrec_bucketed_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer_bucketed"),
           "fame_over_sasrec_time": ("fame", "sasrec"),
           "hymoerec_over_sasrec_time": ("hymoerec", "sasrec"),
           "mos_din_over_din_time": ("mos_din", "din")}
@@ -317,7 +322,8 @@ def keras_hub_sasrec_class():
 # ----- models ---------------------------------------------------------------------------------------------
 def model_configs(num_items: int, overrides: dict | None = None) -> dict:
     """``{model: config}`` of every model: ``max_len``, ``batch_size``, ``options`` (the model's arguments) and
-    ``optimizer`` (Adam's). ``overrides``: ``{"max_len", "batch_size", "ctr_max_len", "ctr_batch_size"}`` and
+    ``optimizer`` (Adam's). ``overrides``: ``{"max_len", "batch_size", "bucket_boundaries", "ctr_max_len",
+    "ctr_batch_size"}`` and
     ``"mos_din"``: MoS options on top of the preset's (its sessions must fit a shorter ``ctr_max_len``)."""
     from tfmoe.models import presets
 
@@ -325,9 +331,13 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
     peer, main, ctr = SETTINGS["peer"], SETTINGS["main"], SETTINGS["ctr"]
     common = {k: peer[k] for k in ("hidden_dim", "num_blocks", "num_heads", "dropout")}
     peer_len, peer_batch = o.get("max_len") or peer["max_len"], o.get("batch_size") or peer["batch_size"]
+    bounds = o.get("bucket_boundaries") or peer["bucket_boundaries"]
     configs = {
         "sasrec_peer": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
                         "options": {**common, **peer["tfmoe"]}},
+        "sasrec_peer_bucketed": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
+                                 "bucket_boundaries": [b for b in bounds if b < peer_len],
+                                 "options": {**common, **peer["tfmoe"]}},
         "keras_hub_sasrec": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
                              "options": {**common, "inner_dim": peer["hidden_dim"], "loss": "bce"}},
     }
@@ -361,7 +371,7 @@ def build(name: str, config: dict, seed: int):
                                          num_heads=options["num_heads"], hidden_dim=options["hidden_dim"],
                                          dropout=options["dropout"], max_sequence_length=max_len)
         model.build({"item_ids": (None, max_len)})
-    elif name == "sasrec_peer":
+    elif name in ("sasrec_peer", "sasrec_peer_bucketed"):
         model = registry.build_model("sasrec", num_items=num_items, max_len=max_len, seed=seed, **options)
     else:
         model = registry.build_model(name, num_items=num_items, max_len=max_len, **options)
@@ -369,10 +379,48 @@ def build(name: str, config: dict, seed: int):
     return model
 
 
-def training_data(name: str, arrays: dict, num_items: int, batch_size: int, seed: int):
+def length_buckets(history: np.ndarray, boundaries) -> list[tuple[int, np.ndarray]]:
+    """``[(bound, rows)]``: the rows of left-padded ``history`` whose length is in ``(previous bound, bound]``, for
+    the bounds ``boundaries + [L]``; empty buckets are left out.
+
+    Example:
+        >>> history = np.array([[0, 0, 5], [1, 2, 3], [0, 4, 6]])
+        >>> [(bound, rows.tolist()) for bound, rows in length_buckets(history, [1, 2])]
+        [(1, [0]), (2, [2]), (3, [1])]
+    """
+    lengths = np.count_nonzero(history, axis=1)
+    bounds = [*boundaries, history.shape[1]]
+    out, low = [], 0
+    for bound in bounds:
+        rows = np.flatnonzero((lengths > low) & (lengths <= bound))
+        if rows.size:
+            out.append((bound, rows))
+        low = bound
+    return out
+
+
+def bucketed_batches(history: np.ndarray, labels: np.ndarray, boundaries, batch_size: int, seed: int):
+    """``[(history [b, bound], labels [b, bound])]``: every row once, batched within its length bucket and cut to
+    the bucket's bound (the last batch of a bucket may be smaller), in a seeded random order of the batches."""
+    batches = []
+    for bound, rows in length_buckets(history, boundaries):
+        for start in range(0, rows.size, batch_size):
+            chunk = rows[start:start + batch_size]
+            batches.append((history[chunk, -bound:], labels[chunk, -bound:]))
+    order = np.random.default_rng(seed).permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def training_data(name: str, arrays: dict, num_items: int, batch_size: int, seed: int, bucket_boundaries=None):
     """``(tf.data.Dataset, the array its sequences come from)`` of ``name``'s batches."""
     import tensorflow as tf
 
+    if bucket_boundaries:
+        batches = bucketed_batches(arrays["history"], arrays["labels"], bucket_boundaries, batch_size, seed)
+        signature = ({"history": tf.TensorSpec([None, None], tf.int32)}, tf.TensorSpec([None, None], tf.int32))
+        ds = tf.data.Dataset.from_generator(lambda: (({"history": h}, y) for h, y in batches),
+                                            output_signature=signature)
+        return ds.prefetch(tf.data.AUTOTUNE), arrays["history"]
     if name in CTR_MODELS:
         x = {"history": arrays["history"], "target_item": arrays["target_item"]}
         elements = (x, arrays["labels"])
@@ -477,7 +525,8 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
             arrays[key] = (ctr_arrays(sequences, num_items, config["max_len"], config["batch_size"],
                                       ctr["samples_per_user"], seed) if key[0] == "ctr"
                            else next_item_arrays(sequences, config["max_len"], config["batch_size"]))
-        ds, history = training_data(name, arrays[key], num_items, config["batch_size"], seed)
+        ds, history = training_data(name, arrays[key], num_items, config["batch_size"], seed,
+                                    config.get("bucket_boundaries"))
         turns[name] = (build(name, config, seed), ds, history, _epoch_timer())
     for epoch in range(epochs):
         for name, (model, ds, _, timer) in turns.items():
@@ -497,6 +546,9 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
                       else float(np.count_nonzero(labels)) / labels.shape[0])
             forward = model_flops(name, config, num_items, scored)
             epoch_forward = forward["total"] * sequences_per_epoch
+            if config.get("bucket_boundaries"):  # the work done: each bucket's rows at its bound
+                epoch_forward = sum(model_flops(name, {**config, "max_len": bound}, num_items, bound)["total"]
+                                    * rows.size for bound, rows in length_buckets(history, config["bucket_boundaries"]))
         epoch_time = steady_time(timer.times)
         train_flops = 3.0 * epoch_forward
         achieved = train_flops / epoch_time / 1e9

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import records, train_speed  # noqa: E402
 from tfmoe.utils import flops  # noqa: E402
 
-TINY = {"max_len": 20, "batch_size": 32, "ctr_max_len": 50, "ctr_batch_size": 32,
+TINY = {"max_len": 20, "batch_size": 32, "bucket_boundaries": [5, 10], "ctr_max_len": 50, "ctr_batch_size": 32,
         "mos_din": {"session_length": 5, "num_themes": 4, "sessions_per_theme": 3, "short_window": 10}}
 
 
@@ -125,3 +125,20 @@ def test_ratios_and_steady_time():
     assert out["fame_over_sasrec_time"] == 1.5 and out["sasrec_speedup_over_keras_hub"] is None
     with pytest.raises(SystemExit):
         train_speed.main(["--epochs", "1"])
+
+
+def test_bucketed_batches_hold_every_row_once_cut_to_its_bucket():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 21, 70)
+    history = np.zeros((70, 20), np.int32)
+    for row, n in enumerate(lengths):
+        history[row, 20 - n:] = rng.integers(1, 50, n)
+    labels = np.roll(history, -1, axis=1) * (history > 0)
+    batches = train_speed.bucketed_batches(history, labels, [5, 10], batch_size=8, seed=0)
+    seen = sorted(tuple(row[row > 0]) for h, _ in batches for row in h)
+    assert seen == sorted(tuple(row[row > 0]) for row in history)  # every row once, nothing cut off
+    for h, y in batches:
+        real = np.count_nonzero(h, axis=1)
+        bound = h.shape[1]
+        assert bound in (5, 10, 20) and len(h) <= 8 and h.shape == y.shape
+        assert np.all(real <= bound) and np.all(real > {5: 0, 10: 5, 20: 10}[bound])

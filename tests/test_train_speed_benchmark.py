@@ -142,3 +142,21 @@ def test_bucketed_batches_hold_every_row_once_cut_to_its_bucket():
         bound = h.shape[1]
         assert bound in (5, 10, 20) and len(h) <= 8 and h.shape == y.shape
         assert np.all(real <= bound) and np.all(real > {5: 0, 10: 5, 20: 10}[bound])
+
+
+def test_profile_breakdown_doctests():
+    from benchmarks import profile_train_step
+
+    assert doctest.testmod(profile_train_step).failed == 0
+
+
+@pytest.mark.slow
+def test_a_profiled_step_is_attributed_to_the_models_parts():
+    from benchmarks import profile_train_step
+
+    result, steps = profile_train_step.profile("sasrec_peer", users=64, synthetic=True, overrides=TINY)
+    assert steps == 2 and result["total_ms"] > 0
+    assert sum(result["by_part"].values()) == pytest.approx(1.0)
+    # forward and backward attention, the optimizer and the dropouts all ran and were recognised by name
+    assert {"attention", "backward attention", "optimizer", "dropout"} <= set(result["by_part"])
+    assert result["by_part"].get("other", 0.0) < 0.5

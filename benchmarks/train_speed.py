@@ -6,7 +6,9 @@ One run trains, in turns of one epoch each (so that drifting load on a shared ma
   dropout 0.2, batch 128, BCE with one negative per position, Adam), ``compile`` + ``fit``;
 * ``sasrec_peer_bucketed``: the same tfmoe model on the same sequences, batched by history length (each batch
   padded to its length bucket's bound, ``peer.bucket_boundaries``) instead of every row padded to 200: what
-  ``data.bucket_boundaries`` does in the trainer;
+  ``data.bucket_boundaries`` does in the trainer. Other batches train to other results (lower NDCG@10 on ML-1M
+  and Beauty, ``docs/experiments/2026-12-05-next-item-studies.md``), so this ratio shows what the padding
+  costs, not a speed-up at equal results;
 * ``keras_hub_sasrec``: the same model written the way a Keras user would (:class:`KerasHubSASRec`: keras-hub's
   ``TransformerDecoder``, ``ReversibleEmbedding`` and ``PositionEmbedding``, adapted from keras-rs's SASRec example);
 * ``sasrec``, ``fame``, ``hymoerec``: the next-item benchmark's ML-1M main settings (d 64, full cross-entropy);

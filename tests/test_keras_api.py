@@ -176,3 +176,28 @@ def test_a_saved_compiled_model_loads_compiled_with_its_feature_metrics(tmp_path
     assert [(m.name, m.filter_seen) for m in loaded._own_metrics] == [("NDCG@5", True), ("HR@10", False)]
     want = model.evaluate(x, labels[:, -1], verbose=0, return_dict=True)
     assert loaded.evaluate(x, labels[:, -1], verbose=0, return_dict=True) == pytest.approx(want, rel=1e-5)
+
+
+# abstract bases: subclassed, never built or saved themselves
+UNREGISTERED_BASES = {"FeatureMetric", "TopKMetric", "SequenceLayer", "Backbone", "BackboneFamily", "InterestLayer"}
+
+
+def test_every_public_tfmoe_layer_model_and_metric_is_registered_under_its_name():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import tfmoe
+
+    unregistered = []
+    for info in pkgutil.walk_packages(tfmoe.__path__, "tfmoe."):
+        if any(part in info.name for part in ("tfx", "serving", "commands", "cli", "testing")):
+            continue
+        module = importlib.import_module(info.name)
+        for name, cls in vars(module).items():
+            if (inspect.isclass(cls) and issubclass(cls, (keras.layers.Layer, keras.metrics.Metric))
+                    and cls.__module__ == module.__name__ and not name.startswith("_")
+                    and name not in UNREGISTERED_BASES
+                    and keras.saving.get_registered_name(cls) != f"tfmoe>{name}"):
+                unregistered.append(f"{module.__name__}.{name}")
+    assert not unregistered, f"not registered as tfmoe>Name: {unregistered}"

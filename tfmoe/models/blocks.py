@@ -146,7 +146,6 @@ class ItemEncoder(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="tfmoe")
 def add_residual_sublayers(block, attention_output_dropout=None) -> None:
     """Gives ``block`` the LayerNorms and dropouts around its two residual sums, under the block's dtype policy:
     ``attention_norm``, ``ffn_norm``, ``attention_output_dropout_layer`` (rate ``attention_output_dropout``, default
@@ -161,6 +160,7 @@ def add_residual_sublayers(block, attention_output_dropout=None) -> None:
     block.ffn_output_dropout = keras.layers.Dropout(block.dropout, dtype=policy)
 
 
+@keras.saving.register_keras_serializable(package="tfmoe")
 class TransformerBlock(keras.layers.Layer):
     """Causal transformer block with a pluggable FFN, pre-, post- or SASRec-LayerNorm.
 

@@ -99,11 +99,7 @@ def profile(model_name: str, users: int, seed: int = 0, synthetic: bool = False,
     else:
         sequences, num_items, _, _ = speed.read_sequences(users, seed)
     config = speed.model_configs(num_items, overrides)[model_name]
-    if model_name in speed.CTR_MODELS:
-        arrays = speed.ctr_arrays(sequences, num_items, config["max_len"], config["batch_size"],
-                                  speed.SETTINGS["ctr"]["samples_per_user"], seed)
-    else:
-        arrays = speed.next_item_arrays(sequences, config["max_len"], config["batch_size"])
+    arrays = speed.model_arrays(model_name, config, sequences, num_items, seed)
     ds, _ = speed.training_data(model_name, arrays, num_items, config["batch_size"], seed,
                                 config.get("bucket_boundaries"))
     model = speed.build(model_name, config, seed)

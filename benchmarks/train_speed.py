@@ -238,6 +238,19 @@ def ctr_arrays(sequences, num_items: int, max_len: int, batch_size: int, samples
             "target_item": np.asarray(targets, np.int32)[order], "labels": np.asarray(labels, np.float32)[order]}
 
 
+def arrays_key(name: str, config: dict) -> tuple:
+    """What a model's arrays depend on: the task, the length and the batch size (models sharing it share them)."""
+    return ("ctr" if name in CTR_MODELS else "next_item", config["max_len"], config["batch_size"])
+
+
+def model_arrays(name: str, config: dict, sequences, num_items: int, seed: int) -> dict:
+    """The arrays ``name`` trains on: :func:`ctr_arrays` for a CTR model, else :func:`next_item_arrays`."""
+    if name in CTR_MODELS:
+        return ctr_arrays(sequences, num_items, config["max_len"], config["batch_size"],
+                          SETTINGS["ctr"]["samples_per_user"], seed)
+    return next_item_arrays(sequences, config["max_len"], config["batch_size"])
+
+
 def digest(array: np.ndarray) -> str:
     """sha256 (first 16 hex digits) of an array's bytes: which sequences a model trained on, in which order."""
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
@@ -522,11 +535,9 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
     arrays, turns = {}, {}
     for name in models:
         config = configs[name]
-        key = ("ctr" if name in CTR_MODELS else "next_item", config["max_len"], config["batch_size"])
+        key = arrays_key(name, config)
         if key not in arrays:
-            arrays[key] = (ctr_arrays(sequences, num_items, config["max_len"], config["batch_size"],
-                                      ctr["samples_per_user"], seed) if key[0] == "ctr"
-                           else next_item_arrays(sequences, config["max_len"], config["batch_size"]))
+            arrays[key] = model_arrays(name, config, sequences, num_items, seed)
         ds, history = training_data(name, arrays[key], num_items, config["batch_size"], seed,
                                     config.get("bucket_boundaries"))
         turns[name] = (build(name, config, seed), ds, history, _epoch_timer())
@@ -543,7 +554,7 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
             forward = {"total": float(turns[name][0].analytic_flops()["total"])}
             epoch_forward = forward["total"] * sequences_per_epoch
         else:
-            labels = arrays[("next_item", config["max_len"], config["batch_size"])]["labels"]
+            labels = arrays[arrays_key(name, config)]["labels"]
             scored = (config["max_len"] if config["options"].get("loss") == "bce"
                       else float(np.count_nonzero(labels)) / labels.shape[0])
             forward = model_flops(name, config, num_items, scored)

@@ -9,6 +9,9 @@ One run trains, in turns of one epoch each (so that drifting load on a shared ma
   ``data.bucket_boundaries`` does in the trainer. Other batches train to other results (lower NDCG@10 on ML-1M
   and Beauty, ``docs/experiments/2026-12-05-next-item-studies.md``), so this ratio shows what the padding
   costs, not a speed-up at equal results;
+* ``sasrec_peer_length_groups``: the same model, batches and results as ``sasrec_peer``, with ``length_groups``
+  (``peer.length_groups``): each batch is encoded in groups of rows of similar history length, each cut to its
+  longest (:mod:`tfmoe.models.length_groups`);
 * ``keras_hub_sasrec``: the same model written the way a Keras user would (:class:`KerasHubSASRec`: keras-hub's
   ``TransformerDecoder``, ``ReversibleEmbedding`` and ``PositionEmbedding``, adapted from keras-rs's SASRec example);
 * ``sasrec``, ``fame``, ``hymoerec``: the next-item benchmark's ML-1M main settings (d 64, full cross-entropy);
@@ -23,6 +26,7 @@ the float32 and bfloat16 matmul peak measured in the same run (:func:`matmul_pea
 
     sasrec_speedup_over_keras_hub = t(keras_hub_sasrec) / t(sasrec_peer)
     sasrec_bucketed_speedup_over_keras_hub = t(keras_hub_sasrec) / t(sasrec_peer_bucketed)
+    sasrec_length_groups_speedup_over_keras_hub = t(keras_hub_sasrec) / t(sasrec_peer_length_groups)
     fame_over_sasrec_time         = t(fame) / t(sasrec)
     hymoerec_over_sasrec_time     = t(hymoerec) / t(sasrec)
     mos_din_over_din_time         = t(mos_din) / t(din)
@@ -57,12 +61,13 @@ SETTINGS_FILE = os.path.join(paths.BENCHMARKS, "settings", "train_speed.yaml")
 with open(SETTINGS_FILE, encoding="utf-8") as _f:
     SETTINGS = yaml.safe_load(_f)
 BENCHMARK = "train_speed"
-PEER_MODELS = ("sasrec_peer", "sasrec_peer_bucketed", "keras_hub_sasrec")
+PEER_MODELS = ("sasrec_peer", "sasrec_peer_bucketed", "sasrec_peer_length_groups", "keras_hub_sasrec")
 MAIN_MODELS = ("sasrec", "fame", "hymoerec")
 CTR_MODELS = ("din", "mos_din")
 MODELS = PEER_MODELS + MAIN_MODELS + CTR_MODELS
 RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
           "sasrec_bucketed_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer_bucketed"),
+          "sasrec_length_groups_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer_length_groups"),
           "fame_over_sasrec_time": ("fame", "sasrec"),
           "hymoerec_over_sasrec_time": ("hymoerec", "sasrec"),
           "mos_din_over_din_time": ("mos_din", "din")}
@@ -353,6 +358,8 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
         "sasrec_peer_bucketed": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
                                  "bucket_boundaries": [b for b in bounds if b < peer_len],
                                  "options": {**common, **peer["tfmoe"]}},
+        "sasrec_peer_length_groups": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
+                                      "options": {**common, **peer["tfmoe"], "length_groups": peer["length_groups"]}},
         "keras_hub_sasrec": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
                              "options": {**common, "inner_dim": peer["hidden_dim"], "loss": "bce"}},
     }
@@ -386,7 +393,7 @@ def build(name: str, config: dict, seed: int):
                                          num_heads=options["num_heads"], hidden_dim=options["hidden_dim"],
                                          dropout=options["dropout"], max_sequence_length=max_len)
         model.build({"item_ids": (None, max_len)})
-    elif name in ("sasrec_peer", "sasrec_peer_bucketed"):
+    elif name.startswith("sasrec_peer"):
         model = registry.build_model("sasrec", num_items=num_items, max_len=max_len, seed=seed, **options)
     else:
         model = registry.build_model(name, num_items=num_items, max_len=max_len, **options)
@@ -411,6 +418,26 @@ def length_buckets(history: np.ndarray, boundaries) -> list[tuple[int, np.ndarra
         if rows.size:
             out.append((bound, rows))
         low = bound
+    return out
+
+
+def length_group_widths(history: np.ndarray, batch_size: int, groups: int) -> list[tuple[int, int]]:
+    """``[(width, rows)]`` of every length group of every full batch of ``history`` (consecutive rows), as
+    :func:`tfmoe.models.length_groups.encode_in_length_groups` cuts them: the analytic work of ``length_groups``.
+
+    Example:
+        >>> history = np.array([[0, 0, 5], [1, 2, 3], [0, 4, 6], [0, 0, 0]])
+        >>> length_group_widths(history, batch_size=4, groups=2)
+        [(1, 2), (3, 2)]
+    """
+    length = history.shape[1]
+    first = np.where(history.any(axis=1), np.argmax(history != 0, axis=1), length)
+    widths = length - first
+    out = []
+    for start in range(0, history.shape[0] - batch_size + 1, batch_size):
+        ordered = np.sort(widths[start:start + batch_size])
+        bounds = [g * batch_size // groups for g in range(groups + 1)]
+        out += [(max(int(ordered[b - 1]) if b > a else 1, 1), b - a) for a, b in zip(bounds, bounds[1:])]
     return out
 
 
@@ -562,6 +589,10 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
             if config.get("bucket_boundaries"):  # the work done: each bucket's rows at its bound
                 epoch_forward = sum(model_flops(name, {**config, "max_len": bound}, num_items, bound)["total"]
                                     * rows.size for bound, rows in length_buckets(history, config["bucket_boundaries"]))
+            if config["options"].get("length_groups", 1) > 1:  # the work done: each group's rows at its width
+                epoch_forward = sum(model_flops(name, {**config, "max_len": width}, num_items, width)["total"] * rows
+                                    for width, rows in length_group_widths(history, config["batch_size"],
+                                                                           config["options"]["length_groups"]))
         epoch_time = steady_time(timer.times)
         train_flops = 3.0 * epoch_forward
         achieved = train_flops / epoch_time / 1e9

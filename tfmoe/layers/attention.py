@@ -211,19 +211,40 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         )
         routing_stats.assign_routing_statistics(self.routing_statistics, stats)
 
+    def _single_expert_heads(self, expert_outputs, query_mask):
+        """``(beta [B, L, H, 1], head outputs [B, L, H, d'])`` with one expert per head (plain multi-head attention).
+
+        The router's softmax over one logit is exactly 1, so ``beta`` is 1 at real positions and the head outputs
+        are the expert outputs, with no router matmuls. The router weights stay (the saved layout) and get the
+        zero gradient the one-logit softmax gave them (tied in with a zero term, so that Keras sees a gradient).
+        """
+        ones = tf.ones(tf.concat([tf.shape(expert_outputs)[:3], [1]], 0), tf.float32)
+        router_probs = ones if query_mask is None else masking.apply_mask(ones, query_mask)
+        head_outputs = expert_outputs[:, :, :, 0]
+        if query_mask is not None:
+            head_outputs = masking.apply_mask(head_outputs, query_mask)
+        zero = 0.0 * (tf.reduce_sum(self.router_kernel) + tf.reduce_sum(self.router_bias))
+        return router_probs, head_outputs + tf.cast(zero, head_outputs.dtype)
+
     def _project(self, x, name):
         """``x [B, L, d]`` -> expert queries ``[B, H, N, L, d']`` or shared keys/values ``[B, H, L, d']``.
 
-        Heads and experts lead so that the attention maps ``[B, H, N, L, L]`` come out of, and go into, batched
-        matmuls with no transpose: only these ``d'``-wide projections are laid out, never the maps.
+        One 2-D matmul ``[B L, d] x [d, H N d']`` and a transpose of the ``d'``-wide result (not an einsum, which
+        oneDNN runs as several transposes and batched matmuls, forward and backward). Heads and experts lead so
+        that the attention maps ``[B, H, N, L, L]`` come out of, and go into, batched matmuls with no transpose:
+        only these projections are laid out, never the maps.
         """
         dtype = self.compute_dtype
-        kernel = tf.cast(getattr(self, f"{name}_kernel"), dtype)
-        equation = "bld,hndk->bhnlk" if name == "query" else "bld,hdk->bhlk"
-        out = tf.einsum(equation, x, kernel)
+        kernel = tf.cast(getattr(self, f"{name}_kernel"), dtype)  # [H, N, d, d'] (queries) or [H, d, d']
+        heads = kernel.shape[:-2]
+        d, dk = kernel.shape[-2], kernel.shape[-1]
+        perm = [2, 0, 1, 3] if name == "query" else [1, 0, 2]
+        flat_kernel = tf.reshape(tf.transpose(kernel, perm), [d, -1])  # [d, H (N) d']
+        out = tf.matmul(tf.reshape(x, [-1, d]), flat_kernel)
         if self.use_bias:
-            out += tf.expand_dims(tf.cast(getattr(self, f"{name}_bias"), dtype), -2)  # broadcast over L
-        return out
+            out += tf.reshape(tf.cast(getattr(self, f"{name}_bias"), dtype), [-1])
+        out = tf.reshape(out, [_dim(x, 0), _dim(x, 1), *heads, dk])
+        return tf.transpose(out, [0, 2, 3, 1, 4] if name == "query" else [0, 2, 1, 3])
 
     def call(self, inputs, mask=None, training=None, last_query_only=False, context=None):
         """``last_query_only=True`` computes the output of the last position only (``[B, 1, d_out]``), attending
@@ -242,27 +263,30 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         keys = self._project(source, "key")  # [B, H, L, d']
         values = self._project(source, "value")  # [B, H, L, d']
 
-        scores = tf.cast(tf.einsum("bhnlk,bhmk->bhnlm", queries, keys), tf.float32)
+        scores = tf.cast(_per_expert_matmul(queries, keys, transpose_b=True), tf.float32)  # [B, H, N, Lq, L]
         allowed = masking.attention_mask(query_mask, key_mask, causal=self.use_causal_mask, query_length=length,
                                          key_length=key_length)
         # Rows with no allowed key (padded queries) are zeroed on the [B, L, H, N, d'] outputs, not on the maps.
         probs = masking.masked_softmax(scores, None if allowed is None else allowed[:, None, None],
                                        zero_empty_rows=False)
         probs = self._dropout_layer(tf.cast(probs, dtype), training=training)
-        expert_outputs = tf.einsum("bhnlm,bhmk->bhnlk", probs, values)
+        expert_outputs = _per_expert_matmul(probs, values)  # [B, H, N, Lq, d']
         expert_outputs = tf.transpose(expert_outputs, [0, 3, 1, 2, 4])  # [B, L, H, N, d']
         if allowed is not None:
             expert_outputs = masking.apply_mask(expert_outputs, tf.reduce_any(allowed, axis=-1))
 
-        router_inputs = tf.reshape(expert_outputs, [-1, length, h, n * dk])
-        router_logits = tf.einsum("blhi,hin->blhn", tf.cast(router_inputs, tf.float32), self.router_kernel)
-        router_logits += self.router_bias
-        router_probs = tf.nn.softmax(router_logits, axis=-1)  # [B, L, H, N] float32
-        if query_mask is not None:
-            router_probs = masking.apply_mask(router_probs, query_mask)
-        if self.track_statistics:
-            self._record_statistics(router_logits, router_probs, query_mask)
-        head_outputs = tf.einsum("blhn,blhnk->blhk", tf.cast(router_probs, dtype), expert_outputs)
+        if n == 1 and not self.track_statistics:
+            router_probs, head_outputs = self._single_expert_heads(expert_outputs, query_mask)
+        else:
+            router_inputs = tf.reshape(expert_outputs, [-1, length, h, n * dk])
+            router_logits = tf.einsum("blhi,hin->blhn", tf.cast(router_inputs, tf.float32), self.router_kernel)
+            router_logits += self.router_bias
+            router_probs = tf.nn.softmax(router_logits, axis=-1)  # [B, L, H, N] float32
+            if query_mask is not None:
+                router_probs = masking.apply_mask(router_probs, query_mask)
+            if self.track_statistics:
+                self._record_statistics(router_logits, router_probs, query_mask)
+            head_outputs = tf.einsum("blhn,blhnk->blhk", tf.cast(router_probs, dtype), expert_outputs)
 
         concatenated = tf.reshape(head_outputs, [-1, length, h * dk])
         if self.use_output_projection:
@@ -305,3 +329,18 @@ class MultiHeadMoEAttention(keras.layers.Layer):
             query_key_value_initializer=serialize_optional(self.query_key_value_initializer),
         )
         return config
+
+
+def _per_expert_matmul(per_expert, shared, transpose_b=False):
+    """``[B, H, N, Lq, m] x [B, H, k, m or k] -> [B, H, N, Lq, .]``: the ``N`` experts' rows stacked into one batched
+    matmul per (batch, head) against the head's shared keys or values (``bhnlk,bhmk->bhnlm`` with ``transpose_b``,
+    ``bhnlm,bhmk->bhnlk`` without)."""
+    batch, heads, n, lq, width = (_dim(per_expert, i) for i in range(5))
+    out = tf.matmul(tf.reshape(per_expert, [batch, heads, -1, width]), shared, transpose_b=transpose_b)
+    return tf.reshape(out, [batch, heads, n, lq, _dim(out, 3)])
+
+
+def _dim(tensor, axis: int):
+    """The static size of ``axis`` where known (so that shapes stay static under XLA), else the dynamic one."""
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]

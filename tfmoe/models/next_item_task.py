@@ -157,6 +157,15 @@ class NextItemTask(KerasConventions, keras.Model):
             self.next_item_loss.log_q = self.proposal_log_q
         self.built = True
 
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        """``keras.Model.compile``; with length groups (dynamic shapes) ``"auto"`` means no XLA and True is an error."""
+        if self.sequence_encoder.length_groups > 1:
+            if jit_compile is True:
+                raise ValueError(f"{type(self).__name__}: jit_compile=True cannot compile length_groups="
+                                 f"{self.sequence_encoder.length_groups} (dynamic widths); use length_groups=1 for XLA")
+            jit_compile = False
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
     @property
     def loss_kind(self) -> str:
         """The ``loss`` argument (``Model.loss`` is Keras' compiled loss)."""

@@ -57,6 +57,7 @@ ENCODER_DEFAULTS = {
     "hidden_dim": 64, "num_blocks": 2, "num_heads": 1, "inner_dim": None, "dropout": 0.2, "attention_dropout": None,
     "attention_output_dropout": None, "norm": "pre", "activation": "gelu", "scale_embeddings": True,
     "positions": "recency", "initializer_range": None, "attention_initializer": None, "layer_norm_epsilon": 1e-6,
+    "length_groups": 1,
 }
 # the NextItemTask arguments, with their defaults
 TASK_DEFAULTS = {"item_dropout": 0.0, "loss": "softmax", "num_negatives": 256, "proposal": "uniform",
@@ -137,6 +138,10 @@ class SASRec(NextItemTask):
             leaves those three at PyTorch's Glorot uniform over the stacked ``[3d, d]`` in-projection, limit
             ``sqrt(6 / 4d)`` (:func:`tfmoe.utils.initializers.torch_in_projection`); ``initializer_range`` sets
             the rest.
+        length_groups: encode each training and evaluation batch in this many groups of rows of similar history
+            length, each cut to its longest (default 1). Same batches, same outputs and loss, less work on padding:
+            see :mod:`tfmoe.models.length_groups` and ``benchmarks/train_speed.py``. Not with XLA
+            (``compile(jit_compile=True)`` is an error; ``"auto"`` compiles without it).
         loss: ``"softmax"`` (full CE, default), ``"sampled_softmax"`` or ``"bce"``; see
             :mod:`tfmoe.models.losses`. Stored as ``loss_kind`` (``Model.loss`` is Keras' compiled loss).
         num_negatives, proposal, item_frequencies, remove_accidental_hits: sampled-softmax options.
@@ -166,6 +171,7 @@ class SASRec(NextItemTask):
         initializer_range=None,
         attention_initializer=None,
         layer_norm_epsilon=1e-6,
+        length_groups=1,
         loss="softmax",
         num_negatives=256,
         proposal="uniform",
@@ -181,7 +187,7 @@ class SASRec(NextItemTask):
             attention_dropout=attention_dropout, attention_output_dropout=attention_output_dropout, norm=norm,
             activation=activation, scale_embeddings=scale_embeddings, positions=positions,
             initializer_range=initializer_range, attention_initializer=attention_initializer,
-            layer_norm_epsilon=layer_norm_epsilon,
+            layer_norm_epsilon=layer_norm_epsilon, length_groups=length_groups,
         )
         backbone = sasrec_encoder(owner, num_items, max_len, encoder, dtype=kwargs.get("dtype"))
         super().__init__(backbone, item_dropout=item_dropout, loss=loss, num_negatives=num_negatives,

@@ -11,6 +11,8 @@ and returns ``(h [B, L, d], mask [B, L])`` with ``mask = items != 0``. Each bloc
 pluggable: ``feedforward`` gives one layer (or None for the default :class:`~tfmoe.layers.FeedForward`) per block,
 e.g. a :class:`~tfmoe.layers.HybridMoEFeedForward` (HyMoERec). ``call(..., last_only=True)`` lets the last block
 compute the last position only (``[B, 1, d]``: serving and evaluation never pay for the other queries).
+``length_groups=G`` encodes each batch in ``G`` groups of rows of similar history length, each cut to its longest
+(:mod:`tfmoe.models.length_groups`): the same outputs for less work on padded batches.
 
 Example:
     >>> import numpy as np
@@ -30,6 +32,7 @@ import keras
 import tensorflow as tf
 
 from tfmoe.models import blocks
+from tfmoe.models.length_groups import encode_in_length_groups
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
 
@@ -67,6 +70,10 @@ class SequenceEncoder(keras.layers.Layer):
         layer_norm_epsilon: epsilon of every LayerNorm (default 1e-6).
         feedforward: the FFN of each block: None (every block builds a :class:`~tfmoe.layers.FeedForward`) or a list
             of ``num_blocks`` entries, each a layer ``[B, L, d] -> [B, L, d]`` or None (the default FFN).
+        length_groups: encode each batch in this many groups of rows sorted by history length, each group cut to
+            its longest history (default 1: the batch as it is). The outputs are the same (only dropout draws
+            differ); the work on padding drops. Needs the default FFNs (an FFN layer that routes tokens would see
+            per-group batches) and runs without XLA (the groups' widths are dynamic).
 
     Call: ``encoder(items [B, L] int, training=None, last_only=False)`` -> ``(h [B, L, d], mask [B, L] bool)``;
     with ``last_only=True``: ``(h [B, 1, d], mask [B, 1])`` of the last position.
@@ -91,6 +98,7 @@ class SequenceEncoder(keras.layers.Layer):
         attention_initializer=None,
         layer_norm_epsilon=1e-6,
         feedforward=None,
+        length_groups=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -128,6 +136,11 @@ class SequenceEncoder(keras.layers.Layer):
             raise ValueError(f"{owner}: `feedforward` must give one layer or None per block ({self.num_blocks}), "
                              f"got {len(feedforward)}")
         self._feedforward_passed = [layer is not None for layer in feedforward]
+        self.length_groups = v.check_int(owner, "length_groups", length_groups, minimum=1)
+        if self.length_groups > 1 and any(self._feedforward_passed):
+            raise ValueError(f"{owner}: `length_groups` ({length_groups}) needs the default FFN in every block; "
+                             f"the FFN layers passed ({', '.join(type(f).__name__ for f in feedforward if f)}) "
+                             "may depend on the whole batch")
         policy = self.dtype_policy
         try:
             self.item_encoder = blocks.ItemEncoder(
@@ -176,6 +189,13 @@ class SequenceEncoder(keras.layers.Layer):
         self.built = True
 
     def call(self, items, training=None, last_only=False):
+        if self.length_groups > 1:
+            return encode_in_length_groups(lambda rows: self.encode(rows, training, last_only), items,
+                                           self.length_groups, last_only)
+        return self.encode(items, training, last_only)
+
+    def encode(self, items, training=None, last_only=False):
+        """``call`` on the batch as it is (no length groups)."""
         x, mask = self.item_encoder(items, training=training)
         for i, block in enumerate(self.transformer_blocks):
             last_block = i == len(self.transformer_blocks) - 1
@@ -208,6 +228,7 @@ class SequenceEncoder(keras.layers.Layer):
             initializer_range=self.initializer_range,
             attention_initializer=serialize_optional(self.attention_initializer),
             layer_norm_epsilon=self.layer_norm_epsilon,
+            length_groups=self.length_groups,
             feedforward=[
                 keras.saving.serialize_keras_object(block.ffn) if passed else None
                 for block, passed in zip(self.transformer_blocks, self._feedforward_passed)

@@ -47,7 +47,7 @@ def test_the_grouped_encoding_equals_the_whole_batch_encoding(groups, last_only)
     expected, expected_mask = row_wise_encoding(items)
     if last_only:
         expected, expected_mask = expected[:, -1:], expected_mask[:, -1:]
-        encode = lambda rows: tuple(t[:, -1:] for t in row_wise_encoding(rows))  # noqa: E731
+        encode = lambda rows: tuple(t[:, -1:] for t in row_wise_encoding(rows))
     else:
         encode = row_wise_encoding
     h, mask = encode_in_length_groups(encode, items, groups, last_only=last_only)

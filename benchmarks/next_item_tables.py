@@ -3,6 +3,7 @@ archived ablation results (``benchmarks/results/archive/next_item_ablation.json`
 
     .venv/bin/python benchmarks/next_item_tables.py                       # the main table
     .venv/bin/python benchmarks/next_item_tables.py --cost ml-1m          # the MoE models' cost table
+    .venv/bin/python benchmarks/next_item_tables.py --papers-protocol     # writes benchmarks/results/next_item.json
     .venv/bin/python benchmarks/next_item_tables.py --ablation beauty --epochs 2 5 10 20 25 \\
         --labels sasrec "sasrec random batches"                           # rows of an archived ablation table
     .venv/bin/python benchmarks/next_item_tables.py --seed-means beauty \\
@@ -140,6 +141,59 @@ def main_table(payload: dict, models=MODEL_ORDER) -> str:
     return "\n".join(rows)
 
 
+# key -> (variant, loss): SASRec trained as the papers' baselines were (BCE, one negative per position) beside the
+# cross-entropy FAME and HyMoERec (the main runs), the same models with BCE, and the cross-entropy SASRec
+PAPERS_PROTOCOL = {"sasrec": ("sasrec bce", "bce"), "fame_ce": ("fame", "softmax"),
+                   "hymoerec_ce": ("hymoerec", "softmax"), "fame": ("fame bce", "bce"),
+                   "hymoerec": ("hymoerec bce", "bce"), "sasrec_ce": ("sasrec", "softmax")}
+PAPERS_PROTOCOL_JSON = os.path.join(paths.RESULTS, "next_item.json")
+
+
+def papers_protocol(payload: dict) -> dict:
+    """``{dataset: {key: {"ndcg@10", "hr@10", "ndcg@10_std", "seeds", "loss", "variant", "partial"}}}`` of the keys of
+    :data:`PAPERS_PROTOCOL` that have runs in :func:`aggregate`'s payload.
+
+    >>> entry = {"ndcg@10": 0.03, "hr@10": 0.05, "ndcg@10_std": 0.0, "seeds": 1, "partial": False}
+    >>> papers_protocol({"toy": {"sasrec bce": entry, "sasrec dropout=0.3": entry}})["toy"]["sasrec"]["loss"]
+    'bce'
+    """
+    out = {}
+    for dataset in sorted((d for d in payload if not d.startswith("_")), key=lambda d: _rank(DATASET_ORDER, d)):
+        for key, (variant, loss) in PAPERS_PROTOCOL.items():
+            entry = payload[dataset].get(variant)
+            if entry is not None:
+                out.setdefault(dataset, {})[key] = {
+                    "ndcg@10": entry["ndcg@10"], "hr@10": entry["hr@10"], "ndcg@10_std": entry["ndcg@10_std"],
+                    "seeds": entry["seeds"], "loss": loss, "variant": variant, "partial": entry["partial"]}
+    return out
+
+
+def papers_protocol_table(protocol: dict) -> str:
+    """:func:`papers_protocol` as a table: per dataset and model, each loss's NDCG@10 (mean ± std, seeds) and HR@10.
+
+    >>> cell = lambda n, s: {"ndcg@10": n, "hr@10": 2 * n, "ndcg@10_std": 0.001, "seeds": s, "partial": False}
+    >>> print(papers_protocol_table({"toy": {"sasrec": cell(0.03, 3), "sasrec_ce": cell(0.05, 1)}}))
+    | dataset | model | BCE, 1 negative: NDCG@10 | HR@10 | cross-entropy: NDCG@10 | HR@10 |
+    |---|---|---|---|---|---|
+    | toy | sasrec | 0.0300 ± 0.0010 (3 seeds) | 0.0600 | 0.0500 (1 seed) | 0.1000 |
+    """
+    def cells(entry):
+        if entry is None:
+            return "not run | "
+        spread = f" ± {entry['ndcg@10_std']:.4f}" if entry["seeds"] > 1 else ""
+        seeds = f"{entry['seeds']} seed{'s' if entry['seeds'] > 1 else ''}" + (", partial" if entry["partial"] else "")
+        return f"{entry['ndcg@10']:.4f}{spread} ({seeds}) | {entry['hr@10']:.4f}"
+
+    rows = ["| dataset | model | BCE, 1 negative: NDCG@10 | HR@10 | cross-entropy: NDCG@10 | HR@10 |",
+            "|---|---|---|---|---|---|"]
+    for dataset, section in protocol.items():
+        for model in MODEL_ORDER:
+            bce, ce = section.get(model), section.get(f"{model}_ce")
+            if bce or ce:
+                rows.append(f"| {dataset} | {model} | {cells(bce)} | {cells(ce)} |")
+    return "\n".join(rows)
+
+
 def _number(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -242,6 +296,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ablation", metavar="DATASET", help="rows of this dataset's archived ablation table")
     parser.add_argument("--cost", metavar="DATASET", help="this dataset's cost table (HyMoERec, FAME) instead")
     parser.add_argument("--seed-means", metavar="DATASET", help="means of the archived variants --labels")
+    parser.add_argument("--papers-protocol", action="store_true",
+                        help=f"write the papers' protocol comparison to {PAPERS_PROTOCOL_JSON} and print its table")
     parser.add_argument("--epochs", nargs="+", type=int, default=[2, 5, 10, 20, 25])
     parser.add_argument("--labels", nargs="+", help="ablation: these variants (default all)")
     parser.add_argument("--records", default=records.ROOT)
@@ -253,6 +309,13 @@ def main(argv=None) -> int:
         section = json.load(open(ABLATION_ARCHIVE))[args.seed_means]
         print("\n".join([SEED_MEANS_HEADER.format(dataset=args.seed_means)] +
                         [seed_means_row(label, section) for label in args.labels]))
+        return 0
+    if args.papers_protocol:
+        protocol = papers_protocol(aggregate(found))
+        with open(PAPERS_PROTOCOL_JSON, "w", encoding="utf-8") as f:
+            json.dump({"papers_protocol": protocol}, f, indent=2, sort_keys=True)
+            f.write("\n")
+        print(papers_protocol_table(protocol))
         return 0
     if args.cost is not None:
         print(cost_table(cost_rows(found, args.cost), args.cost))

@@ -182,6 +182,12 @@ def render(found: list[dict]) -> str:
         payload = tables.aggregate(found)
         main = [r for r in next_item + by_benchmark.get(THROUGHPUT, []) if r["variant"].partition("/")[2] in MODELS]
         parts.append(_section("Next item: main results", "next_item", tables.main_table(payload), main))
+        protocol = tables.papers_protocol(payload)
+        if any(key in section for section in protocol.values() for key in ("sasrec", "fame", "hymoerec")):
+            runs = [r for r in next_item if r["variant"].partition("/")[2] in
+                    {variant for variant, _ in tables.PAPERS_PROTOCOL.values()}]
+            parts.append(_section("Next item: the papers' protocol (BCE with one negative)", "next_item",
+                                  tables.papers_protocol_table(protocol), runs))
         ablations = [r for r in next_item if r["variant"].partition("/")[2] not in MODELS]
         if ablations:
             parts.append(_section("Next item: ablations", "next_item", ablation_table(payload), ablations))

@@ -421,23 +421,24 @@ def length_buckets(history: np.ndarray, boundaries) -> list[tuple[int, np.ndarra
     return out
 
 
-def length_group_widths(history: np.ndarray, batch_size: int, groups: int) -> list[tuple[int, int]]:
+def length_group_widths(history: np.ndarray, batch_size: int, groups: int,
+                        position_cost: float = 0.0) -> list[tuple[int, int]]:
     """``[(width, rows)]`` of every length group of every full batch of ``history`` (consecutive rows), as
     :func:`tfmoe.models.length_groups.encode_in_length_groups` cuts them: the analytic work of ``length_groups``.
 
     Example:
         >>> history = np.array([[0, 0, 5], [1, 2, 3], [0, 4, 6], [0, 0, 0]])
-        >>> length_group_widths(history, batch_size=4, groups=2)
+        >>> length_group_widths(history, batch_size=4, groups=2)  # widths 0 1 | 2 3: 2*1 + 2*9 < 1*1 + 3*9
         [(1, 2), (3, 2)]
     """
-    length = history.shape[1]
-    first = np.where(history.any(axis=1), np.argmax(history != 0, axis=1), length)
-    widths = length - first
+    from tfmoe.models.length_groups import cheapest_group_starts, row_widths
+
+    widths = row_widths(history).numpy()
     out = []
     for start in range(0, history.shape[0] - batch_size + 1, batch_size):
         ordered = np.sort(widths[start:start + batch_size])
-        bounds = [g * batch_size // groups for g in range(groups + 1)]
-        out += [(max(int(ordered[b - 1]) if b > a else 1, 1), b - a) for a, b in zip(bounds, bounds[1:])]
+        bounds = cheapest_group_starts(ordered, groups, position_cost).numpy().tolist()
+        out += [(max(int(ordered[b - 1]), 1), b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
     return out
 
 
@@ -591,8 +592,9 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
                                     * rows.size for bound, rows in length_buckets(history, config["bucket_boundaries"]))
             if config["options"].get("length_groups", 1) > 1:  # the work done: each group's rows at its width
                 epoch_forward = sum(model_flops(name, {**config, "max_len": width}, num_items, width)["total"] * rows
-                                    for width, rows in length_group_widths(history, config["batch_size"],
-                                                                           config["options"]["length_groups"]))
+                                    for width, rows in length_group_widths(
+                                        history, config["batch_size"], config["options"]["length_groups"],
+                                        2 * config["options"]["hidden_dim"] + config["options"]["inner_dim"]))
         epoch_time = steady_time(timer.times)
         train_flops = 3.0 * epoch_forward
         achieved = train_flops / epoch_time / 1e9

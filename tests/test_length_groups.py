@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 
 from tfmoe.models import FAME, HyMoERec, SASRec
-from tfmoe.models.length_groups import encode_in_length_groups, group_starts, row_widths
+import itertools
+
+from tfmoe.models.length_groups import cheapest_group_starts, encode_in_length_groups, row_widths
 
 N_ITEMS, MAX_LEN = 40, 11
 
@@ -33,11 +35,31 @@ def row_wise_encoding(rows):
     return h * tf.cast(mask, tf.float32)[..., None], mask
 
 
-def test_row_widths_count_from_the_first_real_item_and_the_groups_split_the_batch_evenly():
+def test_row_widths_count_from_the_first_real_item():
     items = np.array([[0, 0, 0, 0], [0, 3, 0, 4], [1, 2, 3, 4], [0, 0, 0, 9]])
     assert row_widths(items).numpy().tolist() == [0, 3, 4, 1]  # an inner zero does not shorten a row
-    assert group_starts(10, 4).numpy().tolist() == [0, 2, 5, 7, 10]
-    assert group_starts(2, 4).numpy().tolist() == [0, 0, 1, 1, 2]  # more groups than rows: empty groups
+
+
+def split_work(widths, starts, position_cost):
+    return sum((b - a) * max(widths[b - 1], 1) * (max(widths[b - 1], 1) + position_cost)
+               for a, b in zip(starts, starts[1:]) if b > a)
+
+
+@pytest.mark.parametrize("groups,position_cost", [(1, 0.0), (2, 0.0), (3, 10.0), (4, 150.0), (6, 3.0)])
+def test_the_split_is_the_least_work_of_every_split(groups, position_cost):
+    rng = np.random.default_rng(groups)
+    for _ in range(5):
+        widths = np.sort(rng.integers(0, 60, 9))
+        starts = cheapest_group_starts(widths, groups, position_cost).numpy().tolist()
+        assert starts[0] == 0 and starts[-1] == 9 and starts == sorted(starts) and len(starts) == groups + 1
+        brute = min(split_work(widths, [0, *cut, 9], position_cost)
+                    for cut in itertools.combinations_with_replacement(range(10), groups - 1))
+        assert split_work(widths, starts, position_cost) == pytest.approx(brute)
+
+
+def test_more_groups_than_rows_leave_groups_empty():
+    assert cheapest_group_starts([3, 5], 4).numpy().tolist()[-1] == 2
+    assert split_work([3, 5], cheapest_group_starts([3, 5], 4).numpy().tolist(), 0.0) == 9 + 25
 
 
 @pytest.mark.parametrize("groups", [1, 2, 3, 8, 20])

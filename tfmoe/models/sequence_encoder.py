@@ -190,8 +190,9 @@ class SequenceEncoder(keras.layers.Layer):
 
     def call(self, items, training=None, last_only=False):
         if self.length_groups > 1:
+            position_cost = 2 * self.hidden_dim + (self.inner_dim or 4 * self.hidden_dim)  # per attention pair
             return encode_in_length_groups(lambda rows: self.encode(rows, training, last_only), items,
-                                           self.length_groups, last_only)
+                                           self.length_groups, last_only, position_cost)
         return self.encode(items, training, last_only)
 
     def encode(self, items, training=None, last_only=False):

@@ -1,13 +1,13 @@
 """Length groups (tfmoe.models.length_groups): the grouped encoding equals the encoding of the padded batch."""
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfmoe.models import FAME, HyMoERec, SASRec
-import itertools
-
 from tfmoe.models.length_groups import cheapest_group_starts, encode_in_length_groups, row_widths
 
 N_ITEMS, MAX_LEN = 40, 11

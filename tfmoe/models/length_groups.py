@@ -84,7 +84,7 @@ def encode_in_length_groups(encode, items, groups: int, last_only: bool = False,
         ``(h, mask)`` as ``encode(items)`` returns them, in the rows' order.
     """
     items = tf.convert_to_tensor(items)
-    batch, length = tf.shape(items)[0], tf.shape(items)[1]
+    length = tf.shape(items)[1]
     widths = row_widths(items)
     order = tf.argsort(widths, stable=True)
     sorted_items, sorted_widths = tf.gather(items, order), tf.gather(widths, order)

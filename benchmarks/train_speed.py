@@ -12,6 +12,9 @@ One run trains, in turns of one epoch each (so that drifting load on a shared ma
 * ``sasrec_peer_length_groups``: the same model, batches and results as ``sasrec_peer``, with ``length_groups``
   (``peer.length_groups``): each batch is encoded in groups of rows of similar history length, each cut to its
   longest (:mod:`tfmoe.models.length_groups`);
+* ``sasrec_peer_xla``, ``sasrec_peer_bf16`` (on request, ``--models``): ``sasrec_peer`` compiled with XLA
+  (``jit_compile=True``), and under the ``mixed_bfloat16`` policy (oneDNN's AVX512-BF16 / AMX kernels where the
+  CPU has them);
 * ``keras_hub_sasrec``: the same model written the way a Keras user would (:class:`KerasHubSASRec`: keras-hub's
   ``TransformerDecoder``, ``ReversibleEmbedding`` and ``PositionEmbedding``, adapted from keras-rs's SASRec example);
 * ``sasrec``, ``fame``, ``hymoerec``: the next-item benchmark's ML-1M main settings (d 64, full cross-entropy);
@@ -65,6 +68,7 @@ PEER_MODELS = ("sasrec_peer", "sasrec_peer_bucketed", "sasrec_peer_length_groups
 MAIN_MODELS = ("sasrec", "fame", "hymoerec")
 CTR_MODELS = ("din", "mos_din")
 MODELS = PEER_MODELS + MAIN_MODELS + CTR_MODELS
+HARDWARE_OPTIONS = {"sasrec_peer_xla": {"jit_compile": True}, "sasrec_peer_bf16": {"dtype": "mixed_bfloat16"}}
 RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
           "sasrec_bucketed_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer_bucketed"),
           "sasrec_length_groups_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer_length_groups"),
@@ -360,6 +364,8 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
                                  "options": {**common, **peer["tfmoe"]}},
         "sasrec_peer_length_groups": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
                                       "options": {**common, **peer["tfmoe"], "length_groups": peer["length_groups"]}},
+        **{name: {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
+                  "options": {**common, **peer["tfmoe"]}, **option} for name, option in HARDWARE_OPTIONS.items()},
         "keras_hub_sasrec": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
                              "options": {**common, "inner_dim": peer["hidden_dim"], "loss": "bce"}},
     }
@@ -394,10 +400,12 @@ def build(name: str, config: dict, seed: int):
                                          dropout=options["dropout"], max_sequence_length=max_len)
         model.build({"item_ids": (None, max_len)})
     elif name.startswith("sasrec_peer"):
-        model = registry.build_model("sasrec", num_items=num_items, max_len=max_len, seed=seed, **options)
+        policy = config.get("dtype")  # a mixed policy: float32 weights, bfloat16 compute
+        model = registry.build_model("sasrec", num_items=num_items, max_len=max_len, seed=seed,
+                                     **({"dtype": policy} if policy else {}), **options)
     else:
         model = registry.build_model(name, num_items=num_items, max_len=max_len, **options)
-    model.compile(optimizer=keras.optimizers.Adam(**config["optimizer"]))
+    model.compile(optimizer=keras.optimizers.Adam(**config["optimizer"]), jit_compile=config.get("jit_compile", "auto"))
     return model
 
 
@@ -655,7 +663,7 @@ def speed_table(record: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *HARDWARE_OPTIONS])
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"], help="epochs per model (>= 2)")
     parser.add_argument("--users", type=int, help="the first N users only (quick runs)")
     parser.add_argument("--seed", type=int, default=0)

@@ -231,6 +231,27 @@ def test_mixed_precision_scores_and_loss_are_float32():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.parametrize("length_groups", [1, 3])
+def test_bfloat16_sasrec_scores_and_bce_loss_match_float32_within_the_rounding_tolerance(length_groups):
+    """The speed option of benchmarks/train_speed.py (sasrec_peer_bf16): mixed_bfloat16 against the float32 path.
+    bfloat16 rounds to 2^-8 relative; 2 blocks put ~16 roundings on the scores' path (each of their scale)."""
+    options = {"loss": "bce", "norm": "sasrec", "positions": "absolute", "activation": "relu",
+               "length_groups": length_groups, "seed": 4}
+    reference = make("sasrec", **options)
+    model = make("sasrec", dtype="mixed_bfloat16", **options)
+    model.set_weights(reference.get_weights())
+    items = batch(np.random.default_rng(9))
+    labels = np.where(items > 0, items % N_ITEMS + 1, 0)
+    tolerance = mixed_precision_tolerance("mixed_bfloat16", roundings=16)
+    want, got = reference.last_scores(items).numpy()[:, 1:], model.last_scores(items).numpy()[:, 1:]
+    np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
+    losses = []
+    for m in (reference, model):
+        keras.utils.set_random_seed(0)  # the same negatives
+        losses.append(float(m.compute_loss(items, labels, m(items), training=False)))
+    assert losses[1] == pytest.approx(losses[0], rel=tolerance)
+
+
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
 def test_trains_under_mirrored_strategy_with_gather_only_losses(loss, mirrored_strategy):
     # Both losses only gather rows of the item table; the replicas' sparse gradients differ in size. Item dropout

@@ -56,7 +56,14 @@ def test_every_variant_and_cost_variant_gives_a_valid_config(tmp_path):
     assert pytorch["model"]["attention_initializer"] == torch_in_projection(64)
     assert pytorch["model"]["layer_norm_epsilon"] == 1e-8 and pytorch["optimizer"]["epsilon"] == 1e-8
     assert next_item.ablations("ml-1m") == ["sasrec attention_output_dropout=0", "sasrec torch attention init",
-                                            "sasrec pytorch settings"]
+                                            "sasrec pytorch settings", "sasrec bce", "fame bce", "hymoerec bce"]
+    # the papers' protocol: each model's main run with BCE, nothing else
+    for dataset in ("ml-1m", "beauty"):
+        for model in next_item.MODELS:
+            variant = next_item.run_config(dataset, f"{model} bce", 0, "w", 1, 1)
+            main = next_item.run_config(dataset, model, 0, "w", 1, 1)
+            assert variant["model"].pop("loss") == "bce" and main["model"].pop("loss", "softmax") == "softmax"
+            assert {**variant, "output_dir": None} == {**main, "output_dir": None}
     # the command-line overrides sit on top of the variant's; only data, model and optimizer can be overridden
     optimizer = next_item.run_config("ml-1m", "sasrec", 0, "w", 1, 1, {"optimizer": {"learning_rate": 1e-4}})
     assert optimizer["optimizer"] == {"name": "adam", "learning_rate": 1e-4, "beta_2": 0.999}

@@ -179,7 +179,7 @@ def papers_protocol_table(protocol: dict) -> str:
     """
     def cells(entry):
         if entry is None:
-            return "not run | "
+            return "not run | n/a"
         spread = f" ± {entry['ndcg@10_std']:.4f}" if entry["seeds"] > 1 else ""
         seeds = f"{entry['seeds']} seed{'s' if entry['seeds'] > 1 else ''}" + (", partial" if entry["partial"] else "")
         return f"{entry['ndcg@10']:.4f}{spread} ({seeds}) | {entry['hr@10']:.4f}"

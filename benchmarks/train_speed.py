@@ -356,18 +356,16 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
     common = {k: peer[k] for k in ("hidden_dim", "num_blocks", "num_heads", "dropout")}
     peer_len, peer_batch = o.get("max_len") or peer["max_len"], o.get("batch_size") or peer["batch_size"]
     bounds = o.get("bucket_boundaries") or peer["bucket_boundaries"]
+    # every peer model: the peers' length, batch and optimizer; tfmoe's ones add their options to tfmoe_peer
+    shared = {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"]}
+    tfmoe_peer = {**shared, "options": {**common, **peer["tfmoe"]}}
     configs = {
-        "sasrec_peer": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
-                        "options": {**common, **peer["tfmoe"]}},
-        "sasrec_peer_bucketed": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
-                                 "bucket_boundaries": [b for b in bounds if b < peer_len],
-                                 "options": {**common, **peer["tfmoe"]}},
-        "sasrec_peer_length_groups": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
-                                      "options": {**common, **peer["tfmoe"], "length_groups": peer["length_groups"]}},
-        **{name: {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
-                  "options": {**common, **peer["tfmoe"]}, **option} for name, option in HARDWARE_OPTIONS.items()},
-        "keras_hub_sasrec": {"max_len": peer_len, "batch_size": peer_batch, "optimizer": peer["optimizer"],
-                             "options": {**common, "inner_dim": peer["hidden_dim"], "loss": "bce"}},
+        "sasrec_peer": tfmoe_peer,
+        "sasrec_peer_bucketed": {**tfmoe_peer, "bucket_boundaries": [b for b in bounds if b < peer_len]},
+        "sasrec_peer_length_groups": {**tfmoe_peer, "options": {**tfmoe_peer["options"],
+                                                                "length_groups": peer["length_groups"]}},
+        **{name: {**tfmoe_peer, **option} for name, option in HARDWARE_OPTIONS.items()},
+        "keras_hub_sasrec": {**shared, "options": {**common, "inner_dim": peer["hidden_dim"], "loss": "bce"}},
     }
     for name, preset_name in main["presets"].items():
         preset = presets.get(preset_name)
@@ -439,14 +437,12 @@ def length_group_widths(history: np.ndarray, batch_size: int, groups: int,
         >>> length_group_widths(history, batch_size=4, groups=2)  # widths 0 1 | 2 3: 2*1 + 2*9 < 1*1 + 3*9
         [(1, 2), (3, 2)]
     """
-    from tfmoe.models.length_groups import cheapest_group_starts, row_widths
+    from tfmoe.models.length_groups import plan_length_groups
 
-    widths = row_widths(history).numpy()
     out = []
     for start in range(0, history.shape[0] - batch_size + 1, batch_size):
-        ordered = np.sort(widths[start:start + batch_size])
-        bounds = cheapest_group_starts(ordered, groups, position_cost).numpy().tolist()
-        out += [(max(int(ordered[b - 1]), 1), b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
+        _, starts, widths = plan_length_groups(history[start:start + batch_size], groups, position_cost)
+        out += [(int(w), int(n)) for w, n in zip(widths.numpy(), np.diff(starts.numpy())) if n > 0]
     return out
 
 
@@ -599,10 +595,13 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
                 epoch_forward = sum(model_flops(name, {**config, "max_len": bound}, num_items, bound)["total"]
                                     * rows.size for bound, rows in length_buckets(history, config["bucket_boundaries"]))
             if config["options"].get("length_groups", 1) > 1:  # the work done: each group's rows at its width
+                from tfmoe.models.length_groups import transformer_position_cost
+
                 epoch_forward = sum(model_flops(name, {**config, "max_len": width}, num_items, width)["total"] * rows
                                     for width, rows in length_group_widths(
                                         history, config["batch_size"], config["options"]["length_groups"],
-                                        2 * config["options"]["hidden_dim"] + config["options"]["inner_dim"]))
+                                        transformer_position_cost(config["options"]["hidden_dim"],
+                                                                  config["options"]["inner_dim"])))
         epoch_time = steady_time(timer.times)
         train_flops = 3.0 * epoch_forward
         achieved = train_flops / epoch_time / 1e9

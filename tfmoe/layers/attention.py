@@ -19,6 +19,7 @@ from tfmoe.layers import losses, masking, routing_stats
 from tfmoe.layers.dropout import BitDropout
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
+from tfmoe.utils.xla import dim
 
 
 @keras.saving.register_keras_serializable(package="tfmoe")
@@ -243,7 +244,7 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         out = tf.matmul(tf.reshape(x, [-1, d]), flat_kernel)
         if self.use_bias:
             out += tf.reshape(tf.cast(getattr(self, f"{name}_bias"), dtype), [-1])
-        out = tf.reshape(out, [_dim(x, 0), _dim(x, 1), *heads, dk])
+        out = tf.reshape(out, [dim(x, 0), dim(x, 1), *heads, dk])
         return tf.transpose(out, [0, 2, 3, 1, 4] if name == "query" else [0, 2, 1, 3])
 
     def call(self, inputs, mask=None, training=None, last_query_only=False, context=None):
@@ -256,8 +257,7 @@ class MultiHeadMoEAttention(keras.layers.Layer):
         key_mask = masking.as_bool_mask(mask)
         query_x, query_mask = (x[:, -1:], None if key_mask is None else key_mask[:, -1:]) if last_query_only else (
             x, key_mask)
-        length = query_x.shape[1] if query_x.shape[1] is not None else tf.shape(query_x)[1]  # static under XLA
-        key_length = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+        length, key_length = dim(query_x, 1), dim(x, 1)  # static under XLA
 
         queries = self._project(query_x, "query") * tf.cast(1.0 / math.sqrt(dk), dtype)  # [B, H, N, Lq, d']
         keys = self._project(source, "key")  # [B, H, L, d']
@@ -335,12 +335,6 @@ def _per_expert_matmul(per_expert, shared, transpose_b=False):
     """``[B, H, N, Lq, m] x [B, H, k, m or k] -> [B, H, N, Lq, .]``: the ``N`` experts' rows stacked into one batched
     matmul per (batch, head) against the head's shared keys or values (``bhnlk,bhmk->bhnlm`` with ``transpose_b``,
     ``bhnlm,bhmk->bhnlk`` without)."""
-    batch, heads, n, lq, width = (_dim(per_expert, i) for i in range(5))
+    batch, heads, n, lq, width = (dim(per_expert, i) for i in range(5))
     out = tf.matmul(tf.reshape(per_expert, [batch, heads, -1, width]), shared, transpose_b=transpose_b)
-    return tf.reshape(out, [batch, heads, n, lq, _dim(out, 3)])
-
-
-def _dim(tensor, axis: int):
-    """The static size of ``axis`` where known (so that shapes stay static under XLA), else the dynamic one."""
-    static = tensor.shape[axis]
-    return static if static is not None else tf.shape(tensor)[axis]
+    return tf.reshape(out, [batch, heads, n, lq, dim(out, 3)])

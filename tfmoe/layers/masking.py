@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfmoe.utils.xla import dim
+
 # Added to masked logits before the softmax (float32); exp() of it underflows to exactly 0.
 MASKED_LOGIT = -1e9
 
@@ -49,11 +51,6 @@ def combine_masks(*masks):
         mask = as_bool_mask(mask)
         result = mask if result is None else tf.logical_and(result, mask)
     return result
-
-
-def _length(mask):
-    """Static length of ``mask``'s second axis, or its dynamic length if unknown."""
-    return mask.shape[1] if mask.shape[1] is not None else tf.shape(mask)[1]
 
 
 def causal_mask(query_length, key_length=None):
@@ -85,8 +82,8 @@ def attention_mask(query_mask=None, key_mask=None, causal: bool = False, query_l
     if key_mask is not None:
         parts.append(key_mask[:, None, :])
     if causal:
-        lq = _length(query_mask) if query_mask is not None else query_length
-        lk = _length(key_mask) if key_mask is not None else (key_length if key_length is not None else lq)
+        lq = dim(query_mask, 1) if query_mask is not None else query_length
+        lk = dim(key_mask, 1) if key_mask is not None else (key_length if key_length is not None else lq)
         if lq is None or lk is None:
             raise ValueError("attention_mask: causal masks need the lengths (pass masks or `query_length`)")
         parts.append(causal_mask(lq, lk)[None])

@@ -57,6 +57,7 @@ from tfmoe.models.sasrec import (
 from tfmoe.models.sequence_encoder import normal_or
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import HeadChunks, fresh_initializer, optional_initializer, serialize_optional
+from tfmoe.utils.xla import dim
 
 MIXES = ("logits", "probs")
 FACET_NORMS = ("post", "pre")
@@ -204,7 +205,7 @@ class FacetBlock(keras.layers.Layer):
         _, heads = self.attention(x, mask=mask, training=training, last_query_only=last_only)  # [B, Lq, H, d']
         if last_only:
             x, mask = x[:, -1:], None if mask is None else mask[:, -1:]
-        length = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]  # dynamic with length buckets
+        length = dim(x, 1)  # dynamic with length buckets
         residual = tf.reshape(x, [-1, length, h, dk])
         a = residual + self.attention_output_dropout_layer(heads, training=training)
         if self.norm == "post":

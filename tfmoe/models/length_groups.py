@@ -68,6 +68,23 @@ def cheapest_group_starts(sorted_widths, groups: int, position_cost: float = 0.0
     return tf.stack([tf.constant(0, tf.int32), *reversed(starts)])
 
 
+def transformer_position_cost(hidden_dim: int, inner_dim: int) -> int:
+    """``position_cost`` of a transformer block (see the module docstring): ``2 d + inner``."""
+    return 2 * hidden_dim + inner_dim
+
+
+def plan_length_groups(items, groups: int, position_cost: float = 0.0):
+    """``(order [B], starts [G + 1], widths [G])`` of a left-padded ``items [B, L]`` batch: the rows sorted by width,
+    the groups' offsets in that order (:func:`cheapest_group_starts`) and each group's width, its widest row's
+    (at least 1, also for an empty group)."""
+    widths = row_widths(items)
+    order = tf.argsort(widths, stable=True)
+    sorted_widths = tf.gather(widths, order)
+    starts = cheapest_group_starts(sorted_widths, groups, position_cost)
+    widest = tf.gather(tf.concat([[0], sorted_widths], 0), starts[1:])  # the last row of each group, sorted
+    return order, starts, tf.maximum(tf.where(starts[1:] > starts[:-1], widest, 1), 1)
+
+
 def encode_in_length_groups(encode, items, groups: int, last_only: bool = False, position_cost: float = 0.0):
     """``encode(items)`` of a left-padded ``items [B, L]`` batch, computed in ``groups`` length groups.
 
@@ -85,18 +102,13 @@ def encode_in_length_groups(encode, items, groups: int, last_only: bool = False,
     """
     items = tf.convert_to_tensor(items)
     length = tf.shape(items)[1]
-    widths = row_widths(items)
-    order = tf.argsort(widths, stable=True)
-    sorted_items, sorted_widths = tf.gather(items, order), tf.gather(widths, order)
-    starts = cheapest_group_starts(sorted_widths, groups, position_cost)
+    order, starts, widths = plan_length_groups(items, groups, position_cost)
+    sorted_items = tf.gather(items, order)
     outputs = []
     for g in range(groups):
-        rows = sorted_items[starts[g]:starts[g + 1]]
-        # the group's widest row (its last, sorted); at least 1 column, also for a group of empty rows or none
-        width = tf.maximum(tf.reduce_max(tf.concat([sorted_widths[starts[g]:starts[g + 1]], [1]], 0)), 1)
-        h, _ = encode(rows[:, length - width:])
+        h, _ = encode(sorted_items[starts[g]:starts[g + 1], length - widths[g]:])
         if not last_only:
-            h = tf.pad(h, [[0, 0], [length - width, 0]] + [[0, 0]] * (h.shape.rank - 2))
+            h = tf.pad(h, [[0, 0], [length - widths[g], 0]] + [[0, 0]] * (h.shape.rank - 2))
         outputs.append(h)
     h = tf.gather(tf.concat(outputs, axis=0), tf.math.invert_permutation(order))
     mask = tf.not_equal(items, 0)

@@ -32,7 +32,7 @@ import keras
 import tensorflow as tf
 
 from tfmoe.models import blocks
-from tfmoe.models.length_groups import encode_in_length_groups
+from tfmoe.models.length_groups import encode_in_length_groups, transformer_position_cost
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
 
@@ -190,7 +190,7 @@ class SequenceEncoder(keras.layers.Layer):
 
     def call(self, items, training=None, last_only=False):
         if self.length_groups > 1:
-            position_cost = 2 * self.hidden_dim + (self.inner_dim or 4 * self.hidden_dim)  # per attention pair
+            position_cost = transformer_position_cost(self.hidden_dim, self.inner_dim or 4 * self.hidden_dim)
             return encode_in_length_groups(lambda rows: self.encode(rows, training, last_only), items,
                                            self.length_groups, last_only, position_cost)
         return self.encode(items, training, last_only)

@@ -1,12 +1,14 @@
-"""Whether the code being traced will be compiled by XLA (``jit_compile=True``).
+"""Whether the code being traced will be compiled by XLA (``jit_compile=True``), and shapes that stay static for it.
 
 Example:
     >>> import tensorflow as tf
-    >>> from tfmoe.utils.xla import in_xla_context
+    >>> from tfmoe.utils.xla import dim, in_xla_context
     >>> in_xla_context()  # eager
     False
     >>> bool(tf.function(lambda: tf.constant(in_xla_context()), jit_compile=True)())
     True
+    >>> dim(tf.zeros([2, 3]), 1)
+    3
 """
 
 from __future__ import annotations
@@ -22,3 +24,10 @@ def in_xla_context() -> bool:
     if tf.executing_eagerly():
         return False
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+def dim(tensor, axis: int):
+    """The static size of ``tensor``'s ``axis`` where known (shapes built from it stay static under XLA), else its
+    dynamic size (a scalar tensor)."""
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer
+from tfmoe.utils.xla import dim
 
 HISTORY = "history"
 HISTORY_LENGTH = "history_length"
@@ -51,7 +52,7 @@ def history_mask(features, owner: str = "history_mask"):
     items = tf.convert_to_tensor(require(owner, features, HISTORY))
     mask = tf.not_equal(items, tf.zeros([], items.dtype))
     if HISTORY_LENGTH in features:
-        length = items.shape[1] if items.shape[1] is not None else tf.shape(items)[1]
+        length = dim(items, 1)
         lengths = tf.cast(tf.reshape(features[HISTORY_LENGTH], [-1, 1]), tf.int32)
         mask = tf.logical_and(mask, tf.range(length)[None, :] >= length - lengths)
     return mask

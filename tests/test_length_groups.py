@@ -150,6 +150,14 @@ def test_fit_trains_with_length_groups_and_jit_compile_is_refused():
         model.compile(optimizer="adam", jit_compile=True)
 
 
+def test_code_compiled_by_xla_encodes_the_batch_as_it_is():
+    """A serving signature exported with jit_compile: under XLA the encoder encodes the batch as it is."""
+    items = left_padded(6, seed=5)
+    plain, grouped = pair(SASRec, 3)
+    scores = tf.function(lambda x: grouped.last_scores({"history": x}), jit_compile=True)(items)
+    np.testing.assert_allclose(scores, plain.last_scores({"history": items}), rtol=1e-5, atol=1e-5)
+
+
 def test_length_groups_are_validated_and_saved():
     with pytest.raises(ValueError, match=r"SASRec: .*`length_groups` must be an integer >= 1, got 0"):
         SASRec(num_items=N_ITEMS, max_len=MAX_LEN, length_groups=0)

@@ -20,7 +20,9 @@ the real items (both of :class:`~tfmoe.models.blocks.ItemEncoder`'s). Only the r
 rows' real widths rounded up to their group's. On ML-1M at length 200 (46% padding), four groups do about 54% of
 the padded work (the rows' own widths: 46%).
 
-Shapes are dynamic (each group's width is a tensor), so XLA cannot compile it; layers whose outputs depend on
+Shapes are dynamic (each group's width is a tensor): XLA pads dynamic sizes back to their static bound, so
+grouping saves nothing there and :class:`~tfmoe.models.sequence_encoder.SequenceEncoder` encodes the batch as it is
+under XLA. Layers whose outputs depend on
 the whole batch (token-routed experts with a capacity or a batch-level balance loss) would see per-group batches,
 so :class:`~tfmoe.models.sequence_encoder.SequenceEncoder` allows groups with its dense FFNs only.
 

@@ -35,6 +35,7 @@ from tfmoe.models import blocks
 from tfmoe.models.length_groups import encode_in_length_groups, transformer_position_cost
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer, optional_initializer, serialize_optional
+from tfmoe.utils.xla import in_xla_context
 
 
 def normal_or(initializer_range, default):
@@ -73,7 +74,8 @@ class SequenceEncoder(keras.layers.Layer):
         length_groups: encode each batch in this many groups of rows sorted by history length, each group cut to
             its longest history (default 1: the batch as it is). The outputs are the same (only dropout draws
             differ); the work on padding drops. Needs the default FFNs (an FFN layer that routes tokens would see
-            per-group batches) and runs without XLA (the groups' widths are dynamic).
+            per-group batches). The groups' widths are dynamic, which XLA pads back to their bound, so code that XLA
+            compiles (a serving signature exported with ``jit_compile``) encodes the batch as it is.
 
     Call: ``encoder(items [B, L] int, training=None, last_only=False)`` -> ``(h [B, L, d], mask [B, L] bool)``;
     with ``last_only=True``: ``(h [B, 1, d], mask [B, 1])`` of the last position.
@@ -189,7 +191,7 @@ class SequenceEncoder(keras.layers.Layer):
         self.built = True
 
     def call(self, items, training=None, last_only=False):
-        if self.length_groups > 1:
+        if self.length_groups > 1 and not in_xla_context():  # XLA would pad the groups back to L
             position_cost = transformer_position_cost(self.hidden_dim, self.inner_dim or 4 * self.hidden_dim)
             return encode_in_length_groups(lambda rows: self.encode(rows, training, last_only), items,
                                            self.length_groups, last_only, position_cost)

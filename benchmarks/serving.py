@@ -1,10 +1,11 @@
 """Serving load test: latency and throughput over gRPC on loopback while a new model version is pushed.
 
-Exports version 1 of a next-item model (or takes an existing export), starts a model server on a
+Exports version 1 of a next-item or CTR model (or takes an existing export), starts a model server on a
 free loopback port (the real ``tensorflow_model_server`` if it is on PATH, else the local model
 server, with the same flags), then runs one bounded phase per request batch size of concurrent
-clients, each sending ``top_k`` requests (raw ``[batch, max_len]`` histories, the online path) back
-to back (the default variant: batch 1, one user per request, then batch 64).
+clients, each sending requests of the online path back to back (the default variant: batch 1, one user per
+request, then batch 64): ``top_k`` requests with raw ``[batch, max_len]`` histories for a next-item model,
+``predict_raw`` requests with histories and a candidate ``target_item`` per row for a CTR model.
 
 Halfway through each phase a new version is pushed the way the TFX Pusher does it (copied into
 a staging directory, then renamed into place); the server loads and warms it up, switches to it
@@ -24,6 +25,10 @@ from the command line:
 * ``--model-dir DIR``: an existing base path; its latest version is served and re-pushed as new
   version numbers (the record's data hash is that version's files).
 
+The variants ``ctr_din_l1000`` and ``ctr_mos_din_l1000`` serve the long-CTR benchmark's DIN and MoS-DIN at history
+length 1,000 (``registry`` factory, random weights), every request with full 1,000-item histories: run them one
+after the other on quiet cores to set MoS-DIN's latency next to DIN's.
+
 Version 1 is exported once; the pushed versions are copies of it under new version numbers (the
 server loads, warms up, switches and unloads exactly as for new weights, without paying for more
 exports during the run). The load average of the machine is sampled every second of each phase
@@ -37,6 +42,8 @@ for SASRec with a 200-item history on 2 cores: zero failed requests and ``batch1
 Usage:
     .venv/bin/python benchmarks/serving.py                 # SASRec, 2 phases of 30 s
     .venv/bin/python benchmarks/serving.py --quick         # smoke run on a toy model
+    .venv/bin/python benchmarks/serving.py --variant ctr_din_l1000 && \\
+        .venv/bin/python benchmarks/serving.py --variant ctr_mos_din_l1000
     .venv/bin/python benchmarks/serving.py --model-factory mypackage.models:serving_model
 """
 
@@ -69,8 +76,10 @@ SETTINGS_FILE = os.path.join(paths.BENCHMARKS, "settings", "serving.yaml")
 with open(SETTINGS_FILE, encoding="utf-8") as _f:
     SETTINGS = yaml.safe_load(_f)
 MODEL_NAME = "recs"
-SIGNATURE = "top_k"
+# the signature each task's online requests call: raw [batch, max_len] histories (and a CTR model's candidates)
+SIGNATURES = {"next_item": "top_k", "ctr": "predict_raw"}
 HISTORY = "history"
+TARGET_ITEM = "target_item"
 LOAD_AVERAGE_NOTE = "1/5/15-min load averages of the whole machine (shared with other jobs)"
 
 
@@ -102,6 +111,26 @@ def model_factory(model: dict):
             return built, spec_for_model(built, top_k=model["top_k"])
 
         return sasrec
+    if factory == "registry":
+        def registered():
+            import keras
+
+            from tfmoe.models import presets, registry
+            from tfmoe.serving.model_specs import spec_for_model
+
+            arguments = dict(options)
+            preset = presets.get(arguments.pop("preset")) if "preset" in arguments else None
+            name = arguments.pop("name", preset and preset["model"])
+            if not name:
+                raise ValueError(f"serving: model factory 'registry' needs options.name or options.preset, got "
+                                 f"{sorted(options)}")
+            if preset:
+                arguments = {"max_len": preset["max_len"], **preset["options"], **arguments}
+            keras.utils.set_random_seed(model["seed"])  # random weights: latency does not depend on them
+            built = registry.build_model(name, **arguments)
+            return built, spec_for_model(built, top_k=model["top_k"])
+
+        return registered
     if factory == "demo":
         def demo():
             from tfmoe.serving import demo_models
@@ -123,6 +152,7 @@ class VersionSource:
         self.jit_compile = config["xla"]
         self.batch_sizes = tuple(config["batch_sizes"])
         self.files = []  # the files read as data: an existing export
+        self.task = config.get("task") or "next_item"  # an export's task; a built model's comes from its spec
         model = config["model"]
         if model.get("model_dir"):
             from tfmoe.serving import layout
@@ -138,6 +168,7 @@ class VersionSource:
             self.write = self._export_fn
         else:
             self.model, self.spec = model_factory(model)()
+            self.task = self.spec.task
             self.write = self._export
             history = self.spec.feature(self.spec.history_feature)
             self.num_items = self.num_items or (history.vocab_size - 1 if history.vocab_size else None)
@@ -166,23 +197,35 @@ def push(staged_dir: str, base_path: str, version: int) -> None:
 
 
 def build_requests(num_items: int, max_len: int, batch_size: int, seed: int, history_len: int | None = None,
-                   pool_size: int = 64) -> list:
-    """``pool_size`` pre-built ``top_k`` requests with random histories of ids 1..num_items.
+                   pool_size: int = 64, task: str = "next_item") -> list:
+    """``pool_size`` pre-built requests of ``task``'s signature (:data:`SIGNATURES`) with random histories of ids
+    1..num_items: ``top_k`` with ``exclude_seen`` for a next-item model, ``predict_raw`` with a random candidate
+    ``target_item`` per row for a CTR model.
 
     Every history has ``history_len`` items (default ``max_len``: full histories), or, with
     ``history_len=0``, a random length in 1..max_len.
+
+    Example:
+        >>> pool = build_requests(100, 8, batch_size=2, seed=0, pool_size=3, task="ctr")
+        >>> len(pool), pool[0].model_spec.signature_name, sorted(pool[0].inputs)
+        (3, 'predict_raw', ['history', 'target_item'])
     """
     from tfmoe.serving import requests
 
+    if task not in SIGNATURES:
+        raise ValueError(f"serving: unknown task {task!r} (have {sorted(SIGNATURES)})")
     rng = np.random.default_rng(seed)
     pool = []
     for _ in range(pool_size):
         lengths = (rng.integers(1, max_len + 1, size=batch_size) if history_len == 0 else
                    np.full(batch_size, min(history_len or max_len, max_len)))
         histories = [rng.integers(1, num_items + 1, size=n) for n in lengths]
-        pool.append(requests.predict_request(MODEL_NAME, {
-            HISTORY: requests.pad_histories(histories, max_len),
-            "exclude_seen": np.ones(batch_size, bool)}, signature=SIGNATURE))
+        inputs = {HISTORY: requests.pad_histories(histories, max_len)}
+        if task == "ctr":
+            inputs[TARGET_ITEM] = rng.integers(1, num_items + 1, size=batch_size).astype(np.int64)
+        else:
+            inputs["exclude_seen"] = np.ones(batch_size, bool)
+        pool.append(requests.predict_request(MODEL_NAME, inputs, signature=SIGNATURES[task]))
     return pool
 
 
@@ -290,11 +333,12 @@ def wait_for_version(target: str, version: int, timeout: float) -> float:
     return time.perf_counter() - started
 
 
-def resolved_config(config: dict, *, server: str, max_len: int, num_items: int) -> dict:
-    """The config a run measured: the variant's (with the command line's changes), the server kind, the served
-    ``max_len``, the ids' range and the history length of the requests."""
+def resolved_config(config: dict, *, server: str, max_len: int, num_items: int, task: str = "next_item") -> dict:
+    """The config a run measured: the variant's (with the command line's changes), the server kind, the task and its
+    signature, the served ``max_len``, the ids' range and the history length of the requests."""
     history_len = max_len if config["history_len"] is None else config["history_len"]
-    return {**config, "server": server, "signature": SIGNATURE, "max_len": max_len, "num_items": num_items,
+    return {**config, "server": server, "task": task, "signature": SIGNATURES[task], "max_len": max_len,
+            "num_items": num_items,
             "history_len": history_len, "client_retries": 0}
 
 
@@ -323,7 +367,8 @@ def apply_arguments(config: dict, args) -> dict:
         config["model"] = {"model_dir": args.model_dir}
     for key, value in (("num_items", args.num_items), ("clients", args.clients),
                        ("phase_duration_s", args.duration), ("max_requests_per_phase", args.max_requests),
-                       ("request_timeout_s", args.timeout), ("xla", args.xla), ("history_len", args.history_len)):
+                       ("request_timeout_s", args.timeout), ("xla", args.xla), ("history_len", args.history_len),
+                       ("task", args.task)):
         if value is not None:
             config[key] = value
     config["server_flags"] = [*config["server_flags"], *args.server_flag]
@@ -348,6 +393,8 @@ def parse_arguments(argv=None):
                         help="extra server flag, e.g. --server-flag=--tensorflow_intra_op_parallelism=1")
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                         help="export with XLA (export_model(jit_compile=True); default: the variant's)")
+    parser.add_argument("--task", choices=sorted(SIGNATURES),
+                        help="the task of an --export-fn or --model-dir model (default: next_item)")
     parser.add_argument("--history-len", type=int, help="items per history (default: max_len; 0: random lengths)")
     parser.add_argument("--label", help="the record's variant label (default: the variant's name; custom when the "
                                         "model comes from the command line)")
@@ -391,12 +438,14 @@ def main(argv=None) -> int:
         record = None
         try:
             with ServingClient(server.target) as client:
-                max_len = client.input_shape(MODEL_NAME, SIGNATURE, HISTORY)[1]
-            resolved = resolved_config(config, server=server.kind, max_len=max_len, num_items=versions.num_items)
+                max_len = client.input_shape(MODEL_NAME, SIGNATURES[versions.task], HISTORY)[1]
+            resolved = resolved_config(config, server=server.kind, max_len=max_len, num_items=versions.num_items,
+                                       task=versions.task)
             results, swaps = {}, {}
             for phase, (batch_size, version) in enumerate(zip(batch_sizes, new_versions)):
                 pool = build_requests(versions.num_items, max_len, batch_size, seed=config["seed"] + phase,
-                                      history_len=config["history_len"], pool_size=config["request_pool"])
+                                      history_len=config["history_len"], pool_size=config["request_pool"],
+                                      task=versions.task)
                 swap = {}
 
                 def on_halfway(version=version, swap=swap):

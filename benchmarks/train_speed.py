@@ -18,7 +18,9 @@ One run trains, in turns of one epoch each (so that drifting load on a shared ma
 * ``keras_hub_sasrec``: the same model written the way a Keras user would (:class:`KerasHubSASRec`: keras-hub's
   ``TransformerDecoder``, ``ReversibleEmbedding`` and ``PositionEmbedding``, adapted from keras-rs's SASRec example);
 * ``sasrec``, ``fame``, ``hymoerec``: the next-item benchmark's ML-1M main settings (d 64, full cross-entropy);
-* ``din``, ``mos_din``: long-sequence CTR at length 1,000 (one positive and one negative per user).
+* ``din``, ``mos_din``, ``gshard_din``, ``expert_choice_din``: long-sequence CTR at length 1,000 (one positive and
+  one negative per user): DIN, MoS around it, and the token-routed MoE baselines around it (GShard top-2 and expert
+  choice, 8 experts as MoS has 8 themes).
 
 Settings: ``benchmarks/settings/train_speed.yaml``. Data: ML-1M (``../shared/data/ml-1m/ml-1m.txt``) when present,
 else the synthetic log of :mod:`tfmoe.data.synthetic`; each user's items but the last two (the evaluation items of
@@ -33,6 +35,8 @@ the float32 and bfloat16 matmul peak measured in the same run (:func:`matmul_pea
     fame_over_sasrec_time         = t(fame) / t(sasrec)
     hymoerec_over_sasrec_time     = t(hymoerec) / t(sasrec)
     mos_din_over_din_time         = t(mos_din) / t(din)
+    gshard_din_over_din_time      = t(gshard_din) / t(din)
+    expert_choice_din_over_din_time = t(expert_choice_din) / t(din)
 
 Nothing else should run on the cores meanwhile: a 1-minute load average above ``max_load`` (0.5) at the start is
 warned about and recorded, with the load averages before and after. One record per run
@@ -66,7 +70,7 @@ with open(SETTINGS_FILE, encoding="utf-8") as _f:
 BENCHMARK = "train_speed"
 PEER_MODELS = ("sasrec_peer", "sasrec_peer_bucketed", "sasrec_peer_length_groups", "keras_hub_sasrec")
 MAIN_MODELS = ("sasrec", "fame", "hymoerec")
-CTR_MODELS = ("din", "mos_din")
+CTR_MODELS = ("din", "mos_din", "gshard_din", "expert_choice_din")
 MODELS = PEER_MODELS + MAIN_MODELS + CTR_MODELS
 HARDWARE_OPTIONS = {"sasrec_peer_xla": {"jit_compile": True}, "sasrec_peer_bf16": {"dtype": "mixed_bfloat16"}}
 RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
@@ -74,7 +78,9 @@ RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
           "sasrec_length_groups_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer_length_groups"),
           "fame_over_sasrec_time": ("fame", "sasrec"),
           "hymoerec_over_sasrec_time": ("hymoerec", "sasrec"),
-          "mos_din_over_din_time": ("mos_din", "din")}
+          "mos_din_over_din_time": ("mos_din", "din"),
+          "gshard_din_over_din_time": ("gshard_din", "din"),
+          "expert_choice_din_over_din_time": ("expert_choice_din", "din")}
 
 
 # ----- FLOPs ---------------------------------------------------------------------------------------------
@@ -379,6 +385,8 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
     mos_options = {**mos["options"], **ctr["mos_din"]["options"], **(o.get("mos_din") or {})}
     configs["mos_din"] = {"max_len": ctr_len, "batch_size": ctr_batch, "optimizer": ctr["optimizer"],
                           "preset": ctr["mos_din"]["preset"], "options": mos_options}
+    for name in ("gshard_din", "expert_choice_din"):  # the baselines: din's options and their routing
+        configs[name] = {**configs["din"], "options": {**ctr["din"], **ctr[name]}}
     for config in configs.values():
         config["num_items"] = num_items
     return copy.deepcopy(configs)

@@ -5,6 +5,7 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -25,7 +26,7 @@ def _file_variants(name):
 @pytest.mark.parametrize("module", [moe_layers, data_pipeline, serving], ids=lambda m: m.BENCHMARK)
 def test_every_variant_is_a_complete_config_read_from_the_settings_file(module):
     variants = _file_variants(module.BENCHMARK)
-    assert set(variants) == {"default", "quick"}
+    assert {"default", "quick"} <= set(variants)
     for name, config in variants.items():
         assert module.variant_config(name) == config
         assert set(config) == set(variants["default"]), name  # no variant leans on another
@@ -142,8 +143,8 @@ def test_a_serving_record_is_the_resolved_config_and_the_phases(tmp_path):
     config = serving.apply_arguments(serving.variant_config(args.variant), args)
     assert config == serving.variant_config("default")  # no arguments: the settings file's variant
     resolved = serving.resolved_config(config, server="local", max_len=200, num_items=3416)
-    assert resolved == {**config, "server": "local", "signature": "top_k", "max_len": 200, "num_items": 3416,
-                        "history_len": 200, "client_retries": 0}
+    assert resolved == {**config, "server": "local", "task": "next_item", "signature": "top_k", "max_len": 200,
+                        "num_items": 3416, "history_len": 200, "client_retries": 0}
     metrics = serving.serving_metrics({"batch1": _phase(), "batch64": _phase(failed=2)},
                                       {"version_2_push_to_serving_s": 1.5, "version_3_push_to_serving_s": 2.0},
                                       [0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
@@ -169,3 +170,43 @@ def test_serving_arguments_change_the_variant_and_pick_the_model():
     history = spec.feature(spec.history_feature)
     assert history.vocab_size == 1001 and history.max_len == 50 and spec.top_k == 10
     assert model.count_params() > 0
+
+
+def test_the_ctr_serving_variants_serve_the_long_ctr_benchmarks_din_and_mos_din_at_length_1000():
+    from benchmarks import long_ctr
+
+    for variant, name in (("ctr_din_l1000", "din"), ("ctr_mos_din_l1000", "mos_din")):
+        config = serving.variant_config(variant)
+        model, spec = serving.model_factory(config["model"])()
+        assert spec.task == "ctr" and type(model).__name__ == {"din": "DIN", "mos_din": "MoSDIN"}[name]
+        assert {f.name for f in spec.features} == {"history", "target_item"}
+        assert spec.feature("history").max_len == 1000 and model.num_items == 3416
+        expected = long_ctr.model_options(name, 1000, "ml-1m-ctr-pop")
+        expected.pop("name")
+        for key, value in expected.items():  # the long-CTR benchmark's model, option by option
+            served = getattr(model, key)
+            assert (list(served) if isinstance(value, list) else served) == value, (variant, key)
+    with pytest.raises(ValueError, match="options.name or options.preset"):
+        serving.model_factory({"factory": "registry", "options": {"num_items": 5}, "seed": 0})()
+
+
+def test_ctr_requests_carry_histories_and_one_candidate_per_row():
+    import tensorflow as tf
+
+    pool = serving.build_requests(50, 12, batch_size=3, seed=1, history_len=0, pool_size=4, task="ctr")
+    assert len(pool) == 4
+    for request in pool:
+        assert request.model_spec.name == serving.MODEL_NAME and request.model_spec.signature_name == "predict_raw"
+        history = tf.make_ndarray(request.inputs["history"])
+        target = tf.make_ndarray(request.inputs["target_item"])
+        assert history.shape == (3, 12) and target.shape == (3,) and target.dtype == np.int64
+        assert ((1 <= target) & (target <= 50)).all() and ((0 <= history) & (history <= 50)).all()
+        lengths = np.count_nonzero(history, axis=1)
+        assert ((1 <= lengths) & (lengths <= 12)).all()
+        assert all((row[:12 - n] == 0).all() for row, n in zip(history, lengths))  # left-padded
+    (top_k,) = serving.build_requests(50, 12, batch_size=2, seed=1, pool_size=1)
+    assert top_k.model_spec.signature_name == "top_k" and set(top_k.inputs) == {"history", "exclude_seen"}
+    assert serving.resolved_config(serving.variant_config("ctr_din_l1000"), server="local", max_len=1000,
+                                   num_items=3416, task="ctr")["signature"] == "predict_raw"
+    with pytest.raises(ValueError, match="unknown task 'ranking'"):
+        serving.build_requests(50, 12, batch_size=1, seed=0, task="ranking")

@@ -72,9 +72,28 @@ def test_tfmoe_and_keras_hub_sasrec_train_on_the_same_batches(record):
     assert ours["train_flops_per_epoch"] == theirs["train_flops_per_epoch"]
     for name in train_speed.MAIN_MODELS:  # the main models share their batches too
         assert models[name]["batches"] == models["sasrec"]["batches"]
+    for name in train_speed.CTR_MODELS:  # so do DIN, MoS-DIN and the MoE baselines
+        assert models[name]["batches"] == models["din"]["batches"]
     for name, r in models.items():
         batch = record["config"]["models"][name]["batch_size"]
         assert all(steps * batch == r["sequences_per_epoch"] for steps in r["steps_per_epoch"]), name
+
+
+def test_the_moe_baselines_are_din_with_their_routing_at_the_same_length_and_batches():
+    configs = train_speed.model_configs(3416)
+    din = configs["din"]
+    assert din["max_len"] == 1000
+    routing = {"gshard_din": {"num_experts": 8, "k": 2, "capacity_factor": 1.25, "load_balance_weight": 0.01},
+               "expert_choice_din": {"num_experts": 8, "capacity_factor": 2.0}}
+    for name, options in routing.items():
+        config = configs[name]
+        assert config["options"] == {**din["options"], **options}
+        assert {k: config[k] for k in ("max_len", "batch_size", "optimizer", "num_items")} == {
+            k: din[k] for k in ("max_len", "batch_size", "optimizer", "num_items")}
+        assert train_speed.arrays_key(name, config) == train_speed.arrays_key("din", din)  # the same batches
+    assert configs["mos_din"]["options"]["num_themes"] == 8  # as many themes as the baselines have experts
+    assert train_speed.RATIOS["gshard_din_over_din_time"] == ("gshard_din", "din")
+    assert train_speed.RATIOS["expert_choice_din_over_din_time"] == ("expert_choice_din", "din")
 
 
 def test_the_flop_counter_matches_hand_counts():

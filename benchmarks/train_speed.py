@@ -626,10 +626,21 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
                "data": {"name": data_name, "users": len(sequences), "num_items": num_items}}
     config = {"models": {n: configs[n] for n in turns}, "epochs": epochs, "matmul": matmul,
               "data": {"name": data_name, "users": users, "ctr_samples_per_user": ctr["samples_per_user"]}}
-    record = records.make_record(BENCHMARK, data_name, config, metrics, epochs=epochs, seed=seed, partial=False,
-                                 data_files=files, command=command)
+    record = records.make_record(BENCHMARK, variant_label(data_name, models), config, metrics, epochs=epochs,
+                                 seed=seed, partial=False, data_files=files, command=command)
     record["path"] = records.write_record(record, out_records or records.ROOT)
     return record
+
+
+def variant_label(data_name: str, models) -> str:
+    """The record's variant: the data's name for a run of the default models, else ``<data>/<model>+<model>...``
+    with the models sorted (a run of some models is a record of its own, not the current full run).
+
+    Example:
+        >>> variant_label("ml-1m", MODELS), variant_label("ml-1m", ["din", "mos_din"])
+        ('ml-1m', 'ml-1m/din+mos_din')
+    """
+    return data_name if sorted(models) == sorted(MODELS) else f"{data_name}/{'+'.join(sorted(models))}"
 
 
 def summary(record: dict) -> str:

@@ -154,6 +154,11 @@ def test_padding_never_leaks(name, extra):
     pad = {k: np.concatenate([np.full((6, 5), -1 if k == "history_session_ids" else 0, v.dtype), v], axis=1)
            for k, v in x.items() if v.ndim == 2}
     np.testing.assert_allclose(longer({**x, **pad}).numpy(), logits, atol=1e-5)
+    # So does less: the rows of at most 7 items, cut to any width that holds them (what length groups would feed).
+    short = x["history_length"] <= 7
+    for width in (7, 9):
+        cut = {k: (v[short][:, L - width:] if v.ndim == 2 else v[short]) for k, v in x.items()}
+        np.testing.assert_allclose(model(cut).numpy(), logits[short], atol=1e-5, err_msg=f"width {width}")
     if name.startswith("mos_"):
         routed, routed_noisy = model.routing(x), model.routing(noisy)
         for key in ("routing_probs", "target_probs", "theme_item_mask"):

@@ -20,6 +20,9 @@ the real items (both of :class:`~tfmoe.models.blocks.ItemEncoder`'s). Only the r
 rows' real widths rounded up to their group's. On ML-1M at length 200 (46% padding), four groups do about 54% of
 the padded work (the rows' own widths: 46%).
 
+:func:`call_in_length_groups` does the same for a model of a features dict that returns one output per row (a CTR
+model's logits): every ``[B, L]`` history feature is cut with the history, the others go with their rows.
+
 Shapes are dynamic (each group's width is a tensor): XLA pads dynamic sizes back to their static bound, so
 grouping saves nothing there and :class:`~tfmoe.models.sequence_encoder.SequenceEncoder` encodes the batch as it is
 under XLA. Layers whose outputs depend on
@@ -117,3 +120,43 @@ def encode_in_length_groups(encode, items, groups: int, last_only: bool = False,
     if last_only:
         mask = mask[:, -1:]
     return tf.ensure_shape(h, mask.shape.concatenate(h.shape[2:])), mask
+
+
+def call_in_length_groups(call, features: dict, groups: int, mask, position_cost: float = 0.0):
+    """``call(features)`` of a batch of left-padded histories, computed in ``groups`` length groups.
+
+    Args:
+        call: ``features dict -> [b, ...]``, one output per row that depends on the row's own real history positions
+            only (e.g. a CTR model's logits in inference mode).
+        features: ``{name: tensor}``; the rank-2 features whose names start with ``history`` are ``[B, L]``
+            histories (ids, categories, timestamps, session ids) and are cut to each group's width; the others
+            (``[B]`` targets, ``history_length``, ...) are taken row by row.
+        groups: the number of groups ``G >= 1``.
+        mask: ``[B, L]`` bool, the real history positions (a row's width counts from its first one).
+        position_cost: the split's cost model (:func:`cheapest_group_starts`).
+
+    Returns:
+        ``call``'s output for the whole batch, in the rows' order.
+
+    Example:
+        >>> import numpy as np
+        >>> features = {"history": np.array([[0, 0, 3], [1, 2, 3], [0, 4, 5]]), "target_item": np.array([7, 8, 9])}
+        >>> count = lambda f: tf.reduce_sum(tf.cast(f["history"] != 0, tf.int32), 1) * 10 + tf.shape(f["history"])[1]
+        >>> call_in_length_groups(count, features, 3, features["history"] != 0).numpy().tolist()  # width of each group
+        [11, 33, 22]
+    """
+    mask = tf.convert_to_tensor(mask)
+    length = tf.shape(mask)[1]
+    order, starts, widths = plan_length_groups(tf.cast(mask, tf.int32), groups, position_cost)
+    features = {key: tf.convert_to_tensor(value) for key, value in features.items()}
+    outputs = []
+    for g in range(groups):
+        rows = order[starts[g]:starts[g + 1]]
+        part = {}
+        for key, value in features.items():
+            value = tf.gather(value, rows)
+            if key.startswith("history") and value.shape.rank == 2:
+                value = value[:, length - widths[g]:]
+            part[key] = value
+        outputs.append(call(part))
+    return tf.gather(tf.concat(outputs, axis=0), tf.math.invert_permutation(order))

@@ -45,6 +45,7 @@ import tensorflow as tf
 from tfmoe.layers import masking
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
+from tfmoe.utils.xla import dim
 
 
 class SequenceLayer(keras.layers.Layer):
@@ -219,7 +220,7 @@ class TransActEncoder(Backbone):
 
     def _attention(self, i, x, key_mask, training):
         dm, h = x.shape[-1], self.num_heads
-        length = x.shape[1]
+        length = dim(x, 1)  # may be dynamic (a batch cut to its widest row)
         qkv = tf.reshape(self.qkv_layers[i](x), [-1, length, 3, h, dm // h])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, T, dh]
         scores = tf.matmul(qkv[0], qkv[1], transpose_b=True) * tf.cast(1.0 / math.sqrt(dm // h), x.dtype)
@@ -320,9 +321,9 @@ class TwinAttention(Backbone):
 
     def call(self, sequence, mask, target, training=None):
         seq, mask, q = _inputs(self, sequence, mask, target)
-        length, d = seq.shape[1], seq.shape[-1]
+        length, d = dim(seq, 1), seq.shape[-1]  # the length may be dynamic (a batch cut to its widest row)
         h, dh = self.num_heads, self._head_dim(d)
-        k = min(self.top_k, length)
+        k = min(self.top_k, length) if isinstance(length, int) else tf.minimum(self.top_k, length)
         keys = tf.transpose(tf.reshape(self.key_projection(seq), [-1, length, h, dh]), [0, 2, 1, 3])  # [B,H,S,dh]
         query = tf.reshape(self.query_projection(q), [-1, h, dh, 1])
         scores = tf.cast(tf.matmul(keys, query)[..., 0], tf.float32) * (1.0 / math.sqrt(dh))  # [B, H, S]

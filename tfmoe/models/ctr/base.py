@@ -29,6 +29,16 @@ Common options (every CTR model):
     mlp_units: hidden sizes of the prediction MLP (default [200, 80]).
     mlp_activation: their activation (default ``"relu"``).
     dropout: dropout in the prediction MLP (default 0).
+    length_groups: score and train each batch in this many groups of rows of similar history length, each
+        group's history features cut to its longest real history
+        (:func:`tfmoe.models.length_groups.call_in_length_groups`); default 1, the padded batch. The
+        single-backbone models (DIN, TWIN, TransAct) compute each row from its own real positions at any width,
+        so the logits, the loss and the gradients are those of the padded batch, for less work on long padded
+        histories. MoS (a session grid sized from ``max_len``, batch-level load-balance and codebook losses) and
+        the token-routed baselines (batch-level capacity) refuse groups (``interest.supports_length_groups``).
+        ``compile(jit_compile=True)`` with groups is an error (``"auto"`` compiles without XLA); code that XLA
+        compiles anyway (a serving signature exported with ``jit_compile``) scores the batch as it is: XLA would
+        pad the groups back to ``L``.
 
 Example:
     >>> import numpy as np
@@ -55,11 +65,16 @@ from tfmoe.models.ctr import checkpoints
 from tfmoe.models.ctr import inputs as ci
 from tfmoe.models.ctr.heads import PredictionHead, binary_cross_entropy
 from tfmoe.models.keras_conventions import KerasConventions
+from tfmoe.models.length_groups import call_in_length_groups
 from tfmoe.models.losses import training_objective
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
+from tfmoe.utils.xla import in_xla_context
 
-COMMON_OPTIONS = ("embedding_dim", "category_dim", "mlp_units", "mlp_activation", "dropout")
+COMMON_OPTIONS = ("embedding_dim", "category_dim", "mlp_units", "mlp_activation", "dropout", "length_groups")
+# The length groups' split cost model: a CTR interest layer's work per row grows linearly with its width
+# (target attention, session pooling), so a large position cost makes c(w) = w (w + cost) about linear.
+LINEAR_WIDTH_COST = 1.0e4
 MODEL_KWARGS = ("name", "dtype", "trainable", "autocast")
 
 
@@ -71,16 +86,17 @@ class CTRModel(KerasConventions, keras.Model):
         num_items, max_len, num_categories: the data's sizes.
         interest: an interest layer (:mod:`tfmoe.models.ctr.interest`), or a callable
             ``(dtype=, name=) -> layer`` that makes one with the model's dtype policy.
-        embedding_dim, category_dim, mlp_units, mlp_activation, dropout: the common options.
+        embedding_dim, category_dim, mlp_units, mlp_activation, dropout, length_groups: the common options.
     """
 
     def __init__(self, num_items, max_len, num_categories=0, interest=None, embedding_dim=32, category_dim=16,
-                 mlp_units=(200, 80), mlp_activation="relu", dropout=0.0, **kwargs):
+                 mlp_units=(200, 80), mlp_activation="relu", dropout=0.0, length_groups=1, **kwargs):
         super().__init__(**kwargs)
         owner = type(self).__name__
         self.num_items = v.check_int(owner, "num_items", num_items, minimum=1)
         self.max_len = v.check_int(owner, "max_len", max_len, minimum=1)
         self.num_categories = v.check_int(owner, "num_categories", num_categories, minimum=0)
+        self.length_groups = v.check_int(owner, "length_groups", length_groups, minimum=1)
         self.embedding = self._checked(ci.FeatureEmbedding, self.num_items, self.num_categories, embedding_dim,
                                        category_dim, dtype=self.dtype_policy, name="embedding")
         self.head = self._checked(PredictionHead, mlp_units, mlp_activation, dropout, dtype=self.dtype_policy,
@@ -97,6 +113,10 @@ class CTRModel(KerasConventions, keras.Model):
         if not isinstance(interest, keras.layers.Layer):
             interest = self._checked(interest, dtype=self.dtype_policy, name="interest")
         self.interest = interest
+        if self.length_groups > 1 and not interest.supports_length_groups:
+            raise ValueError(f"{owner}: `length_groups` ({self.length_groups}) needs an interest layer that reads each "
+                             f"row's history at any width; {type(interest).__name__} does not (its sessions or expert "
+                             f"capacities are sized from max_len, or its losses couple the batch): use length_groups=1")
         self._finish()
 
     def _checked(self, factory, *args, **kwargs):
@@ -140,7 +160,23 @@ class CTRModel(KerasConventions, keras.Model):
         sequence = masking.apply_mask(self.embedding(items, categories), mask)
         return sequence, mask, self.embedding(target_item, target_category)
 
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        """``keras.Model.compile``; with length groups (dynamic shapes) ``"auto"`` means no XLA and True is an error."""
+        if self.length_groups > 1:
+            if jit_compile is True:
+                raise ValueError(f"{type(self).__name__}: jit_compile=True cannot compile length_groups="
+                                 f"{self.length_groups} (dynamic widths); use length_groups=1 for XLA")
+            jit_compile = False
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
     def call(self, features, training=None):
+        if self.length_groups > 1 and not in_xla_context():
+            return call_in_length_groups(lambda rows: self._logits(rows, training), features, self.length_groups,
+                                         ci.history_mask(features, type(self).__name__), LINEAR_WIDTH_COST)
+        return self._logits(features, training)
+
+    def _logits(self, features, training=None):
+        """The logits ``[B]`` of the batch as it is."""
         sequence, mask, target = self.encode(features)
         interest = self.interest(sequence, mask, target, features, training=training)
         interest = tf.cast(interest, target.dtype)

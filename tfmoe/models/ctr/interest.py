@@ -46,6 +46,11 @@ from tfmoe.utils import validation as v
 class InterestLayer(SequenceLayer):
     """Base of the interest layers: ``max_len``, ``backbone``, ``backbone_options`` and the shared interface."""
 
+    #: whether the layer computes each row from that row's real history positions alone, at any history width (no
+    #: batch-level losses or capacities, no grid sized from a static length), so that a model may score and train
+    #: in length groups (:class:`~tfmoe.models.ctr.base.CTRModel`'s ``length_groups``)
+    supports_length_groups = False
+
     def __init__(self, max_len, backbone="din", backbone_options=None, **kwargs):
         super().__init__(**kwargs)
         owner = type(self).__name__
@@ -87,6 +92,8 @@ class InterestLayer(SequenceLayer):
 @keras.saving.register_keras_serializable(package="tfmoe")
 class SingleBackboneInterest(InterestLayer):
     """One backbone over the whole history: ``u = Backbone(e_1..e_L, mask, q)`` (see the module docstring)."""
+
+    supports_length_groups = True
 
     def __init__(self, max_len, backbone="din", backbone_options=None, **kwargs):
         super().__init__(max_len, backbone, backbone_options, **kwargs)

@@ -1,0 +1,126 @@
+"""CTR models in length groups (``length_groups=G``): the single-backbone models score, and train with the loss and
+gradients, as on the padded batch; under XLA they score the batch as it is; MoS and the token-routed baselines
+refuse groups; the option is validated and round-trips."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmoe.models import registry
+from tfmoe.models.length_groups import call_in_length_groups
+
+L, N_ITEMS = 12, 30
+LENGTHS = [0, 1, 4, 7, 11, 12, 3, 5]  # an empty row, a full one, and widths in between
+MODELS = [("din", {}), ("twin", {"backbone_options": {"top_k": 5}}), ("transact", {})]
+
+
+def features(lengths=LENGTHS, seed=0):
+    rng = np.random.default_rng(seed)
+    history = np.zeros((len(lengths), L), np.int64)
+    sessions = np.full((len(lengths), L), -1, np.int64)
+    for row, n in enumerate(lengths):
+        history[row, L - n:] = rng.integers(1, N_ITEMS + 1, n)
+        sessions[row, L - n:] = np.sort(rng.integers(0, 3, n))
+    return {"history": history, "history_session_ids": sessions, "history_length": np.array(lengths, np.int64),
+            "target_item": rng.integers(1, N_ITEMS + 1, len(lengths))}
+
+
+def pair(name, options, groups):
+    """``(padded, grouped)``: the same model and weights without and with ``groups`` length groups."""
+    keras.utils.set_random_seed(1)
+    padded = registry.build_model(name, num_items=N_ITEMS, max_len=L, embedding_dim=8, **options)
+    grouped = registry.build_model(name, num_items=N_ITEMS, max_len=L, embedding_dim=8, length_groups=groups,
+                                   **options)
+    grouped.set_weights(padded.get_weights())
+    return padded, grouped
+
+
+def loss_and_gradients(model, x, y):
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x, y, model(x, training=True))
+    return float(loss), [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+
+@pytest.mark.parametrize("groups", [2, 3, 8])
+@pytest.mark.parametrize("name, options", MODELS, ids=[m for m, _ in MODELS])
+def test_inference_in_length_groups_scores_as_the_padded_batch(name, options, groups):
+    padded, grouped = pair(name, options, groups)
+    x = features()
+    np.testing.assert_allclose(grouped.probabilities(x).numpy(), padded.probabilities(x).numpy(), atol=1e-6)
+    np.testing.assert_allclose(grouped.predict(x, batch_size=5, verbose=0), padded.predict(x, batch_size=5, verbose=0),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("name, options", MODELS, ids=[m for m, _ in MODELS])
+def test_training_in_groups_has_the_padded_loss_and_gradients(name, options):
+    padded, grouped = pair(name, options, 3)
+    x, y = features(), tf.constant([1, 0, 1, 1, 0, 1, 0, 0], tf.float32)
+    loss, gradients = loss_and_gradients(padded, x, y)
+    grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y)
+    assert grouped_loss == pytest.approx(loss, rel=1e-6)
+    for expected, got in zip(gradients, grouped_gradients):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name, options", [("mos_din", {"session_length": 3}), ("gshard_din", {}),
+                                           ("expert_choice_twin", {})])
+def test_models_with_coupled_rows_or_static_grids_refuse_groups(name, options):
+    with pytest.raises(ValueError, match=r"`length_groups` \(2\) needs an interest layer") as error:
+        registry.build_model(name, num_items=N_ITEMS, max_len=L, length_groups=2, **options)
+    assert registry.model_class(name).__name__ in str(error.value)
+
+
+def test_xla_scores_the_batch_as_it_is():
+    padded, grouped = pair("din", {}, 4)
+    x = {k: tf.constant(v) for k, v in features().items()}
+    compiled = tf.function(lambda f: grouped.probabilities(f), jit_compile=True)
+    np.testing.assert_allclose(compiled(x).numpy(), padded.probabilities(x).numpy(), atol=1e-6)
+
+
+def test_compile_refuses_xla_and_auto_compiles_without_it():
+    _, grouped = pair("din", {}, 2)
+    with pytest.raises(ValueError, match=r"jit_compile=True cannot compile length_groups=2"):
+        grouped.compile(optimizer="adam", jit_compile=True)
+    grouped.compile(optimizer="adam")
+    assert grouped.jit_compile is False
+
+
+def test_fit_trains_in_groups():
+    _, grouped = pair("din", {}, 3)
+    grouped.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = features(LENGTHS * 4)
+    y = np.tile([1, 0, 1, 1, 0, 1, 0, 0], 4).astype(np.float32)
+    history = grouped.fit(x, y, batch_size=16, epochs=3, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]
+
+
+def test_the_option_is_validated_and_round_trips():
+    model = registry.build_model("twin", num_items=N_ITEMS, max_len=L, embedding_dim=8, length_groups=4)
+    assert model.length_groups == 4 and model.get_config()["length_groups"] == 4
+    restored = type(model).from_config(model.get_config())
+    assert restored.length_groups == 4
+    assert registry.build_model("din", num_items=N_ITEMS, max_len=L).length_groups == 1
+    with pytest.raises(ValueError, match="length_groups") as error:
+        registry.build_model("din", num_items=N_ITEMS, max_len=L, length_groups=0)
+    assert "DIN" in str(error.value) and "0" in str(error.value)
+
+
+def test_history_features_are_cut_and_the_others_follow_their_rows():
+    seen = []
+
+    def call(rows):
+        seen.append({k: v.numpy() for k, v in rows.items()})
+        return tf.cast(rows["target_item"], tf.float32)
+
+    x = features([2, 9, 0, 5])
+    out = call_in_length_groups(call, x, 2, x["history"] != 0)
+    np.testing.assert_array_equal(out.numpy(), x["target_item"].astype(np.float32))  # back in row order
+    assert sum(len(part["target_item"]) for part in seen) == 4
+    for part in seen:
+        width = part["history"].shape[1]
+        assert part["history_session_ids"].shape[1] == width and part["history_length"].max() <= width
+        assert part["history_length"].ndim == 1
+        row = {int(t): i for i, t in enumerate(x["target_item"])}
+        for k, target in enumerate(part["target_item"]):
+            np.testing.assert_array_equal(part["history"][k], x["history"][row[int(target)], L - width:])

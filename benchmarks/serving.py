@@ -119,15 +119,12 @@ def model_factory(model: dict):
             from tfmoe.serving.model_specs import spec_for_model
 
             arguments = dict(options)
-            preset = presets.get(arguments.pop("preset")) if "preset" in arguments else None
-            name = arguments.pop("name", preset and preset["model"])
-            if not name:
+            if ("name" in arguments) == ("preset" in arguments):
                 raise ValueError(f"serving: model factory 'registry' needs options.name or options.preset, got "
                                  f"{sorted(options)}")
-            if preset:
-                arguments = {"max_len": preset["max_len"], **preset["options"], **arguments}
             keras.utils.set_random_seed(model["seed"])  # random weights: latency does not depend on them
-            built = registry.build_model(name, **arguments)
+            built = (presets.build(arguments.pop("preset"), **arguments) if "preset" in arguments
+                     else registry.build_model(arguments.pop("name"), **arguments))
             return built, spec_for_model(built, top_k=model["top_k"])
 
         return registered

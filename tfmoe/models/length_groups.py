@@ -122,6 +122,22 @@ def encode_in_length_groups(encode, items, groups: int, last_only: bool = False,
     return tf.ensure_shape(h, mask.shape.concatenate(h.shape[2:])), mask
 
 
+def resolve_jit_compile(owner: str, groups: int, jit_compile="auto"):
+    """``compile``'s ``jit_compile`` for a model with ``groups`` length groups: with groups (dynamic shapes)
+    ``"auto"`` means no XLA and ``True`` is a ``ValueError``; without them the argument is returned as it is.
+
+    Example:
+        >>> resolve_jit_compile("SASRec", 1, True), resolve_jit_compile("SASRec", 4, "auto")
+        (True, False)
+    """
+    if groups > 1:
+        if jit_compile is True:
+            raise ValueError(f"{owner}: jit_compile=True cannot compile length_groups={groups} (dynamic widths); "
+                             f"use length_groups=1 for XLA")
+        return False
+    return jit_compile
+
+
 def call_in_length_groups(call, features: dict, groups: int, mask, position_cost: float = 0.0):
     """``call(features)`` of a batch of left-padded histories, computed in ``groups`` length groups.
 

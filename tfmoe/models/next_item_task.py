@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from tfmoe.models import losses as next_item_losses
 from tfmoe.models.keras_conventions import KerasConventions
+from tfmoe.models.length_groups import resolve_jit_compile
 from tfmoe.models.sequence_encoder import SequenceEncoder
 from tfmoe.utils import validation as v
 
@@ -159,11 +160,7 @@ class NextItemTask(KerasConventions, keras.Model):
 
     def compile(self, *args, jit_compile="auto", **kwargs):
         """``keras.Model.compile``; with length groups (dynamic shapes) ``"auto"`` means no XLA and True is an error."""
-        if self.sequence_encoder.length_groups > 1:
-            if jit_compile is True:
-                raise ValueError(f"{type(self).__name__}: jit_compile=True cannot compile length_groups="
-                                 f"{self.sequence_encoder.length_groups} (dynamic widths); use length_groups=1 for XLA")
-            jit_compile = False
+        jit_compile = resolve_jit_compile(type(self).__name__, self.sequence_encoder.length_groups, jit_compile)
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     @property

@@ -65,7 +65,7 @@ from tfmoe.models.ctr import checkpoints
 from tfmoe.models.ctr import inputs as ci
 from tfmoe.models.ctr.heads import PredictionHead, binary_cross_entropy
 from tfmoe.models.keras_conventions import KerasConventions
-from tfmoe.models.length_groups import call_in_length_groups
+from tfmoe.models.length_groups import call_in_length_groups, resolve_jit_compile
 from tfmoe.models.losses import training_objective
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
@@ -162,11 +162,7 @@ class CTRModel(KerasConventions, keras.Model):
 
     def compile(self, *args, jit_compile="auto", **kwargs):
         """``keras.Model.compile``; with length groups (dynamic shapes) ``"auto"`` means no XLA and True is an error."""
-        if self.length_groups > 1:
-            if jit_compile is True:
-                raise ValueError(f"{type(self).__name__}: jit_compile=True cannot compile length_groups="
-                                 f"{self.length_groups} (dynamic widths); use length_groups=1 for XLA")
-            jit_compile = False
+        jit_compile = resolve_jit_compile(type(self).__name__, self.length_groups, jit_compile)
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     def call(self, features, training=None):

@@ -81,6 +81,8 @@ LENGTHS, EVAL_BATCH, MOS, GSHARD, EXPERT_CHOICE = (SETTINGS[k] for k in ("length
 TASKS, BUCKETS, BOOTSTRAP = SETTINGS["tasks"], SETTINGS["buckets"], SETTINGS["bootstrap"]
 TRAINED_TASKS = tuple(task for task, spec in TASKS.items() if "evaluates" not in spec)
 TAOBAO, SYNTHETIC = SETTINGS["taobao"], SETTINGS["synthetic"]
+LENGTH_GROUPS = SETTINGS["length_groups"]
+GROUPED_VARIANTS = ("", "mos_")  # the token-routed baselines cannot train in length groups (batch-level capacity)
 BENCHMARK = "long_ctr"
 RECORDS = records.ROOT
 DEFAULT_WORK_DIR = os.path.join(paths.RUNS, "long_ctr")
@@ -119,6 +121,20 @@ def model_options(name: str, length: int, task: str | None = None) -> dict:
         options.update(GSHARD, num_experts=structure["num_themes"])
     elif variant == "expert_choice_":
         options.update(EXPERT_CHOICE, num_experts=structure["num_themes"])
+    return options
+
+
+def task_epochs(task: str, requested: int | None = None) -> int:
+    """The epoch budget of trained task ``task``: ``requested`` (``--epochs``), else the task's own ``epochs``, else
+    the protocol's."""
+    return requested or TASKS[task].get("epochs", PROTOCOL["epochs"])
+
+
+def training_model(name: str, length: int, task: str) -> dict:
+    """:func:`model_options` plus the speed option ``length_groups`` where the model takes it (the same results)."""
+    options = model_options(name, length, task)
+    if split_name(name)[0] in GROUPED_VARIANTS:
+        options["length_groups"] = LENGTH_GROUPS
     return options
 
 
@@ -177,10 +193,10 @@ def task_config(args, task: str, name: str, length: int, seed: int, epochs: int 
     spec = TASKS[task]
     spu = samples_per_user or args.samples_per_user
     steps = steps_per_epoch if samples_per_user else args.steps_per_epoch
-    return ctr_config(os.path.join(args.data_dir, spec["dataset"]), model_options(name, length, task), length, seed,
+    return ctr_config(os.path.join(args.data_dir, spec["dataset"]), training_model(name, length, task), length, seed,
                       os.path.join(args.work_dir, task, f"L{length}", name, sampling_tag(spu, steps), f"seed{seed}"),
-                      epochs or args.epochs, args.patience, spu, steps, spec.get("sequence_features", ()),
-                      EVAL_BATCH[length], task_sampling(task))
+                      epochs or task_epochs(task, args.epochs), args.patience, spu, steps,
+                      spec.get("sequence_features", ()), EVAL_BATCH[length], task_sampling(task))
 
 
 def _log(message: str) -> None:
@@ -235,9 +251,11 @@ def train_tasks(args) -> None:
     from tfmoe.training import train
 
     for task in args.tasks:
+        epochs = task_epochs(task, args.epochs)
+        chunk = args.chunk or epochs
         for length in args.lengths:
-            for target in range(min(args.chunk, args.epochs), args.epochs + args.chunk, args.chunk):
-                target = min(target, args.epochs)
+            for target in range(min(chunk, epochs), epochs + chunk, chunk):
+                target = min(target, epochs)
                 for name in _names(args):
                     for seed in args.seeds:
                         config = task_config(args, task, name, length, seed, target)
@@ -247,7 +265,7 @@ def train_tasks(args) -> None:
                         _log(f"== {task} L={length} {name} seed {seed}: epochs {result.epochs_run}, best "
                              f"{result.best_epoch}, stopped early {result.stopped_early}, test "
                              f"{json.dumps(result.test_metrics)} ({time.time() - start:.0f} s)")
-                if target == args.epochs:
+                if target == epochs:
                     break
             for name in _names(args):
                 for seed in args.seeds:
@@ -472,15 +490,16 @@ def _one_based(epoch):
     return None if epoch is None else epoch + 1
 
 
-def _run_result(config_dict: dict) -> dict | None:
-    """Trainer results of one run: from metrics.json when finished, else from its best checkpoint (partial)."""
+def _run_result(config_dict: dict, budget: int = PROTOCOL["epochs"]) -> dict | None:
+    """Trainer results of one run: from metrics.json when finished, else from its best checkpoint (partial); the
+    budget is reached when it stopped early or trained ``budget`` epochs."""
     run = saved_run(config_dict, "ctr")
     if run is None:
         return None
-    budget_reached = run["finished"] and (run["stopped_early"] or run["epochs"] >= PROTOCOL["epochs"])
+    budget_reached = run["finished"] and (run["stopped_early"] or run["epochs"] >= budget)
     return {"finished": run["finished"], "epochs": run["epochs"], "best_epoch": _one_based(run["best_epoch"]),
             "stopped_early": run["stopped_early"], "test": run["test"], "valid": run["valid"],
-            "history": run.get("history", []), "budget_reached": budget_reached}
+            "history": run.get("history", []), "budget_reached": budget_reached, "budget": budget}
 
 
 def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
@@ -501,7 +520,8 @@ def partial_reasons(result: dict, samples_per_user: int, steps_per_epoch: int | 
     """Why a run is not the full protocol (empty: it is)."""
     reasons = []
     if not result["budget_reached"]:
-        reasons.append(f"{result['epochs']} epochs < budget {PROTOCOL['epochs']} without early stopping")
+        reasons.append(f"{result['epochs']} epochs < budget {result.get('budget', PROTOCOL['epochs'])} without early "
+                       f"stopping")
     if samples_per_user != PROTOCOL["samples_per_user"]:
         reasons.append(f"samples_per_user {samples_per_user} per epoch (protocol {PROTOCOL['samples_per_user']})")
     if steps_per_epoch is not None:
@@ -562,7 +582,7 @@ def task_runs(args, task: str, length: int, name: str) -> list[dict]:
         runs = []
         for seed in args.seeds:
             config = task_config(args, task, name, length, seed, None, spu, steps)
-            result = _run_result(config)
+            result = _run_result(config, task_epochs(task, args.epochs))
             evaluation = evaluate_run(config, task) if result is not None else None
             if evaluation is None:
                 continue
@@ -680,9 +700,10 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--lengths", nargs="+", type=int, default=[1000, 200], choices=list(LENGTHS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(PROTOCOL["seeds"])))
-    parser.add_argument("--epochs", type=int, default=PROTOCOL["epochs"], help="max epochs per run")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="max epochs per run (default: the task's budget, `epochs` of the task or the protocol)")
     parser.add_argument("--patience", type=int, default=PROTOCOL["patience"])
-    parser.add_argument("--chunk", type=int, default=PROTOCOL["epochs"],
+    parser.add_argument("--chunk", type=int, default=None,
                         help="models of a length take turns training this many epochs (default: one after another)")
     parser.add_argument("--samples-per-user", type=int, default=PROTOCOL["samples_per_user"],
                         help="training positions drawn per user and epoch (the same for every model)")

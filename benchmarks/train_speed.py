@@ -21,8 +21,9 @@ One run trains, in turns of one epoch each (so that drifting load on a shared ma
 * ``din``, ``mos_din``, ``gshard_din``, ``expert_choice_din``: long-sequence CTR at length 1,000 (one positive and
   one negative per user): DIN, MoS around it, and the token-routed MoE baselines around it (GShard top-2 and expert
   choice, 8 experts as MoS has 8 themes);
-* ``din_length_groups``: the same DIN on the same batches with ``length_groups`` (``ctr.length_groups``): each batch
-  in groups of rows of similar history length, each cut to its longest (the same loss and gradients).
+* ``din_length_groups``, ``mos_din_length_groups``: the same DIN and MoS-DIN on the same batches with
+  ``length_groups`` (``ctr.length_groups``): DIN scores each batch in groups of rows of similar history length, each
+  cut to its longest; MoS-DIN runs its full-history global expert so (the same loss and gradients).
 
 Settings: ``benchmarks/settings/train_speed.yaml``. Data: ML-1M (``../shared/data/ml-1m/ml-1m.txt``) when present,
 else the synthetic log of :mod:`tfmoe.data.synthetic`; each user's items but the last two (the evaluation items of
@@ -38,6 +39,7 @@ the float32 and bfloat16 matmul peak measured in the same run (:func:`matmul_pea
     hymoerec_over_sasrec_time     = t(hymoerec) / t(sasrec)
     mos_din_over_din_time         = t(mos_din) / t(din)
     din_length_groups_speedup     = t(din) / t(din_length_groups)
+    mos_din_length_groups_speedup = t(mos_din) / t(mos_din_length_groups)
     gshard_din_over_din_time      = t(gshard_din) / t(din)
     expert_choice_din_over_din_time = t(expert_choice_din) / t(din)
 
@@ -73,7 +75,7 @@ with open(SETTINGS_FILE, encoding="utf-8") as _f:
 BENCHMARK = "train_speed"
 PEER_MODELS = ("sasrec_peer", "sasrec_peer_bucketed", "sasrec_peer_length_groups", "keras_hub_sasrec")
 MAIN_MODELS = ("sasrec", "fame", "hymoerec")
-CTR_MODELS = ("din", "din_length_groups", "mos_din", "gshard_din", "expert_choice_din")
+CTR_MODELS = ("din", "din_length_groups", "mos_din", "mos_din_length_groups", "gshard_din", "expert_choice_din")
 MODELS = PEER_MODELS + MAIN_MODELS + CTR_MODELS
 HARDWARE_OPTIONS = {"sasrec_peer_xla": {"jit_compile": True}, "sasrec_peer_bf16": {"dtype": "mixed_bfloat16"}}
 RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
@@ -83,6 +85,7 @@ RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
           "hymoerec_over_sasrec_time": ("hymoerec", "sasrec"),
           "mos_din_over_din_time": ("mos_din", "din"),
           "din_length_groups_speedup": ("din", "din_length_groups"),
+          "mos_din_length_groups_speedup": ("mos_din", "mos_din_length_groups"),
           "gshard_din_over_din_time": ("gshard_din", "din"),
           "expert_choice_din_over_din_time": ("expert_choice_din", "din")}
 
@@ -391,8 +394,9 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
                           "preset": ctr["mos_din"]["preset"], "options": mos_options}
     for name in ("gshard_din", "expert_choice_din"):  # the baselines: din's options and their routing
         configs[name] = {**configs["din"], "options": {**ctr["din"], **ctr[name]}}
-    configs["din_length_groups"] = {**configs["din"], "model": "din",
-                                    "options": {**ctr["din"], "length_groups": ctr["length_groups"]}}
+    for name in ("din", "mos_din"):  # the same model and batches in length groups
+        options = {**configs[name]["options"], "length_groups": ctr["length_groups"]}
+        configs[f"{name}_length_groups"] = {**configs[name], "model": name, "options": options}
     for config in configs.values():
         config["num_items"] = num_items
     return copy.deepcopy(configs)
@@ -441,19 +445,17 @@ def length_buckets(history: np.ndarray, boundaries) -> list[tuple[int, np.ndarra
     return out
 
 
-def ctr_group_flops(config: dict, history: np.ndarray) -> float:
-    """Forward FLOPs of an epoch of a CTR model with ``length_groups``: every group's rows at the group's width (the
-    model's ``analytic_flops()`` at that width), as :class:`~tfmoe.models.ctr.base.CTRModel` cuts them."""
-    from tfmoe.models import registry
-    from tfmoe.models.ctr.base import LINEAR_WIDTH_COST
+def ctr_group_flops(model, config: dict, history: np.ndarray) -> float:
+    """Forward FLOPs of an epoch of a CTR ``model`` with ``length_groups``: every group's rows at the group's width
+    (``model.analytic_flops(width)``: DIN's whole rows, MoS's global expert), as the model cuts them."""
+    from tfmoe.models.ctr.interest import LINEAR_WIDTH_COST
 
     at_width = {}
     total = 0.0
     for width, rows in length_group_widths(history, config["batch_size"], config["options"]["length_groups"],
                                            LINEAR_WIDTH_COST):
         if width not in at_width:
-            at_width[width] = registry.build_model(config["model"], num_items=config["num_items"], max_len=width,
-                                                   **config["options"]).analytic_flops()["total"]
+            at_width[width] = model.analytic_flops(width)["total"]
         total += at_width[width] * rows
     return total
 
@@ -617,7 +619,7 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
             forward = {"total": float(turns[name][0].analytic_flops()["total"])}
             epoch_forward = forward["total"] * sequences_per_epoch
             if config["options"].get("length_groups", 1) > 1:  # the work done: each group's rows at its width
-                epoch_forward = ctr_group_flops(config, history)
+                epoch_forward = ctr_group_flops(turns[name][0], config, history)
         else:
             labels = arrays[arrays_key(name, config)]["labels"]
             scored = (config["max_len"] if config["options"].get("loss") == "bce"

@@ -1,6 +1,7 @@
 """CTR models in length groups (``length_groups=G``): the single-backbone models score, and train with the loss and
-gradients, as on the padded batch; under XLA they score the batch as it is; MoS and the token-routed baselines
-refuse groups; the option is validated and round-trips."""
+gradients, as on the padded batch; so does MoS, which runs its full-history global expert in groups (each group cut
+to its widest row) and its router, losses and other experts on the whole batch; under XLA they score the batch as it
+is; the token-routed baselines refuse groups; the option is validated and round-trips."""
 
 import keras
 import numpy as np
@@ -13,6 +14,10 @@ from tfmoe.models.length_groups import call_in_length_groups
 L, N_ITEMS = 12, 30
 LENGTHS = [0, 1, 4, 7, 11, 12, 3, 5]  # an empty row, a full one, and widths in between
 MODELS = [("din", {}), ("twin", {"backbone_options": {"top_k": 5}}), ("transact", {})]
+MOS = {"session_length": 3, "num_themes": 2, "short_window": 4}
+MOS_MODELS = [("mos_din", {**MOS, "router": "softmax"}), ("mos_din", {**MOS, "session_mode": "session_ids"}),
+              ("mos_twin", {**MOS, "backbone_options": {"top_k": 5}}), ("mos_transact", MOS)]
+MOS_IDS = ["mos_din-softmax", "mos_din-codebook-session_ids", "mos_twin", "mos_transact"]
 
 
 def features(lengths=LENGTHS, seed=0):
@@ -27,12 +32,14 @@ def features(lengths=LENGTHS, seed=0):
 
 
 def pair(name, options, groups):
-    """``(padded, grouped)``: the same model and weights without and with ``groups`` length groups."""
+    """``(padded, grouped)``: the same model, weights and random states (MoS's dead-code restarts draw sessions)
+    without and with ``groups`` length groups."""
     keras.utils.set_random_seed(1)
     padded = registry.build_model(name, num_items=N_ITEMS, max_len=L, embedding_dim=8, **options)
     grouped = registry.build_model(name, num_items=N_ITEMS, max_len=L, embedding_dim=8, length_groups=groups,
                                    **options)
-    grouped.set_weights(padded.get_weights())
+    for mine, theirs in zip(grouped.variables, padded.variables, strict=True):
+        mine.assign(theirs)
     return padded, grouped
 
 
@@ -63,9 +70,43 @@ def test_training_in_groups_has_the_padded_loss_and_gradients(name, options):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("name, options", [("mos_din", {"session_length": 3}), ("gshard_din", {}),
-                                           ("expert_choice_twin", {})])
-def test_models_with_coupled_rows_or_static_grids_refuse_groups(name, options):
+@pytest.mark.parametrize("groups", [2, 8])
+@pytest.mark.parametrize("name, options", MOS_MODELS, ids=MOS_IDS)
+def test_mos_in_length_groups_scores_trains_and_regularises_as_the_padded_batch(name, options, groups):
+    padded, grouped = pair(name, options, groups)
+    x, y = features(), tf.constant([1, 0, 1, 1, 0, 1, 0, 0], tf.float32)
+    np.testing.assert_allclose(grouped.probabilities(x).numpy(), padded.probabilities(x).numpy(), atol=1e-6)
+    loss, gradients = loss_and_gradients(padded, x, y)
+    grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y)
+    assert grouped_loss == pytest.approx(loss, rel=1e-6)  # the BCE and the router's batch-level losses
+    assert len(grouped.losses) == len(padded.losses) > 0
+    for got, expected in zip(grouped.losses, padded.losses):
+        assert float(got) == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
+    for expected, got in zip(gradients, grouped_gradients):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_mos_groups_only_its_global_expert_and_cuts_it_to_each_group():
+    _, grouped = pair("mos_din", MOS, 3)
+    widths = {"global": [], "short": [], "themes": []}
+    for key, layer in (("global", grouped.interest.global_backbone), ("short", grouped.interest.short_backbone)):
+        call = layer.call
+        layer.call = lambda sequence, *a, _call=call, _key=key, **k: (widths[_key].append(sequence.shape[1]),
+                                                                      _call(sequence, *a, **k))[1]
+    x = features()
+    grouped.probabilities(x)
+    row_widths = sorted(int(n) for n in x["history_length"])
+    assert len(widths["global"]) == 3 and max(widths["global"]) == row_widths[-1] == L
+    assert min(widths["global"]) < L and sum(widths["global"]) < 3 * L  # cut groups, not the padded batch
+    assert widths["short"] == [MOS["short_window"]]  # the other experts run once, on the whole batch
+    assert grouped.analytic_flops(4)["global_expert"] < grouped.analytic_flops()["global_expert"]
+    assert grouped.analytic_flops(4)["router"] == grouped.analytic_flops()["router"]
+    assert grouped.get_config()["length_groups"] == 3
+    assert type(grouped).from_config(grouped.get_config()).interest.length_groups == 3
+
+
+@pytest.mark.parametrize("name, options", [("gshard_din", {}), ("expert_choice_twin", {})])
+def test_models_with_coupled_rows_refuse_groups(name, options):
     with pytest.raises(ValueError, match=r"`length_groups` \(2\) needs an interest layer") as error:
         registry.build_model(name, num_items=N_ITEMS, max_len=L, length_groups=2, **options)
     assert registry.model_class(name).__name__ in str(error.value)

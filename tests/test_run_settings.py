@@ -24,6 +24,7 @@ def started(tmp_path):
     "training.jit_compile=true", "training.early_stopping.patience=3", "training.verbose=0", "training.eval_every=2",
     "training.backup_every_steps=100", "evaluation.filter_seen=false", "evaluation.splits=[valid, test]",
     "data.dir=/elsewhere/prepared", "data.eval_batch_size=1024", "data.cache=false", "output_dir=/moved/a",
+    "model.length_groups=4",
 ])
 def test_resuming_may_change_how_long_where_and_what_is_reported(started, change):
     run_dir, config = started

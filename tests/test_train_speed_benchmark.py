@@ -74,8 +74,10 @@ def test_tfmoe_and_keras_hub_sasrec_train_on_the_same_batches(record):
         assert models[name]["batches"] == models["sasrec"]["batches"]
     for name in train_speed.CTR_MODELS:  # so do DIN, MoS-DIN and the MoE baselines
         assert models[name]["batches"] == models["din"]["batches"]
-    # DIN in length groups counts the work it does: each group's rows at the group's width, less than padded
-    assert 0 < models["din_length_groups"]["train_flops_per_epoch"] < models["din"]["train_flops_per_epoch"]
+    # DIN and MoS-DIN in length groups count the work they do: each group's rows (MoS: its global expert's) at the
+    # group's width, less than padded
+    for name in ("din", "mos_din"):
+        assert 0 < models[f"{name}_length_groups"]["train_flops_per_epoch"] < models[name]["train_flops_per_epoch"]
     for name, r in models.items():
         batch = record["config"]["models"][name]["batch_size"]
         assert all(steps * batch == r["sequences_per_epoch"] for steps in r["steps_per_epoch"]), name
@@ -94,10 +96,11 @@ def test_the_moe_baselines_are_din_with_their_routing_at_the_same_length_and_bat
             k: din[k] for k in ("max_len", "batch_size", "optimizer", "num_items")}
         assert train_speed.arrays_key(name, config) == train_speed.arrays_key("din", din)  # the same batches
     assert configs["mos_din"]["options"]["num_themes"] == 8  # as many themes as the baselines have experts
-    grouped = configs["din_length_groups"]
-    assert grouped["model"] == "din" and grouped["options"] == {**din["options"], "length_groups": 8}
-    assert train_speed.arrays_key("din_length_groups", grouped) == train_speed.arrays_key("din", din)
-    assert train_speed.RATIOS["din_length_groups_speedup"] == ("din", "din_length_groups")
+    for name in ("din", "mos_din"):  # the same model, options and batches, in length groups
+        grouped = configs[f"{name}_length_groups"]
+        assert grouped["model"] == name and grouped["options"] == {**configs[name]["options"], "length_groups": 8}
+        assert train_speed.arrays_key(f"{name}_length_groups", grouped) == train_speed.arrays_key("din", din)
+        assert train_speed.RATIOS[f"{name}_length_groups_speedup"] == (name, f"{name}_length_groups")
     assert train_speed.RATIOS["gshard_din_over_din_time"] == ("gshard_din", "din")
     assert train_speed.RATIOS["expert_choice_din_over_din_time"] == ("expert_choice_din", "din")
 

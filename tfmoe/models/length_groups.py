@@ -144,9 +144,10 @@ def call_in_length_groups(call, features: dict, groups: int, mask, position_cost
     Args:
         call: ``features dict -> [b, ...]``, one output per row that depends on the row's own real history positions
             only (e.g. a CTR model's logits in inference mode).
-        features: ``{name: tensor}``; the rank-2 features whose names start with ``history`` are ``[B, L]``
-            histories (ids, categories, timestamps, session ids) and are cut to each group's width; the others
-            (``[B]`` targets, ``history_length``, ...) are taken row by row.
+        features: ``{name: tensor}``; the features of rank 2 or more whose names start with ``history`` are
+            ``[B, L, ...]`` histories (ids, categories, timestamps, session ids, embedded histories, masks) and are
+            cut to each group's width along axis 1; the others (``[B]`` targets, ``history_length``, ``[B, d]``
+            target embeddings, ...) are taken row by row.
         groups: the number of groups ``G >= 1``.
         mask: ``[B, L]`` bool, the real history positions (a row's width counts from its first one).
         position_cost: the split's cost model (:func:`cheapest_group_starts`).
@@ -171,7 +172,7 @@ def call_in_length_groups(call, features: dict, groups: int, mask, position_cost
         part = {}
         for key, value in features.items():
             value = tf.gather(value, rows)
-            if key.startswith("history") and value.shape.rank == 2:
+            if key.startswith("history") and value.shape.rank >= 2:
                 value = value[:, length - widths[g]:]
             part[key] = value
         outputs.append(call(part))

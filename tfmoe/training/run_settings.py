@@ -9,9 +9,9 @@ setting.
 
 What a restart *may* change (:data:`RESUMABLE`): how long it trains (``training.epochs``, early stopping),
 where and how fast (``training.strategy``, ``jit_compile``, ``mixed_precision``, the evaluation batch size,
-caching), what it reports (``evaluation``, ``verbose``, ``eval_every``), how often it backs up, and where the
-prepared data and the run directory live. Everything else (model, optimizer, training data and batching, seed,
-steps per epoch, task) identifies the run.
+caching, the model's ``length_groups``: the same results for less work), what it reports (``evaluation``,
+``verbose``, ``eval_every``), how often it backs up, and where the prepared data and the run directory live.
+Everything else (model, optimizer, training data and batching, seed, steps per epoch, task) identifies the run.
 
 Example:
     >>> import tempfile
@@ -43,7 +43,7 @@ METRICS_FILE = "metrics.json"
 RESUMABLE = (
     "output_dir", "data.dir", "data.eval_batch_size", "data.cache", "training.epochs", "training.strategy",
     "training.jit_compile", "training.mixed_precision", "training.eval_every", "training.backup_every_steps",
-    "training.early_stopping", "training.verbose", "evaluation",
+    "training.early_stopping", "training.verbose", "evaluation", "model.length_groups",
 )
 # Added by the trainer to the config it saves in metrics.json (the model's side features): not compared there.
 _DERIVED = ("data.sequence_features",)
@@ -66,7 +66,8 @@ def run_identity(config: TrainConfig | dict, ignore=()) -> dict:
             if any(path == s or path.startswith(s + ".") for s in skipped):
                 continue
             if path == "model":  # options one by one (a missing key is an unset option), each value whole
-                flat.update({f"model.{option}": setting for option, setting in value.items()})
+                flat.update({f"model.{option}": setting for option, setting in value.items()
+                             if f"model.{option}" not in skipped})
             elif isinstance(value, dict):
                 walk(path + ".", value)
             else:

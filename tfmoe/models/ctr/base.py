@@ -34,8 +34,10 @@ Common options (every CTR model):
         (:func:`tfmoe.models.length_groups.call_in_length_groups`); default 1, the padded batch. The
         single-backbone models (DIN, TWIN, TransAct) compute each row from its own real positions at any width,
         so the logits, the loss and the gradients are those of the padded batch, for less work on long padded
-        histories. MoS (a session grid sized from ``max_len``, batch-level load-balance and codebook losses) and
-        the token-routed baselines (batch-level capacity) refuse groups (``interest.supports_length_groups``).
+        histories (``interest.supports_length_groups``). MoS (a session grid sized from ``max_len``, batch-level
+        load-balance and codebook losses) runs only its full-history global expert in groups and the rest on the
+        whole batch, with the same results (``interest.use_length_groups``). The token-routed baselines
+        (batch-level capacity) refuse groups.
         ``compile(jit_compile=True)`` with groups is an error (``"auto"`` compiles without XLA); code that XLA
         compiles anyway (a serving signature exported with ``jit_compile``) scores the batch as it is: XLA would
         pad the groups back to ``L``.
@@ -64,6 +66,7 @@ from tfmoe.layers import masking
 from tfmoe.models.ctr import checkpoints
 from tfmoe.models.ctr import inputs as ci
 from tfmoe.models.ctr.heads import PredictionHead, binary_cross_entropy
+from tfmoe.models.ctr.interest import LINEAR_WIDTH_COST
 from tfmoe.models.keras_conventions import KerasConventions
 from tfmoe.models.length_groups import call_in_length_groups, resolve_jit_compile
 from tfmoe.models.losses import training_objective
@@ -72,9 +75,6 @@ from tfmoe.utils import validation as v
 from tfmoe.utils.xla import in_xla_context
 
 COMMON_OPTIONS = ("embedding_dim", "category_dim", "mlp_units", "mlp_activation", "dropout", "length_groups")
-# The length groups' split cost model: a CTR interest layer's work per row grows linearly with its width
-# (target attention, session pooling), so a large position cost makes c(w) = w (w + cost) about linear.
-LINEAR_WIDTH_COST = 1.0e4
 MODEL_KWARGS = ("name", "dtype", "trainable", "autocast")
 
 
@@ -113,10 +113,12 @@ class CTRModel(KerasConventions, keras.Model):
         if not isinstance(interest, keras.layers.Layer):
             interest = self._checked(interest, dtype=self.dtype_policy, name="interest")
         self.interest = interest
-        if self.length_groups > 1 and not interest.supports_length_groups:
+        if (self.length_groups > 1 and not interest.supports_length_groups
+                and not interest.use_length_groups(self.length_groups)):
             raise ValueError(f"{owner}: `length_groups` ({self.length_groups}) needs an interest layer that reads each "
-                             f"row's history at any width; {type(interest).__name__} does not (its sessions or expert "
-                             f"capacities are sized from max_len, or its losses couple the batch): use length_groups=1")
+                             f"row's history at any width, or runs its full-width part in groups itself; "
+                             f"{type(interest).__name__} does neither (its expert capacities are sized from the batch "
+                             f"and max_len): use length_groups=1")
         self._finish()
 
     def _checked(self, factory, *args, **kwargs):
@@ -165,8 +167,13 @@ class CTRModel(KerasConventions, keras.Model):
         jit_compile = resolve_jit_compile(type(self).__name__, self.length_groups, jit_compile)
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 
+    @property
+    def splits_rows(self) -> bool:
+        """Whether :meth:`call` scores whole rows in length groups (else the interest layer groups its own part)."""
+        return self.length_groups > 1 and self.interest.supports_length_groups
+
     def call(self, features, training=None):
-        if self.length_groups > 1 and not in_xla_context():
+        if self.splits_rows and not in_xla_context():
             return call_in_length_groups(lambda rows: self._logits(rows, training), features, self.length_groups,
                                          ci.history_mask(features, type(self).__name__), LINEAR_WIDTH_COST)
         return self._logits(features, training)
@@ -209,11 +216,13 @@ class CTRModel(KerasConventions, keras.Model):
             total = tf.reduce_mean(per_row * tf.reshape(tf.cast(sample_weight, tf.float32), [-1]))
         return training_objective(total, self.losses)
 
-    def analytic_flops(self) -> dict:
-        """Forward FLOPs per example at ``max_len``: ``inputs``, the interest parts, ``head`` and ``total``."""
-        d, length = self.input_dim, self.max_len
+    def analytic_flops(self, width: int | None = None) -> dict:
+        """Forward FLOPs per example: ``inputs``, the interest parts, ``head`` and ``total``; of a row scored at
+        ``width`` history positions in a length group (default: ``max_len``, the padded batch)."""
+        d = self.input_dim
+        length = (width or self.max_len) if self.splits_rows else self.max_len  # MoS embeds the whole batch
         parts = {"inputs": 3 * length + length * d}  # padding mask, masking the embeddings
-        parts.update(self.interest.flops(d))
+        parts.update(self.interest.flops(d, width))
         interaction = d if self.interaction is None else d + fl.matmul_flops(1, self.interest_dim, d)
         parts["head"] = self.head.flops(self.interest_dim + 2 * d) + interaction
         parts["total"] = sum(parts.values())

@@ -10,7 +10,10 @@ named by ``backbone`` with ``backbone_options``) and has the same interface:
 * ``build(sequence_shape)`` from ``[B, L, d]``; ``output_width(d)``;
 * ``call(sequence, mask, target, features=None, training=None) -> [B, d_out]`` (``features``: the
   raw features dict, for the side features a layer reads: ``required_features()``);
-* ``flops(d) -> dict``: analytic forward FLOPs per example at ``max_len``, by part;
+* ``flops(d, width=None) -> dict``: analytic forward FLOPs per example, by part, of a row whose history is read
+  at ``width`` positions (default ``max_len``; a CTR model's length groups cut a row to its group's width);
+* ``use_length_groups(groups) -> bool``: whether the layer runs its full-width part in length groups itself
+  (below);
 * ``options()``: its constructor options but ``max_len`` (the flat options of a CTR family model).
 
 Layers: :class:`SingleBackboneInterest` (``u = Backbone(e, mask, q)``, this module),
@@ -42,13 +45,18 @@ import keras
 from tfmoe.models.ctr.backbones import BACKBONES, SequenceLayer, make_backbone
 from tfmoe.utils import validation as v
 
+# The length groups' split cost model (tfmoe.models.length_groups.cheapest_group_starts): a CTR interest layer's
+# work per row grows linearly with its width (target attention, session pooling), so a large position cost makes
+# c(w) = w (w + cost) about linear.
+LINEAR_WIDTH_COST = 1.0e4
+
 
 class InterestLayer(SequenceLayer):
     """Base of the interest layers: ``max_len``, ``backbone``, ``backbone_options`` and the shared interface."""
 
     #: whether the layer computes each row from that row's real history positions alone, at any history width (no
     #: batch-level losses or capacities, no grid sized from a static length), so that a model may score and train
-    #: in length groups (:class:`~tfmoe.models.ctr.base.CTRModel`'s ``length_groups``)
+    #: whole rows in length groups (:class:`~tfmoe.models.ctr.base.CTRModel`'s ``length_groups``)
     supports_length_groups = False
 
     def __init__(self, max_len, backbone="din", backbone_options=None, **kwargs):
@@ -65,8 +73,14 @@ class InterestLayer(SequenceLayer):
         """A fresh backbone layer of this layer's kind, with ``backbone_options`` and this layer's dtype policy."""
         return make_backbone(self.backbone, self.backbone_options, dtype=self.dtype_policy, name=name)
 
-    def flops(self, d: int) -> dict:
+    def flops(self, d: int, width: int | None = None) -> dict:
         raise NotImplementedError
+
+    def use_length_groups(self, groups: int) -> bool:
+        """Asked by a CTR model with ``length_groups=groups`` when :attr:`supports_length_groups` is False: whether
+        the layer runs its full-width part in ``groups`` length groups itself (its batch-level parts on the whole
+        batch), so that the model's results stay those of the padded batch. The base layer cannot: False."""
+        return False
 
     def required_features(self) -> tuple:
         """Keys of the history side features the layer reads from ``features`` (e.g. ``history_session_ids``)."""
@@ -108,5 +122,5 @@ class SingleBackboneInterest(InterestLayer):
     def call(self, sequence, mask, target, features=None, training=None):
         return self.encoder(sequence, mask, target, training=training)
 
-    def flops(self, d):
-        return {"backbone": self.encoder.flops(self.max_len, d)}
+    def flops(self, d, width=None):
+        return {"backbone": self.encoder.flops(width or self.max_len, d)}

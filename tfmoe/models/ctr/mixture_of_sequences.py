@@ -52,6 +52,13 @@ Options (defaults = the spec's suggestions; [I] = inferred, not from the paper):
         See :class:`~tfmoe.layers.SessionThemeRouter`.
     fusion_units: hidden sizes of the fusion gate MLP (default [64]).
 
+Length groups: a CTR model with ``length_groups=G`` (:class:`~tfmoe.models.ctr.base.CTRModel`) runs MoS's one
+full-width part, the ``"full"`` global expert, in ``G`` groups of rows of similar history length, each cut to its
+longest history (:func:`~tfmoe.models.length_groups.call_in_length_groups`), and everything else (the session
+grid, the router with its batch-level losses, the theme and short-term experts, the fusion) on the whole batch:
+the logits, the losses and the gradients are those of the padded batch. With ``global_expert="sessions"`` no part
+reads the full width, and groups change nothing.
+
 Example:
     >>> import numpy as np
     >>> from tfmoe.models.ctr.mixture_of_sequences import MixtureOfSequences
@@ -77,9 +84,11 @@ import tensorflow as tf
 from tfmoe.layers import MultiScaleFusion, SessionGrouper, SessionThemeRouter, masking, select_target_themes
 from tfmoe.models.ctr import inputs as ci
 from tfmoe.models.ctr.experts import ExpertSet
-from tfmoe.models.ctr.interest import InterestLayer
+from tfmoe.models.ctr.interest import LINEAR_WIDTH_COST, InterestLayer
+from tfmoe.models.length_groups import call_in_length_groups
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
+from tfmoe.utils.xla import in_xla_context
 
 SESSION_MODES = ("chunk", "session_ids", "time_gap")
 THEME_MODES = ("sparse", "dense")
@@ -156,6 +165,12 @@ class MixtureOfSequences(InterestLayer):
         self.global_backbone = self.make_backbone("global_expert")
         self.fusion = MultiScaleFusion(hidden_units=fusion_units, dtype=dtype, name="fusion")
         self.fusion_units = list(self.fusion.hidden_units)
+        self.length_groups = 1  # set by the CTR model (use_length_groups), not an option of the layer
+
+    def use_length_groups(self, groups):
+        """Runs the ``"full"`` global expert in ``groups`` length groups (see the module docstring): True."""
+        self.length_groups = v.check_int(type(self).__name__, "length_groups", groups, minimum=1)
+        return True
 
     @property
     def themes_run(self) -> int:
@@ -219,7 +234,7 @@ class MixtureOfSequences(InterestLayer):
         w = self.resolved["short_window"]
         short = self.short_backbone(sequence[:, -w:], mask[:, -w:], target, training=training)
         if self.global_expert == "full":
-            glob = self.global_backbone(sequence, mask, target, training=training)
+            glob = self.global_full(sequence, mask, target, training)
         else:
             means = masking.masked_mean(grid, item_mask, axis=2)  # [B, M, d]
             glob = self.global_backbone(means, session_mask, target, training=training)
@@ -229,8 +244,19 @@ class MixtureOfSequences(InterestLayer):
         fused, _ = self.fusion(experts, target, expert_mask=expert_mask, training=training)
         return fused
 
+    def global_full(self, sequence, mask, target, training=None):
+        """``E_glob = Backbone(whole history, q)`` ``[B, d_o]``, in :attr:`length_groups` groups of rows outside XLA
+        (XLA would pad the groups back to ``L``)."""
+        def expert(rows):
+            return self.global_backbone(rows["history"], rows["history_mask"], rows["target"], training=training)
+
+        rows = {"history": sequence, "history_mask": mask, "target": target}
+        if self.length_groups > 1 and not in_xla_context():
+            return call_in_length_groups(expert, rows, self.length_groups, mask, LINEAR_WIDTH_COST)
+        return expert(rows)
+
     # ----- FLOPs and config ---------------------------------------------------------------------
-    def flops(self, d):
+    def flops(self, d, width=None):
         m, p = self.resolved["num_sessions"], self.session_length
         c, k = self.resolved["sessions_per_theme"], self.num_themes
         out = self.output_width(d)
@@ -241,8 +267,8 @@ class MixtureOfSequences(InterestLayer):
             "theme_experts": self.theme_experts.flops(c * p, d, self.themes_run),
             "short_expert": self.short_backbone.flops(self.resolved["short_window"], d),
         }
-        if self.global_expert == "full":
-            parts["global_expert"] = self.global_backbone.flops(self.max_len, d)
+        if self.global_expert == "full":  # the one part read at a length group's width
+            parts["global_expert"] = self.global_backbone.flops(width or self.max_len, d)
         else:
             parts["global_expert"] = self.global_backbone.flops(m, d) + 2 * m * p * d
         experts = 2 + self.themes_fused

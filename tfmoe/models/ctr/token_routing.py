@@ -147,7 +147,7 @@ class GShardExperts(_TokenExperts):
                 tf.reshape(route["router_probs"], [-1, e]), tf.reshape(route["dispatch_mask"], [-1, e]), flat_mask))
         return indices, tf.where(used, gates, 0.0)
 
-    def flops(self, d):
+    def flops(self, d, width=None):  # no length groups: every row is read at max_len
         return self._expert_flops(d, 4 * self.max_len * self.k * self.num_experts)
 
     def options(self):
@@ -186,7 +186,7 @@ class ExpertChoiceExperts(_TokenExperts):
         route = self.router(sequence, mask=mask, training=training)
         return route["token_indices"], route["token_gates"]
 
-    def flops(self, d):
+    def flops(self, d, width=None):  # no length groups: every row is read at max_len
         return self._expert_flops(d, 0)
 
     def options(self):

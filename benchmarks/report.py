@@ -203,7 +203,7 @@ def render(found: list[dict]) -> str:
                               [record]))
     for record in by_benchmark.get("train_speed", []):
         parts.append(_section(f"Training speed: {record['variant']}", "train_speed", speed_table(record), [record]))
-    for benchmark, title in (("moe_layers", "MoE layers"),
+    for benchmark, title in (("ctr_references", "CTR reference scorers"), ("moe_layers", "MoE layers"),
                              ("data_pipeline", "Data pipeline"), ("serving", "Serving")):
         for record in by_benchmark.get(benchmark, []):
             parts.append(_section(f"{title}: {record['variant']}", benchmark, generic_tables(record["metrics"]),

@@ -1,0 +1,39 @@
+"""benchmarks/ctr_references.py: the reference scorers against numpy, and no validation or test item in the
+co-occurrence counts."""
+
+import doctest
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import ctr_references
+
+
+def test_the_docstring_examples_hold():
+    assert doctest.testmod(ctr_references).failed == 0
+
+
+def test_cooccurrence_scores_are_the_mean_similarity_to_the_real_history_items():
+    rng = np.random.default_rng(0)
+    similarity = rng.random((8, 8)).astype(np.float32)
+    history = np.array([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0]])
+    target = np.array([5, 7, 2])
+    got = ctr_references.CooccurrenceScorer(similarity).probabilities({"history": history, "target_item": target})
+    expected = [similarity[5, [3, 4]].mean(), similarity[7, [1, 2, 3, 4]].mean(), 0.0]  # an empty history scores 0
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    counts = np.arange(8)
+    pop = ctr_references.PopularityScorer(counts).probabilities({"history": history, "target_item": target})
+    np.testing.assert_array_equal(pop.numpy(), [5, 7, 2])
+
+
+def test_only_the_training_range_enters_the_counts():
+    # 20 items: k = 2, validation = positions 16-17, test = 18-19; items 8 and 9 appear only there
+    sequence = np.array([1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 5, 6, 7, 1, 2, 8, 8, 9, 9])
+    matrix = ctr_references.training_range_matrix([sequence], 9, 0.1)
+    assert matrix[0].tolist() == [0, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+    similarity = ctr_references.cosine_similarity(matrix)
+    assert np.all(similarity[8] == 0) and np.all(similarity[:, 9] == 0) and np.all(np.diag(similarity) == 0)
+    np.testing.assert_allclose(similarity[1, 2], 1.0)

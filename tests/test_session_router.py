@@ -75,14 +75,16 @@ def numpy_route(layer, items, item_mask, target=None):
     num_themes, capacity = layer.num_themes, layer.sessions_per_theme
     valid = item_mask.any(-1)
     probs = _softmax(numpy_session_logits(layer, items, item_mask)) * valid[..., None]
+    out = {"session_items": items, "session_item_mask": item_mask}  # the grid read
     items = items.astype(np.float64)
-    out = {
+    out.update({
         "session_indices": np.full((batch, num_themes, capacity), -1),
         "selection_weights": np.zeros((batch, num_themes, capacity)),
+        "selection_scale": np.zeros((batch, num_themes, capacity)),
         "theme_items": np.zeros((batch, num_themes, capacity * session_length, d)),
         "theme_item_mask": np.zeros((batch, num_themes, capacity * session_length), bool),
         "routing_probs": probs,
-    }
+    })
     for b in range(batch):
         for k in range(num_themes):
             eligible = [
@@ -96,6 +98,7 @@ def numpy_route(layer, items, item_mask, target=None):
                 span = slice(slot * session_length, (slot + 1) * session_length)
                 out["session_indices"][b, k, slot] = m
                 out["selection_weights"][b, k, slot] = probs[b, m, k]
+                out["selection_scale"][b, k, slot] = scale
                 out["theme_items"][b, k, span] = items[b, m] * scale * item_mask[b, m][:, None]
                 out["theme_item_mask"][b, k, span] = item_mask[b, m]
     out["selection_mask"] = out["session_indices"] >= 0
@@ -160,7 +163,9 @@ def test_padding_and_empty_sessions_never_leak():
     )
     out = layer(items, mask)
     noisy = np.where(mask[..., None], items, 1e4).astype("float32")
-    _assert_matches(layer(noisy, mask), {k: v.numpy() for k, v in out.items()})
+    noisy_out = layer(noisy, mask)  # every output but the grid it echoes is blind to padded values
+    np.testing.assert_array_equal(noisy_out.pop("session_items").numpy(), noisy)
+    _assert_matches(noisy_out, {k: v.numpy() for k, v in out.items() if k != "session_items"})
     valid = mask.any(-1)
     chosen = out["session_indices"].numpy()
     for b, k, c in zip(*np.nonzero(out["selection_mask"].numpy())):
@@ -400,8 +405,9 @@ def test_contract(tmp_path):
         ),
         (items, mask, target),
         tmp_path,
-        # routing_probs, selection_weights, target_probs: float32 routing math; theme_items: the compute dtype
-        output_dtype=["float32", "float32", "float32", "compute"],
+        # by key: routing_probs, selection_scale, selection_weights: float32 routing math; session_items (the grid
+        # read): the compute dtype; target_probs: float32; theme_items: the compute dtype
+        output_dtype=["float32", "float32", "float32", "compute", "float32", "compute"],
     )
 
 
@@ -535,7 +541,9 @@ def test_codebook_padding_sessions_and_empty_rows_never_count():
     out = layer(items, mask)
     losses = [float(x) for x in layer.losses]
     noisy = np.where(mask[..., None], items, 1e4).astype("float32")
-    _assert_matches(layer(noisy, mask), {k: v.numpy() for k, v in out.items()})
+    noisy_out = layer(noisy, mask)  # every output but the grid it echoes is blind to padded values
+    np.testing.assert_array_equal(noisy_out.pop("session_items").numpy(), noisy)
+    _assert_matches(noisy_out, {k: v.numpy() for k, v in out.items() if k != "session_items"})
     np.testing.assert_allclose([float(x) for x in layer.losses], losses, rtol=1e-6)
     # extra all-padding rows: no assignment, same losses
     padded_items = np.concatenate([items, np.full_like(items[:2], 7.0)])

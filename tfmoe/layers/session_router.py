@@ -92,7 +92,9 @@ def select_target_themes(router_outputs: dict, num_active_themes: int) -> dict:
     Returns:
         dict with ``theme_indices [B, k_q]`` (by decreasing ``p_{q,k}``), ``target_weights [B, k_q]``
         (their ``p_{q,k}``), and the gathered ``theme_items [B, k_q, C*P, d]``,
-        ``theme_item_mask [B, k_q, C*P]`` and ``theme_mask [B, k_q]``.
+        ``theme_item_mask [B, k_q, C*P]`` and ``theme_mask [B, k_q]``: the router outputs' at those
+        themes, gathered from the sessions of the ``k_q`` themes alone (``session_items``), so that a
+        compiled step that reads only these never builds the ``K`` themes' ``theme_items``.
     """
     if "target_probs" not in router_outputs:
         raise ValueError(
@@ -103,11 +105,33 @@ def select_target_themes(router_outputs: dict, num_active_themes: int) -> dict:
         "select_target_themes", "num_active_themes", num_active_themes, minimum=1, maximum=num_themes
     )
     top = tf.math.top_k(router_outputs["target_probs"], k=k)
-    selected = {
+    chosen = {
         name: tf.gather(router_outputs[name], top.indices, batch_dims=1)
-        for name in ("theme_items", "theme_item_mask", "theme_mask")
+        for name in ("session_indices", "selection_mask", "selection_scale", "theme_mask")
     }
-    return {"theme_indices": top.indices, "target_weights": top.values, **selected}
+    items, item_mask = gather_theme_items(
+        router_outputs["session_items"], router_outputs["session_item_mask"], chosen["session_indices"],
+        chosen["selection_mask"], chosen["selection_scale"],
+    )
+    return {"theme_indices": top.indices, "target_weights": top.values, "theme_items": items,
+            "theme_item_mask": item_mask, "theme_mask": chosen["theme_mask"]}
+
+
+def gather_theme_items(session_items, item_mask, session_indices, selection_mask, scale):
+    """The subsequences of themes: ``(theme_items [B, T, C*P, d], theme_item_mask [B, T, C*P])``.
+
+    ``session_indices [B, T, C]`` (-1 = unused slot) pick each theme's sessions from ``session_items
+    [B, M, P, d]`` and ``item_mask [B, M, P]``; every picked session's items are multiplied by its
+    ``scale [B, T, C]`` and zero where masked.
+    """
+    safe = tf.maximum(session_indices, 0)
+    items = tf.gather(session_items, safe, batch_dims=1)  # [B, T, C, P, d]
+    mask = tf.logical_and(tf.gather(item_mask, safe, batch_dims=1), selection_mask[..., None])
+    items *= tf.cast(scale, items.dtype)[..., None, None]
+    items = masking.apply_mask(items, mask)
+    themes, slots = session_indices.shape[1], session_indices.shape[2] * session_items.shape[2]
+    return (tf.reshape(items, [-1, themes, slots, session_items.shape[-1]]),
+            tf.reshape(mask, [-1, themes, slots]))
 
 
 def _single_replica(owner: str) -> bool:
@@ -249,7 +273,9 @@ class SessionThemeRouter(keras.layers.Layer):
         dict: ``theme_items [B, K, C*P, d]``, ``theme_item_mask [B, K, C*P]``,
         ``session_indices [B, K, C]`` (int32, time-sorted, -1 for unused slots),
         ``selection_mask [B, K, C]``, ``selection_weights [B, K, C]`` (``p_{m,k}`` of the chosen
-        sessions), ``theme_mask [B, K]`` (theme received at least one session),
+        sessions), ``selection_scale [B, K, C]`` (their items' factor, by ``probability_scaling``),
+        ``session_items`` and ``session_item_mask`` (the grid read, cast to the compute dtype),
+        ``theme_mask [B, K]`` (theme received at least one session),
         ``routing_probs [B, M, K]``, with a target ``target_probs [B, K]`` and, with the codebook
         router, ``session_codes [B, M]`` (int32 ``k*_m``, -1 for empty sessions) and
         ``quantized_sessions [B, M, d_c]`` (float32 ``q_m``, 0 for empty sessions).
@@ -556,20 +582,18 @@ class SessionThemeRouter(keras.layers.Layer):
         routing_probs = masking.masked_softmax(routing_logits, session_valid[..., None])
         indices, selection_mask, probs_by_theme = self._select(routing_probs, session_valid)
         self._losses_and_statistics(routing_logits, routing_probs, session_valid, indices, codebook)
-        safe = tf.maximum(indices, 0)
-        weights = tf.gather(probs_by_theme, safe, batch_dims=2) * tf.cast(selection_mask, tf.float32)
-        theme_items = tf.gather(items, safe, batch_dims=1)  # [B, K, C, P, d]
-        theme_item_mask = tf.logical_and(tf.gather(item_mask, safe, batch_dims=1), selection_mask[..., None])
-        theme_items *= tf.cast(self._scale(weights, selection_mask), dtype)[..., None, None]
-        theme_items = masking.apply_mask(theme_items, theme_item_mask)
-
-        num_themes, slots = self.num_themes, self.sessions_per_theme * items.shape[2]
+        weights = tf.gather(probs_by_theme, tf.maximum(indices, 0), batch_dims=2) * tf.cast(selection_mask, tf.float32)
+        scale = self._scale(weights, selection_mask)
+        theme_items, theme_item_mask = gather_theme_items(items, item_mask, indices, selection_mask, scale)
         outputs = {
-            "theme_items": tf.reshape(theme_items, [-1, num_themes, slots, items.shape[-1]]),
-            "theme_item_mask": tf.reshape(theme_item_mask, [-1, num_themes, slots]),
+            "theme_items": theme_items,
+            "theme_item_mask": theme_item_mask,
+            "session_items": items,
+            "session_item_mask": item_mask,
             "session_indices": indices,
             "selection_mask": selection_mask,
             "selection_weights": weights,
+            "selection_scale": scale,
             "theme_mask": tf.reduce_any(selection_mask, axis=-1),
             "routing_probs": routing_probs,
         }

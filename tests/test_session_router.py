@@ -672,9 +672,10 @@ def test_codebook_contract(tmp_path):
     mask[0, 1] = False
     mask[1, 2, :2] = False
     target = items[:, -1, 0] + 0.1
-    # quantized_sessions (the float32 codebook's vectors), routing_probs, selection_weights, target_probs: float32
+    # by key: quantized_sessions (the float32 codebook's vectors), routing_probs, selection_scale, selection_weights:
+    # float32; session_items (the grid read): the compute dtype; target_probs: float32; theme_items: compute
     run_layer_test(lambda: _codebook(commitment_weight=0.25), (items, mask, target), tmp_path,
-                   output_dtype=["float32", "float32", "float32", "float32", "compute"])
+                   output_dtype=["float32", "float32", "float32", "float32", "compute", "float32", "compute"])
 
 
 def test_codebook_distances_are_float32_under_mixed_precision():

@@ -48,6 +48,10 @@ PROTOCOLS = {
     "train_speed": "every model trains on the same batches, the models taking turns one epoch at a time; seconds per "
                    "epoch = median of the epochs after the first; training FLOPs = 3 x the analytic forward count; "
                    "peak = a square float32 / bfloat16 tf.matmul timed in the same run",
+    "ctr_references": "untrained scorers on the long-CTR test columns' own impressions: popularity = the "
+                      "candidate's count; co-occurrence = its mean cosine similarity to the history's items over the "
+                      "users' training ranges; AUC / GAUC overall and AUC by items of history; the popularity AUC of "
+                      "one epoch of training draws beside them",
     "moe_layers": "one training step of sparse top-2-of-8 MoE vs dense 8-expert and one-FFN layers",
     "data_pipeline": "tf.data reader throughput and training-step time from TFRecords vs from memory",
     "serving": "TensorFlow Serving load test: latency percentiles and throughput per request batch size",
@@ -108,6 +112,22 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return format(value, ".0f") if abs(value) >= 1000 else format(value, ".4g")
     return "" if value is None else str(value)
+
+
+def reference_table(metrics: dict) -> str:
+    """A ``ctr_references`` record: one row per split and scorer."""
+    from benchmarks.long_ctr_tables import bucket_key
+
+    buckets = sorted(metrics["test"]["popularity"]["buckets"], key=bucket_key)
+    rows = ["| split | scorer | AUC | GAUC | " + " | ".join(f"AUC {b}" for b in buckets) + " |",
+            "|---|---|---|---|" + "---|" * len(buckets)]
+    for split in ("valid", "test"):
+        for scorer, values in metrics[split].items():
+            cells = [_cell(values["overall"]["AUC"]), _cell(values["overall"]["GAUC"])]
+            cells += [_cell(values["buckets"][b]["AUC"]) for b in buckets]
+            rows.append(f"| {split} | {scorer} | " + " | ".join(cells) + " |")
+    train = _cell(metrics["train_popularity_auc"])
+    return "\n".join(rows) + f"\n\nPopularity AUC of one epoch of training draws: {train}."
 
 
 def generic_tables(metrics: dict) -> str:
@@ -203,7 +223,10 @@ def render(found: list[dict]) -> str:
                               [record]))
     for record in by_benchmark.get("train_speed", []):
         parts.append(_section(f"Training speed: {record['variant']}", "train_speed", speed_table(record), [record]))
-    for benchmark, title in (("ctr_references", "CTR reference scorers"), ("moe_layers", "MoE layers"),
+    for record in by_benchmark.get("ctr_references", []):
+        parts.append(_section(f"CTR reference scorers: {record['variant']}", "ctr_references",
+                              reference_table(record["metrics"]), [record]))
+    for benchmark, title in (("moe_layers", "MoE layers"),
                              ("data_pipeline", "Data pipeline"), ("serving", "Serving")):
         for record in by_benchmark.get(benchmark, []):
             parts.append(_section(f"{title}: {record['variant']}", benchmark, generic_tables(record["metrics"]),

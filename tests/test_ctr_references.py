@@ -37,3 +37,18 @@ def test_only_the_training_range_enters_the_counts():
     similarity = ctr_references.cosine_similarity(matrix)
     assert np.all(similarity[8] == 0) and np.all(similarity[:, 9] == 0) and np.all(np.diag(similarity) == 0)
     np.testing.assert_allclose(similarity[1, 2], 1.0)
+
+
+def test_the_report_renders_a_row_per_split_and_scorer_with_buckets_in_length_order():
+    from benchmarks import report
+
+    def values(auc):
+        buckets = {name: {"AUC": auc + i / 100} for i, name in enumerate(["201-1000", "<=200", ">1000"])}
+        return {"overall": {"AUC": auc, "GAUC": auc - 0.01}, "buckets": buckets}
+
+    metrics = {"train_popularity_auc": 0.61,
+               **{split: {"popularity": values(0.5), "cooccurrence": values(0.58)} for split in ("valid", "test")}}
+    text = report.reference_table(metrics)
+    assert "| split | scorer | AUC | GAUC | AUC <=200 | AUC 201-1000 | AUC >1000 |" in text
+    assert "| test | cooccurrence | 0.58 | 0.57 | 0.59 | 0.58 | 0.6 |" in text
+    assert text.count("| valid |") == text.count("| test |") == 2 and "training draws: 0.61" in text

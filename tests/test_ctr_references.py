@@ -6,6 +6,7 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -52,3 +53,45 @@ def test_the_report_renders_a_row_per_split_and_scorer_with_buckets_in_length_or
     assert "| split | scorer | AUC | GAUC | AUC <=200 | AUC 201-1000 | AUC >1000 |" in text
     assert "| test | cooccurrence | 0.58 | 0.57 | 0.59 | 0.58 | 0.6 |" in text
     assert text.count("| valid |") == text.count("| test |") == 2 and "training draws: 0.61" in text
+
+
+def test_a_run_on_tiny_data_writes_a_record_per_column_whose_popularity_auc_is_recomputed_by_hand(tmp_path,
+                                                                                                  monkeypatch):
+    import subprocess
+
+    from benchmarks import ctr_impressions, long_ctr, records
+    from tfmoe.data import dataset, synthetic
+    from tfmoe.data.samples import CTRSampling
+
+    data = synthetic.generate(synthetic.preset_config("tiny", seed=2))
+    raw = synthetic.write_files(data, tmp_path / "raw")
+    prepared = tmp_path / "data" / "ml-1m"
+    subprocess.run([str(pathlib.Path(sys.executable).parent / "tfmoe"), "prepare", "--format", "tfmoe-synthetic",
+                    "--input", raw[synthetic.INTERACTIONS_FILE], "--out", str(prepared), "--progress", "off"],
+                   check=True, capture_output=True)
+    monkeypatch.setattr(long_ctr.paths, "SHARED_DATA", str(tmp_path / "no-shared-data"))  # hash the prepared data
+    written = ctr_references.run(["ml-1m-ctr-pop", "ml-1m-ctr-uniform"], [50], str(tmp_path / "data"),
+                                 str(tmp_path / "records"), command=["benchmarks/ctr_references.py", "--test"])
+    found = {r["variant"]: r for r in records.load_records(str(tmp_path / "records"), "ctr_references")}
+    assert set(found) == {"ml-1m-ctr-pop/L50", "ml-1m-ctr-uniform/L50"} and len(written) == 2
+    user_items = dataset.load_user_items(str(prepared))
+    for column, record in (("ml-1m-ctr-pop", found["ml-1m-ctr-pop/L50"]),
+                           ("ml-1m-ctr-uniform", found["ml-1m-ctr-uniform/L50"])):
+        sampling = CTRSampling(**record["config"]["sampling"])
+        assert sampling.negatives == long_ctr.task_sampling(column)["negatives"]
+        labels, counts = [], []
+        for x, y in dataset.make_dataset(str(prepared), "test", "ctr", max_len=50, batch_size=512, ctr=sampling,
+                                         touched_items=user_items, sequence_features=()):
+            labels.append(y.numpy())
+            counts.append(user_items.item_counts[x["target_item"].numpy()])
+        labels, counts = np.concatenate(labels), np.concatenate(counts)
+        positives, negatives = counts[labels == 1], counts[labels == 0]
+        pairs = positives[:, None] - negatives[None, :]  # AUC by hand: the share of pairs won, ties a half
+        wins = (pairs > 0).mean() + 0.5 * (pairs == 0).mean()
+        test = record["metrics"]["test"]
+        assert test["popularity"]["overall"]["AUC"] == pytest.approx(wins, abs=1e-9)
+        assert test["popularity"]["overall"]["count"] == test["cooccurrence"]["overall"]["count"] == labels.size
+        assert 0.0 <= test["cooccurrence"]["overall"]["AUC"] <= 1.0
+        assert "LogLoss" not in test["popularity"]["overall"]
+        rows = ctr_impressions.impression_counts(str(prepared), sampling, long_ctr.BUCKETS)["impressions"] * 2
+        assert labels.size == rows

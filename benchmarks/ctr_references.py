@@ -38,7 +38,6 @@ import numpy as np
 from benchmarks import ctr_impressions, long_ctr, records
 
 BENCHMARK = "ctr_references"
-FULL_LENGTH = 100_000  # longer than any user's sequence: the test records' whole history
 
 
 def training_range_matrix(sequences, num_items: int, fraction: float) -> np.ndarray:
@@ -104,14 +103,24 @@ class CooccurrenceScorer:
 
 
 def full_sequences(data_dir: str) -> list[np.ndarray]:
-    """Every user's whole sequence (``test`` record ``items + [target]``), in the reader's order."""
-    from tfmoe.data import dataset
+    """Every user's whole sequence (``test`` record ``items + [target]``), read from the ragged records."""
+    import tensorflow as tf
 
+    from tfmoe.data import dataset, schema
+
+    spec = dataset.parse_spec("test", ())
+    files = dataset.split_files(data_dir, "test")
     out = []
-    for x, y in dataset.make_dataset(data_dir, "test", "next_item", max_len=FULL_LENGTH, batch_size=512):
-        history, target = x["history"].numpy(), np.reshape(y.numpy(), [-1])
-        out += [np.append(row[row != 0], t) for row, t in zip(history, target)]
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096).map(
+            lambda serialized: tf.io.parse_example(serialized, spec)):
+        targets = batch[schema.TARGET].numpy()
+        out += [np.append(items, target) for items, target in zip(batch[schema.ITEMS].numpy(), targets)]
     return out
+
+
+def item_similarity(data_dir: str, num_items: int, fraction: float) -> np.ndarray:
+    """:func:`cosine_similarity` of the users' training ranges of the prepared data in ``data_dir``."""
+    return cosine_similarity(training_range_matrix(full_sequences(data_dir), num_items, fraction))
 
 
 def train_popularity_auc(data_dir: str, sampling, counts, user_items) -> float:
@@ -138,7 +147,7 @@ def run(columns, lengths, data_root: str, out_records: str, command=None) -> lis
     from tfmoe.data import dataset
     from tfmoe.data.samples import CTRSampling
 
-    written = []
+    written, similarities = [], {}  # the columns of one dataset share its similarity (one time split)
     for column in columns:
         task = long_ctr.trained_task(column)
         data_dir = os.path.join(data_root, long_ctr.TASKS[task]["dataset"])
@@ -147,9 +156,10 @@ def run(columns, lengths, data_root: str, out_records: str, command=None) -> lis
         sampling = CTRSampling(**{"num_negatives": long_ctr.PROTOCOL["num_negatives"], "positions": "random",
                                   "samples_per_user": long_ctr.PROTOCOL["samples_per_user"], "min_history": 1,
                                   "eval_seed": long_ctr.PROTOCOL["eval_seed"], **long_ctr.task_sampling(column)})
-        fraction = sampling.holdout_fraction
-        similarity = cosine_similarity(training_range_matrix(full_sequences(data_dir), user_items.num_items, fraction))
-        scorers = {"popularity": PopularityScorer(counts), "cooccurrence": CooccurrenceScorer(similarity)}
+        key = (data_dir, sampling.holdout_fraction)
+        if key not in similarities:
+            similarities[key] = item_similarity(data_dir, user_items.num_items, sampling.holdout_fraction)
+        scorers = {"popularity": PopularityScorer(counts), "cooccurrence": CooccurrenceScorer(similarities[key])}
         train_auc = train_popularity_auc(data_dir, sampling, counts, user_items)
         for length in lengths:
             metrics = {"train_popularity_auc": train_auc}

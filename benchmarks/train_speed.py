@@ -445,17 +445,16 @@ def length_buckets(history: np.ndarray, boundaries) -> list[tuple[int, np.ndarra
     return out
 
 
-def ctr_group_flops(model, config: dict, history: np.ndarray) -> float:
-    """Forward FLOPs of an epoch of a CTR ``model`` with ``length_groups``: every group's rows at the group's width
-    (``model.analytic_flops(width)``: DIN's whole rows, MoS's global expert), as the model cuts them."""
-    from tfmoe.models.ctr.interest import LINEAR_WIDTH_COST
-
+def group_flops(flops_at_width, config: dict, history: np.ndarray, position_cost: float) -> float:
+    """Forward FLOPs of an epoch with ``length_groups``: every group's rows at the group's width, as the model cuts
+    them (:func:`length_group_widths` with the model's split cost ``position_cost``); ``flops_at_width(width)`` is
+    the forward count of one row at ``width``, computed once per width."""
     at_width = {}
     total = 0.0
     for width, rows in length_group_widths(history, config["batch_size"], config["options"]["length_groups"],
-                                           LINEAR_WIDTH_COST):
+                                           position_cost):
         if width not in at_width:
-            at_width[width] = model.analytic_flops(width)["total"]
+            at_width[width] = flops_at_width(width)
         total += at_width[width] * rows
     return total
 
@@ -619,7 +618,12 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
             forward = {"total": float(turns[name][0].analytic_flops()["total"])}
             epoch_forward = forward["total"] * sequences_per_epoch
             if config["options"].get("length_groups", 1) > 1:  # the work done: each group's rows at its width
-                epoch_forward = ctr_group_flops(turns[name][0], config, history)
+                from tfmoe.models.ctr.interest import LINEAR_WIDTH_COST
+
+                def flops_at(width, model=turns[name][0]):  # DIN's whole rows, MoS's global expert at the width
+                    return model.analytic_flops(width)["total"]
+
+                epoch_forward = group_flops(flops_at, config, history, LINEAR_WIDTH_COST)
         else:
             labels = arrays[arrays_key(name, config)]["labels"]
             scored = (config["max_len"] if config["options"].get("loss") == "bce"
@@ -632,11 +636,11 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
             if config["options"].get("length_groups", 1) > 1:  # the work done: each group's rows at its width
                 from tfmoe.models.length_groups import transformer_position_cost
 
-                epoch_forward = sum(model_flops(name, {**config, "max_len": width}, num_items, width)["total"] * rows
-                                    for width, rows in length_group_widths(
-                                        history, config["batch_size"], config["options"]["length_groups"],
-                                        transformer_position_cost(config["options"]["hidden_dim"],
-                                                                  config["options"]["inner_dim"])))
+                def flops_at(width, name=name, config=config):
+                    return model_flops(name, {**config, "max_len": width}, num_items, width)["total"]
+
+                epoch_forward = group_flops(flops_at, config, history, transformer_position_cost(
+                    config["options"]["hidden_dim"], config["options"]["inner_dim"]))
         epoch_time = steady_time(timer.times)
         train_flops = 3.0 * epoch_forward
         achieved = train_flops / epoch_time / 1e9

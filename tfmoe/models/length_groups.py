@@ -107,15 +107,15 @@ def encode_in_length_groups(encode, items, groups: int, last_only: bool = False,
     """
     items = tf.convert_to_tensor(items)
     length = tf.shape(items)[1]
-    order, starts, widths = plan_length_groups(items, groups, position_cost)
-    sorted_items = tf.gather(items, order)
-    outputs = []
-    for g in range(groups):
-        h, _ = encode(sorted_items[starts[g]:starts[g + 1], length - widths[g]:])
-        if not last_only:
-            h = tf.pad(h, [[0, 0], [length - widths[g], 0]] + [[0, 0]] * (h.shape.rank - 2))
-        outputs.append(h)
-    h = tf.gather(tf.concat(outputs, axis=0), tf.math.invert_permutation(order))
+
+    def encode_group(rows):  # one group's rows, cut to its width; padded back to L on the left
+        h, _ = encode(rows["history"])
+        if last_only:
+            return h
+        pad = length - tf.shape(rows["history"])[1]
+        return tf.pad(h, [[0, 0], [pad, 0]] + [[0, 0]] * (h.shape.rank - 2))
+
+    h = call_in_length_groups(encode_group, {"history": items}, groups, tf.not_equal(items, 0), position_cost)
     mask = tf.not_equal(items, 0)
     if last_only:
         mask = mask[:, -1:]

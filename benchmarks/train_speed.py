@@ -618,7 +618,7 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
             forward = {"total": float(turns[name][0].analytic_flops()["total"])}
             epoch_forward = forward["total"] * sequences_per_epoch
             if config["options"].get("length_groups", 1) > 1:  # the work done: each group's rows at its width
-                from tfmoe.models.ctr.interest import LINEAR_WIDTH_COST
+                from tfmoe.models.ctr.backbones import LINEAR_WIDTH_COST
 
                 def flops_at(width, model=turns[name][0]):  # DIN's whole rows, MoS's global expert at the width
                     return model.analytic_flops(width)["total"]

@@ -1,6 +1,6 @@
 """CTR models in length groups (``length_groups=G``): the single-backbone models score, and train with the loss and
-gradients, as on the padded batch; so does MoS, which runs its full-history global expert in groups (each group cut
-to its widest row) and its router, losses and other experts on the whole batch; under XLA they score the batch as it
+gradients, as on the padded batch; so does MoS, which runs its backbone experts in groups (each group cut to its
+widest row) and its grid, router, losses and fusion on the whole batch; under XLA they score the batch as it
 is; the token-routed baselines refuse groups; the option is validated and round-trips."""
 
 import keras
@@ -86,10 +86,11 @@ def test_mos_in_length_groups_scores_trains_and_regularises_as_the_padded_batch(
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
 
 
-def test_mos_groups_only_its_global_expert_and_cuts_it_to_each_group():
+def test_mos_groups_its_backbone_experts_and_cuts_each_group_to_its_widest_row():
     _, grouped = pair("mos_din", MOS, 3)
     widths = {"global": [], "short": [], "themes": []}
-    for key, layer in (("global", grouped.interest.global_backbone), ("short", grouped.interest.short_backbone)):
+    for key, layer in (("global", grouped.interest.global_backbone), ("short", grouped.interest.short_backbone),
+                       ("themes", grouped.interest.theme_experts.backbones[0])):
         call = layer.call
         layer.call = lambda sequence, *a, _call=call, _key=key, **k: (widths[_key].append(sequence.shape[1]),
                                                                       _call(sequence, *a, **k))[1]
@@ -98,9 +99,15 @@ def test_mos_groups_only_its_global_expert_and_cuts_it_to_each_group():
     row_widths = sorted(int(n) for n in x["history_length"])
     assert len(widths["global"]) == 3 and max(widths["global"]) == row_widths[-1] == L
     assert min(widths["global"]) < L and sum(widths["global"]) < 3 * L  # cut groups, not the padded batch
-    assert widths["short"] == [MOS["short_window"]]  # the other experts run once, on the whole batch
-    assert grouped.analytic_flops(4)["global_expert"] < grouped.analytic_flops()["global_expert"]
-    assert grouped.analytic_flops(4)["router"] == grouped.analytic_flops()["router"]
+    window = MOS["short_window"]
+    assert len(widths["short"]) == 3 and max(widths["short"]) == window and min(widths["short"]) < window
+    # one theme of ceil(12 / 3) / 2 = 2 sessions of 3 slots; the empty row's subsequence is one slot wide
+    assert len(widths["themes"]) == 3 and max(widths["themes"]) <= 6 and min(widths["themes"]) == 1
+    padded_flops, flops_at_3 = grouped.analytic_flops(), grouped.analytic_flops(3)
+    for part in ("global_expert", "short_expert", "theme_experts"):
+        assert flops_at_3[part] < padded_flops[part], part
+    assert flops_at_3["router"] == padded_flops["router"]
+    assert flops_at_3["theme_experts"] == grouped.interest.theme_experts.flops(3, 8, 1)  # one session of 3 slots
     assert grouped.get_config()["length_groups"] == 3
     assert type(grouped).from_config(grouped.get_config()).interest.length_groups == 3
 

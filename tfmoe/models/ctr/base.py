@@ -35,8 +35,8 @@ Common options (every CTR model):
         single-backbone models (DIN, TWIN, TransAct) compute each row from its own real positions at any width,
         so the logits, the loss and the gradients are those of the padded batch, for less work on long padded
         histories (``interest.supports_length_groups``). MoS (a session grid sized from ``max_len``, batch-level
-        load-balance and codebook losses) runs only its full-history global expert in groups and the rest on the
-        whole batch, with the same results (``interest.use_length_groups``). The token-routed baselines
+        load-balance and codebook losses) runs its backbone experts in groups and its grid, router and fusion on
+        the whole batch, with the same results (``interest.use_length_groups``). The token-routed baselines
         (batch-level capacity) refuse groups.
         ``compile(jit_compile=True)`` with groups is an error (``"auto"`` compiles without XLA); code that XLA
         compiles anyway (a serving signature exported with ``jit_compile``) scores the batch as it is: XLA would
@@ -65,8 +65,8 @@ import tensorflow as tf
 from tfmoe.layers import masking
 from tfmoe.models.ctr import checkpoints
 from tfmoe.models.ctr import inputs as ci
+from tfmoe.models.ctr.backbones import LINEAR_WIDTH_COST
 from tfmoe.models.ctr.heads import PredictionHead, binary_cross_entropy
-from tfmoe.models.ctr.interest import LINEAR_WIDTH_COST
 from tfmoe.models.keras_conventions import KerasConventions
 from tfmoe.models.length_groups import call_in_length_groups, resolve_jit_compile
 from tfmoe.models.losses import training_objective

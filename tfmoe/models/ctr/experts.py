@@ -2,7 +2,9 @@
 
 * :class:`ExpertSet`: ``E`` backbones (or one shared by all) mapping subsequences
   ``[B, E, S, d]`` + masks ``[B, E, S]`` + target ``[B, d]`` to ``[B, E, d_out]``. Shared
-  parameters run as one batched call on ``[B * E, S, d]``.
+  parameters run as one batched call on ``[B * E, S, d]``. With :attr:`ExpertSet.length_groups` ``> 1`` each
+  backbone call runs in length groups of subsequences, each cut to its widest
+  (:func:`~tfmoe.models.ctr.backbones.backbone_in_length_groups`), with the same outputs.
 * :func:`gather_subsequences`: token indices ``[B, E, C]`` (``-1`` = unused slot) into
   time-ordered subsequences, each token scaled by its routing weight (the router's gradient path).
 
@@ -21,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from tfmoe.layers import masking
-from tfmoe.models.ctr.backbones import make_backbone
+from tfmoe.models.ctr.backbones import backbone_in_length_groups, make_backbone
 from tfmoe.utils import validation as v
 
 
@@ -70,6 +72,7 @@ class ExpertSet(keras.layers.Layer):
             make_backbone(backbone, self.backbone_options, dtype=self.dtype_policy, name=f"expert_{i}")
             for i in range(count)
         ]
+        self.length_groups = 1  # set by the layer that owns the experts (MoS's use_length_groups), not an option
 
     def build(self, sequences_shape):
         d = sequences_shape[-1]
@@ -86,17 +89,18 @@ class ExpertSet(keras.layers.Layer):
 
     def call(self, sequences, masks, target, training=None):
         num, length, d = sequences.shape[1], sequences.shape[2], sequences.shape[3]
+
+        def run(backbone, sequence, mask, target):
+            return backbone_in_length_groups(backbone, sequence, mask, target, self.length_groups, training)
+
         if self.shared:
             flat = tf.reshape(sequences, [-1, length, d])
             targets = tf.reshape(tf.repeat(target[:, None, :], num, axis=1), [-1, target.shape[-1]])
-            out = self.backbones[0](flat, tf.reshape(masks, [-1, length]), targets, training=training)
+            out = run(self.backbones[0], flat, tf.reshape(masks, [-1, length]), targets)
             return tf.reshape(out, [-1, num, out.shape[-1]])
         if num != self.num_experts:
             raise ValueError(f"{type(self).__name__}: expected {self.num_experts} subsequences, got {num}")
-        return tf.stack(
-            [bb(sequences[:, e], masks[:, e], target, training=training) for e, bb in enumerate(self.backbones)],
-            axis=1,
-        )
+        return tf.stack([run(bb, sequences[:, e], masks[:, e], target) for e, bb in enumerate(self.backbones)], axis=1)
 
     def compute_mask(self, *args, **kwargs):
         return None

@@ -45,11 +45,6 @@ import keras
 from tfmoe.models.ctr.backbones import BACKBONES, SequenceLayer, make_backbone
 from tfmoe.utils import validation as v
 
-# The length groups' split cost model (tfmoe.models.length_groups.cheapest_group_starts): a CTR interest layer's
-# work per row grows linearly with its width (target attention, session pooling), so a large position cost makes
-# c(w) = w (w + cost) about linear.
-LINEAR_WIDTH_COST = 1.0e4
-
 
 class InterestLayer(SequenceLayer):
     """Base of the interest layers: ``max_len``, ``backbone``, ``backbone_options`` and the shared interface."""

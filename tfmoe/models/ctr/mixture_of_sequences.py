@@ -52,12 +52,12 @@ Options (defaults = the spec's suggestions; [I] = inferred, not from the paper):
         See :class:`~tfmoe.layers.SessionThemeRouter`.
     fusion_units: hidden sizes of the fusion gate MLP (default [64]).
 
-Length groups: a CTR model with ``length_groups=G`` (:class:`~tfmoe.models.ctr.base.CTRModel`) runs MoS's one
-full-width part, the ``"full"`` global expert, in ``G`` groups of rows of similar history length, each cut to its
-longest history (:func:`~tfmoe.models.length_groups.call_in_length_groups`), and everything else (the session
-grid, the router with its batch-level losses, the theme and short-term experts, the fusion) on the whole batch:
-the logits, the losses and the gradients are those of the padded batch. With ``global_expert="sessions"`` no part
-reads the full width, and groups change nothing.
+Length groups: a CTR model with ``length_groups=G`` (:class:`~tfmoe.models.ctr.base.CTRModel`) runs each of MoS's
+backbone experts in ``G`` groups of rows, each cut to its widest row
+(:func:`~tfmoe.models.ctr.backbones.backbone_in_length_groups`): the ``"full"`` global expert grouped by history
+width, the short-term expert by its window's, and the theme experts by their subsequences' (a theme's unused
+session slots come first). The session grid, the router with its batch-level losses and the fusion see the whole
+batch: the logits, the losses and the gradients are those of the padded batch.
 
 Example:
     >>> import numpy as np
@@ -83,12 +83,11 @@ import tensorflow as tf
 
 from tfmoe.layers import MultiScaleFusion, SessionGrouper, SessionThemeRouter, masking, select_target_themes
 from tfmoe.models.ctr import inputs as ci
+from tfmoe.models.ctr.backbones import backbone_in_length_groups
 from tfmoe.models.ctr.experts import ExpertSet
-from tfmoe.models.ctr.interest import LINEAR_WIDTH_COST, InterestLayer
-from tfmoe.models.length_groups import call_in_length_groups
+from tfmoe.models.ctr.interest import InterestLayer
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
-from tfmoe.utils.xla import in_xla_context
 
 SESSION_MODES = ("chunk", "session_ids", "time_gap")
 THEME_MODES = ("sparse", "dense")
@@ -168,8 +167,9 @@ class MixtureOfSequences(InterestLayer):
         self.length_groups = 1  # set by the CTR model (use_length_groups), not an option of the layer
 
     def use_length_groups(self, groups):
-        """Runs the ``"full"`` global expert in ``groups`` length groups (see the module docstring): True."""
+        """Runs the backbone experts in ``groups`` length groups (see the module docstring): True."""
         self.length_groups = v.check_int(type(self).__name__, "length_groups", groups, minimum=1)
+        self.theme_experts.length_groups = self.length_groups
         return True
 
     @property
@@ -232,45 +232,44 @@ class MixtureOfSequences(InterestLayer):
         if self.target_weighting:
             themes = themes * tf.cast(weights, themes.dtype)[..., None]
         w = self.resolved["short_window"]
-        short = self.short_backbone(sequence[:, -w:], mask[:, -w:], target, training=training)
+        short = backbone_in_length_groups(self.short_backbone, sequence[:, -w:], mask[:, -w:], target,
+                                          self.length_groups, training)
         if self.global_expert == "full":
-            glob = self.global_full(sequence, mask, target, training)
+            glob = backbone_in_length_groups(self.global_backbone, sequence, mask, target, self.length_groups,
+                                             training)
         else:
             means = masking.masked_mean(grid, item_mask, axis=2)  # [B, M, d]
-            glob = self.global_backbone(means, session_mask, target, training=training)
+            glob = backbone_in_length_groups(self.global_backbone, means, session_mask, target, self.length_groups,
+                                             training)
         experts = tf.concat([glob[:, None], short[:, None], tf.cast(themes, glob.dtype)], axis=1)
         always = tf.ones_like(mask[:, :1])  # the global and short-term experts always run
         expert_mask = tf.concat([always, always, theme_mask], axis=1)
         fused, _ = self.fusion(experts, target, expert_mask=expert_mask, training=training)
         return fused
 
-    def global_full(self, sequence, mask, target, training=None):
-        """``E_glob = Backbone(whole history, q)`` ``[B, d_o]``, in :attr:`length_groups` groups of rows outside XLA
-        (XLA would pad the groups back to ``L``)."""
-        def expert(rows):
-            return self.global_backbone(rows["history"], rows["history_mask"], rows["target"], training=training)
-
-        rows = {"history": sequence, "history_mask": mask, "target": target}
-        if self.length_groups > 1 and not in_xla_context():
-            return call_in_length_groups(expert, rows, self.length_groups, mask, LINEAR_WIDTH_COST)
-        return expert(rows)
-
     # ----- FLOPs and config ---------------------------------------------------------------------
     def flops(self, d, width=None):
+        """Forward FLOPs per example by part; with ``width``, of a row of ``width`` history items whose experts read
+        at most that: the global expert ``width`` positions (``"sessions"``: its sessions), the short-term one
+        ``min(W, width)``, the theme experts the ``P`` slots of the sessions such a row can fill (chunks:
+        ``ceil(width / P)``; session ids: up to ``width`` sessions), at most ``C``. The grid and the router count
+        the full ``M x P``."""
         m, p = self.resolved["num_sessions"], self.session_length
         c, k = self.resolved["sessions_per_theme"], self.num_themes
         out = self.output_width(d)
+        read = min(width or self.max_len, self.max_len)
+        sessions = min(m, math.ceil(read / p) if self.session_mode == "chunk" else read)
         parts = {
             # session means, routing projection and prototypes (Einsum: not seen by the profiler),
             # scaling + masking of the K theme subsequences
             "router": 2 * m * p * d + fl.matmul_flops(m + 1, d, d) + fl.matmul_flops(m + 1, d, k) + 2 * k * c * p * d,
-            "theme_experts": self.theme_experts.flops(c * p, d, self.themes_run),
-            "short_expert": self.short_backbone.flops(self.resolved["short_window"], d),
+            "theme_experts": self.theme_experts.flops(min(c, sessions) * p, d, self.themes_run),
+            "short_expert": self.short_backbone.flops(min(self.resolved["short_window"], read), d),
         }
-        if self.global_expert == "full":  # the one part read at a length group's width
-            parts["global_expert"] = self.global_backbone.flops(width or self.max_len, d)
+        if self.global_expert == "full":
+            parts["global_expert"] = self.global_backbone.flops(read, d)
         else:
-            parts["global_expert"] = self.global_backbone.flops(m, d) + 2 * m * p * d
+            parts["global_expert"] = self.global_backbone.flops(sessions, d) + 2 * m * p * d
         experts = 2 + self.themes_fused
         gate = fl.mlp_flops(1, d + out, [*self.fusion_units, experts])
         weighting = self.themes_fused * out if self.target_weighting else 0

@@ -23,7 +23,9 @@ One run trains, in turns of one epoch each (so that drifting load on a shared ma
   choice, 8 experts as MoS has 8 themes);
 * ``din_length_groups``, ``mos_din_length_groups``: the same DIN and MoS-DIN on the same batches with
   ``length_groups`` (``ctr.length_groups``): DIN scores each batch in groups of rows of similar history length, each
-  cut to its longest; MoS-DIN runs its full-history global expert so (the same loss and gradients).
+  cut to its longest; MoS-DIN runs its backbone experts so (the same loss and gradients);
+* on request (``--models``), the same six around TWIN (``twin``, ``mos_twin``, ... with ``ctr.backbones.twin``'s
+  options), on the same batches.
 
 Settings: ``benchmarks/settings/train_speed.yaml``. Data: ML-1M (``../shared/data/ml-1m/ml-1m.txt``) when present,
 else the synthetic log of :mod:`tfmoe.data.synthetic`; each user's items but the last two (the evaluation items of
@@ -37,11 +39,13 @@ the float32 and bfloat16 matmul peak measured in the same run (:func:`matmul_pea
     sasrec_length_groups_speedup_over_keras_hub = t(keras_hub_sasrec) / t(sasrec_peer_length_groups)
     fame_over_sasrec_time         = t(fame) / t(sasrec)
     hymoerec_over_sasrec_time     = t(hymoerec) / t(sasrec)
-    mos_din_over_din_time         = t(mos_din) / t(din)
-    din_length_groups_speedup     = t(din) / t(din_length_groups)
-    mos_din_length_groups_speedup = t(mos_din) / t(mos_din_length_groups)
-    gshard_din_over_din_time      = t(gshard_din) / t(din)
-    expert_choice_din_over_din_time = t(expert_choice_din) / t(din)
+    and for each backbone b (din; twin on request):
+    mos_b_over_b_time             = t(mos_b) / t(b)
+    b_length_groups_speedup       = t(b) / t(b_length_groups)
+    mos_b_length_groups_speedup   = t(mos_b) / t(mos_b_length_groups)
+    mos_b_over_b_length_groups_time = t(mos_b_length_groups) / t(b_length_groups)
+    gshard_b_over_b_time          = t(gshard_b) / t(b)
+    expert_choice_b_over_b_time   = t(expert_choice_b) / t(b)
 
 Nothing else should run on the cores meanwhile: a 1-minute load average above ``max_load`` (0.5) at the start is
 warned about and recorded, with the load averages before and after. One record per run
@@ -75,19 +79,34 @@ with open(SETTINGS_FILE, encoding="utf-8") as _f:
 BENCHMARK = "train_speed"
 PEER_MODELS = ("sasrec_peer", "sasrec_peer_bucketed", "sasrec_peer_length_groups", "keras_hub_sasrec")
 MAIN_MODELS = ("sasrec", "fame", "hymoerec")
-CTR_MODELS = ("din", "din_length_groups", "mos_din", "mos_din_length_groups", "gshard_din", "expert_choice_din")
-MODELS = PEER_MODELS + MAIN_MODELS + CTR_MODELS
+CTR_BACKBONES = tuple(SETTINGS["ctr"]["backbones"])  # din (the default run), twin (on request)
+
+
+def ctr_family(backbone: str) -> tuple:
+    """The CTR models around ``backbone``: alone, in MoS, each in length groups, and the token-routed baselines."""
+    return (backbone, f"{backbone}_length_groups", f"mos_{backbone}", f"mos_{backbone}_length_groups",
+            f"gshard_{backbone}", f"expert_choice_{backbone}")
+
+
+def ctr_ratios(b: str) -> dict:
+    """The speed ratios of :func:`ctr_family`'s models (see the module docstring)."""
+    return {f"mos_{b}_over_{b}_time": (f"mos_{b}", b),
+            f"{b}_length_groups_speedup": (b, f"{b}_length_groups"),
+            f"mos_{b}_length_groups_speedup": (f"mos_{b}", f"mos_{b}_length_groups"),
+            f"mos_{b}_over_{b}_length_groups_time": (f"mos_{b}_length_groups", f"{b}_length_groups"),
+            f"gshard_{b}_over_{b}_time": (f"gshard_{b}", b),
+            f"expert_choice_{b}_over_{b}_time": (f"expert_choice_{b}", b)}
+
+
+CTR_MODELS = tuple(name for backbone in CTR_BACKBONES for name in ctr_family(backbone))
+MODELS = PEER_MODELS + MAIN_MODELS + ctr_family("din")  # the default run
 HARDWARE_OPTIONS = {"sasrec_peer_xla": {"jit_compile": True}, "sasrec_peer_bf16": {"dtype": "mixed_bfloat16"}}
 RATIOS = {"sasrec_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer"),
           "sasrec_bucketed_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer_bucketed"),
           "sasrec_length_groups_speedup_over_keras_hub": ("keras_hub_sasrec", "sasrec_peer_length_groups"),
           "fame_over_sasrec_time": ("fame", "sasrec"),
           "hymoerec_over_sasrec_time": ("hymoerec", "sasrec"),
-          "mos_din_over_din_time": ("mos_din", "din"),
-          "din_length_groups_speedup": ("din", "din_length_groups"),
-          "mos_din_length_groups_speedup": ("mos_din", "mos_din_length_groups"),
-          "gshard_din_over_din_time": ("gshard_din", "din"),
-          "expert_choice_din_over_din_time": ("expert_choice_din", "din")}
+          **{key: pair for backbone in CTR_BACKBONES for key, pair in ctr_ratios(backbone).items()}}
 
 
 # ----- FLOPs ---------------------------------------------------------------------------------------------
@@ -361,7 +380,8 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
     """``{model: config}`` of every model: ``max_len``, ``batch_size``, ``options`` (the model's arguments) and
     ``optimizer`` (Adam's). ``overrides``: ``{"max_len", "batch_size", "bucket_boundaries", "ctr_max_len",
     "ctr_batch_size"}`` and
-    ``"mos_din"``: MoS options on top of the preset's (its sessions must fit a shorter ``ctr_max_len``)."""
+    ``"mos_din"``: MoS options on top of the preset's, for MoS around every backbone (its sessions must fit a shorter
+    ``ctr_max_len``)."""
     from tfmoe.models import presets
 
     o = overrides or {}
@@ -386,17 +406,20 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
                          "batch_size": o.get("batch_size") or main["batch_size"], "optimizer": main["optimizer"],
                          "preset": preset_name, "options": preset["options"]}
     ctr_len, ctr_batch = o.get("ctr_max_len") or ctr["max_len"], o.get("ctr_batch_size") or ctr["batch_size"]
-    configs["din"] = {"max_len": ctr_len, "batch_size": ctr_batch, "optimizer": ctr["optimizer"],
-                      "options": dict(ctr["din"])}
-    mos = presets.get(ctr["mos_din"]["preset"])
-    mos_options = {**mos["options"], **ctr["mos_din"]["options"], **(o.get("mos_din") or {})}
-    configs["mos_din"] = {"max_len": ctr_len, "batch_size": ctr_batch, "optimizer": ctr["optimizer"],
-                          "preset": ctr["mos_din"]["preset"], "options": mos_options}
-    for name in ("gshard_din", "expert_choice_din"):  # the baselines: din's options and their routing
-        configs[name] = {**configs["din"], "options": {**ctr["din"], **ctr[name]}}
-    for name in ("din", "mos_din"):  # the same model and batches in length groups
-        options = {**configs[name]["options"], "length_groups": ctr["length_groups"]}
-        configs[f"{name}_length_groups"] = {**configs[name], "model": name, "options": options}
+    mos = presets.get(ctr["mos"]["preset"])
+    mos_options = {**mos["options"], **ctr["mos"]["options"], **(o.get("mos_din") or {})}
+    for backbone, backbone_options in ctr["backbones"].items():
+        alone, grouped, in_mos, mos_grouped, gshard, expert_choice = ctr_family(backbone)
+        options = {**ctr["common"], **(backbone_options or {})}
+        configs[alone] = {"max_len": ctr_len, "batch_size": ctr_batch, "optimizer": ctr["optimizer"],
+                          "options": options}
+        configs[in_mos] = {**configs[alone], "preset": ctr["mos"]["preset"],
+                           "options": {**mos_options, **(backbone_options or {})}}
+        for name, routing in ((gshard, "gshard"), (expert_choice, "expert_choice")):
+            configs[name] = {**configs[alone], "options": {**options, **ctr[routing]}}  # the backbone's + routing
+        for name, name_grouped in ((alone, grouped), (in_mos, mos_grouped)):  # the same model and batches, grouped
+            configs[name_grouped] = {**configs[name], "model": name,
+                                     "options": {**configs[name]["options"], "length_groups": ctr["length_groups"]}}
     for config in configs.values():
         config["num_items"] = num_items
     return copy.deepcopy(configs)
@@ -620,7 +643,7 @@ def run(models=MODELS, epochs: int = SETTINGS["epochs"], users: int | None = Non
             if config["options"].get("length_groups", 1) > 1:  # the work done: each group's rows at its width
                 from tfmoe.models.ctr.backbones import LINEAR_WIDTH_COST
 
-                def flops_at(width, model=turns[name][0]):  # DIN's whole rows, MoS's global expert at the width
+                def flops_at(width, model=turns[name][0]):  # whole rows, or MoS's experts, at the group's width
                     return model.analytic_flops(width)["total"]
 
                 epoch_forward = group_flops(flops_at, config, history, LINEAR_WIDTH_COST)
@@ -684,7 +707,7 @@ def summary(record: dict) -> str:
     peak = metrics["matmul_peak"]
     lines.append(f"matmul peak {peak['size']}^2: fp32 {peak['float32']['gflops_per_s']:.1f} GFLOP/s, "
                  f"bf16 {peak['bfloat16']['gflops_per_s']:.1f} GFLOP/s")
-    lines += [f"{key}: {metrics[key]:.3f}" for key in RATIOS if metrics[key] is not None]
+    lines += [f"{key}: {metrics[key]:.3f}" for key in RATIOS if metrics.get(key) is not None]
     lines.append(f"load average before {metrics['load_average_before']}, after {metrics['load_average_after']}")
     return "\n".join(lines)
 
@@ -712,7 +735,8 @@ def speed_table(record: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *HARDWARE_OPTIONS])
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        choices=[*dict.fromkeys([*MODELS, *CTR_MODELS]), *HARDWARE_OPTIONS])
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"], help="epochs per model (>= 2)")
     parser.add_argument("--users", type=int, help="the first N users only (quick runs)")
     parser.add_argument("--seed", type=int, default=0)

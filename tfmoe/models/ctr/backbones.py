@@ -113,6 +113,18 @@ class Backbone(SequenceLayer):
         return None
 
 
+def dense_on_rows(layer, x):
+    """``layer(x)`` of a Dense ``layer`` on ``x [..., a]`` as one 2-D matmul over the rows ``[-1, a]``.
+
+    A Dense layer on a 3-D input runs a batched matmul, whose kernel gradient is one product per batch row summed
+    over the batch: a cost per row, not per position, that dominates short sequences (a length group's, a theme's
+    subsequence). On the rows it is one matmul forward and one for the kernel gradient; the same numbers.
+    """
+    out = layer(tf.reshape(x, [-1, x.shape[-1]]))
+    return tf.ensure_shape(tf.reshape(out, tf.concat([tf.shape(x)[:-1], [out.shape[-1]]], 0)),
+                           x.shape[:-1].concatenate(out.shape[-1:]))
+
+
 def _inputs(layer, sequence, mask, target):
     dtype = layer.compute_dtype
     return tf.cast(sequence, dtype), masking.as_bool_mask(mask), tf.cast(target, dtype)
@@ -162,9 +174,10 @@ class TargetAttention(Backbone):
         seq, mask, q = _inputs(self, sequence, mask, target)
         q = tf.broadcast_to(q[:, None, :], tf.shape(seq))
         h = tf.concat([seq, q, seq - q, seq * q], axis=-1)
+        h = tf.reshape(h, [-1, h.shape[-1]])  # the MLP on [B * S, 4d] rows: 2-D matmuls (see dense_on_rows)
         for layer in self.hidden_layers:
             h = layer(h)
-        scores = self.score_layer(tf.cast(h, tf.float32))[..., 0]  # [B, S] float32
+        scores = tf.reshape(self.score_layer(tf.cast(h, tf.float32)), tf.shape(mask))  # [B, S] float32
         if self.normalization == "softmax":
             weights = masking.masked_softmax(scores, mask)
         else:
@@ -255,16 +268,17 @@ class TransActEncoder(Backbone):
     def _attention(self, i, x, key_mask, training):
         dm, h = x.shape[-1], self.num_heads
         length = dim(x, 1)  # may be dynamic (a batch cut to its widest row)
-        qkv = tf.reshape(self.qkv_layers[i](x), [-1, length, 3, h, dm // h])
+        qkv = tf.reshape(dense_on_rows(self.qkv_layers[i], x), [-1, length, 3, h, dm // h])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, T, dh]
         scores = tf.matmul(qkv[0], qkv[1], transpose_b=True) * tf.cast(1.0 / math.sqrt(dm // h), x.dtype)
         probs = masking.masked_softmax(scores, key_mask[:, None, None, :])
         context = tf.matmul(self.dropout_layer(probs, training=training), qkv[2])  # [B, H, T, dh]
         context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, length, dm])
-        return self.attention_outputs[i](context)
+        return dense_on_rows(self.attention_outputs[i], context)
 
     def _ffn(self, i, x, training):
-        return self.ffn_outputs[i](self.dropout_layer(self.ffn_inputs[i](x), training=training))
+        inner = self.dropout_layer(dense_on_rows(self.ffn_inputs[i], x), training=training)
+        return dense_on_rows(self.ffn_outputs[i], inner)
 
     def _sublayer(self, x, norm, function, training):
         """``x + f(LN(x))`` (pre) or ``LN(x + f(x))`` (post), with dropout on ``f``."""
@@ -278,7 +292,7 @@ class TransActEncoder(Backbone):
         token_mask = tf.concat([mask, tf.ones_like(mask[:, :1])], axis=1)
         if self.early_fusion:
             tokens = tf.concat([tokens, tf.broadcast_to(q[:, None, :], tf.shape(tokens))], axis=-1)
-        x = self.input_projection(tokens)
+        x = dense_on_rows(self.input_projection, tokens)
         for i in range(self.num_layers):
             x = self._sublayer(x, self.attention_norms[i], lambda y, i=i: self._attention(i, y, token_mask, training),
                                training)
@@ -358,7 +372,8 @@ class TwinAttention(Backbone):
         length, d = dim(seq, 1), seq.shape[-1]  # the length may be dynamic (a batch cut to its widest row)
         h, dh = self.num_heads, self._head_dim(d)
         k = min(self.top_k, length) if isinstance(length, int) else tf.minimum(self.top_k, length)
-        keys = tf.transpose(tf.reshape(self.key_projection(seq), [-1, length, h, dh]), [0, 2, 1, 3])  # [B,H,S,dh]
+        keys = tf.reshape(dense_on_rows(self.key_projection, seq), [-1, length, h, dh])
+        keys = tf.transpose(keys, [0, 2, 1, 3])  # [B, H, S, dh]
         query = tf.reshape(self.query_projection(q), [-1, h, dh, 1])
         scores = tf.cast(tf.matmul(keys, query)[..., 0], tf.float32) * (1.0 / math.sqrt(dh))  # [B, H, S]
         relevance = tf.where(mask, tf.reduce_mean(scores, axis=1), masking.MASKED_LOGIT)  # GSU
@@ -366,7 +381,7 @@ class TwinAttention(Backbone):
         chosen_mask = tf.gather(mask, chosen, batch_dims=1)
         chosen_scores = tf.gather(tf.transpose(scores, [0, 2, 1]), chosen, batch_dims=1)  # [B, K, H]
         weights = masking.masked_softmax(chosen_scores, chosen_mask[..., None], axis=1)  # ESU
-        values = tf.reshape(self.value_projection(tf.gather(seq, chosen, batch_dims=1)), [-1, k, h, dh])
+        values = tf.reshape(dense_on_rows(self.value_projection, tf.gather(seq, chosen, batch_dims=1)), [-1, k, h, dh])
         weights = tf.transpose(tf.cast(weights, values.dtype), [0, 2, 1])[:, :, None, :]  # [B, H, 1, K]
         context = tf.matmul(weights, tf.transpose(values, [0, 2, 1, 3]))  # [B, H, 1, dh]
         return self.output_projection(tf.reshape(context, [-1, h * dh]))

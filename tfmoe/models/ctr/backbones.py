@@ -47,6 +47,7 @@ import keras
 import tensorflow as tf
 
 from tfmoe.layers import masking
+from tfmoe.layers.routers import flatten_tokens, leading_shape, unflatten_tokens
 from tfmoe.models.length_groups import call_in_length_groups
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
@@ -120,9 +121,8 @@ def dense_on_rows(layer, x):
     over the batch: a cost per row, not per position, that dominates short sequences (a length group's, a theme's
     subsequence). On the rows it is one matmul forward and one for the kernel gradient; the same numbers.
     """
-    out = layer(tf.reshape(x, [-1, x.shape[-1]]))
-    return tf.ensure_shape(tf.reshape(out, tf.concat([tf.shape(x)[:-1], [out.shape[-1]]], 0)),
-                           x.shape[:-1].concatenate(out.shape[-1:]))
+    out = unflatten_tokens(layer(flatten_tokens(x)), leading_shape(x))
+    return tf.ensure_shape(out, x.shape[:-1].concatenate(out.shape[-1:]))  # a dynamic length keeps its static dims
 
 
 def _inputs(layer, sequence, mask, target):
@@ -174,7 +174,7 @@ class TargetAttention(Backbone):
         seq, mask, q = _inputs(self, sequence, mask, target)
         q = tf.broadcast_to(q[:, None, :], tf.shape(seq))
         h = tf.concat([seq, q, seq - q, seq * q], axis=-1)
-        h = tf.reshape(h, [-1, h.shape[-1]])  # the MLP on [B * S, 4d] rows: 2-D matmuls (see dense_on_rows)
+        h = flatten_tokens(h)  # the MLP on [B * S, 4d] rows: 2-D matmuls (see dense_on_rows)
         for layer in self.hidden_layers:
             h = layer(h)
         scores = tf.reshape(self.score_layer(tf.cast(h, tf.float32)), tf.shape(mask))  # [B, S] float32

@@ -380,7 +380,7 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
     """``{model: config}`` of every model: ``max_len``, ``batch_size``, ``options`` (the model's arguments) and
     ``optimizer`` (Adam's). ``overrides``: ``{"max_len", "batch_size", "bucket_boundaries", "ctr_max_len",
     "ctr_batch_size"}`` and
-    ``"mos_din"``: MoS options on top of the preset's, for MoS around every backbone (its sessions must fit a shorter
+    ``"mos"``: MoS options on top of the preset's, for MoS around every backbone (its sessions must fit a shorter
     ``ctr_max_len``)."""
     from tfmoe.models import presets
 
@@ -407,7 +407,7 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
                          "preset": preset_name, "options": preset["options"]}
     ctr_len, ctr_batch = o.get("ctr_max_len") or ctr["max_len"], o.get("ctr_batch_size") or ctr["batch_size"]
     mos = presets.get(ctr["mos"]["preset"])
-    mos_options = {**mos["options"], **ctr["mos"]["options"], **(o.get("mos_din") or {})}
+    mos_options = {**mos["options"], **ctr["mos"]["options"], **(o.get("mos") or {})}
     for backbone, backbone_options in ctr["backbones"].items():
         alone, grouped, in_mos, mos_grouped, gshard, expert_choice = ctr_family(backbone)
         options = {**ctr["common"], **(backbone_options or {})}

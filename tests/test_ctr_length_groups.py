@@ -16,8 +16,9 @@ LENGTHS = [0, 1, 4, 7, 11, 12, 3, 5]  # an empty row, a full one, and widths in 
 MODELS = [("din", {}), ("twin", {"backbone_options": {"top_k": 5}}), ("transact", {})]
 MOS = {"session_length": 3, "num_themes": 2, "short_window": 4}
 MOS_MODELS = [("mos_din", {**MOS, "router": "softmax"}), ("mos_din", {**MOS, "session_mode": "session_ids"}),
+              ("mos_din", {**MOS, "global_expert": "sessions"}),
               ("mos_twin", {**MOS, "backbone_options": {"top_k": 5}}), ("mos_transact", MOS)]
-MOS_IDS = ["mos_din-softmax", "mos_din-codebook-session_ids", "mos_twin", "mos_transact"]
+MOS_IDS = ["mos_din-softmax", "mos_din-codebook-session_ids", "mos_din-sessions", "mos_twin", "mos_transact"]
 
 
 def features(lengths=LENGTHS, seed=0):

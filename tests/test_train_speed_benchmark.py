@@ -15,7 +15,7 @@ from benchmarks import records, train_speed  # noqa: E402
 from tfmoe.utils import flops  # noqa: E402
 
 TINY = {"max_len": 20, "batch_size": 32, "bucket_boundaries": [5, 10], "ctr_max_len": 50, "ctr_batch_size": 32,
-        "mos_din": {"session_length": 5, "num_themes": 4, "sessions_per_theme": 3, "short_window": 10}}
+        "mos": {"session_length": 5, "num_themes": 4, "sessions_per_theme": 3, "short_window": 10}}
 
 
 @pytest.fixture(scope="module")

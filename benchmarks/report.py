@@ -53,10 +53,6 @@ PROTOCOLS = {
                       "users' training ranges; AUC / GAUC overall and AUC by items of history; the popularity AUC of "
                       "one epoch of training draws beside them",
     "moe_layers": "one training step of sparse top-2-of-8 MoE vs dense 8-expert and one-FFN layers",
-    "session_grid": "MoS-DIN's training step (length 1,000, length groups) with the chunk session grid as a reshape "
-                    "of the left-padded history against the general gather, the two taking turns step by step on the "
-                    "same model and batch; reshape_speedup = median step time (gather) / (reshape); loss and "
-                    "gradient differences of the two in inference mode",
     "data_pipeline": "tf.data reader throughput and training-step time from TFRecords vs from memory",
     "serving": "TensorFlow Serving load test: latency percentiles and throughput per request batch size",
 }
@@ -230,7 +226,7 @@ def render(found: list[dict]) -> str:
     for record in by_benchmark.get("ctr_references", []):
         parts.append(_section(f"CTR reference scorers: {record['variant']}", "ctr_references",
                               reference_table(record["metrics"]), [record]))
-    for benchmark, title in (("moe_layers", "MoE layers"), ("session_grid", "MoS session grid"),
+    for benchmark, title in (("moe_layers", "MoE layers"),
                              ("data_pipeline", "Data pipeline"), ("serving", "Serving")):
         for record in by_benchmark.get(benchmark, []):
             parts.append(_section(f"{title}: {record['variant']}", benchmark, generic_tables(record["metrics"]),

@@ -111,63 +111,6 @@ def test_chunk_mode_defaults_and_mask_propagation():
     np.testing.assert_array_equal(ids_grid, expected_ids)
 
 
-def test_is_left_padded_hand_cases():
-    assert bool(sessions.is_left_padded(np.array([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])))
-    assert not bool(sessions.is_left_padded(np.array([[0, 1, 1, 1], [1, 1, 1, 0]])))  # right padding in row 1
-    assert not bool(sessions.is_left_padded(np.array([[0, 1, 0, 1]])))  # a hole
-
-
-@pytest.mark.parametrize(
-    ("length", "num_sessions", "session_length"),
-    [(12, 3, 4), (12, 2, 4), (10, 4, 3), (5, 3, 2), (7, 1, 7)],  # L = M P, L > M P, L < M P, one session
-)
-def test_chunk_grid_left_padded_is_chunk_positions(length, num_sessions, session_length):
-    rng = np.random.default_rng(length * 10 + num_sessions)
-    _, mask = _random_history(rng, 16, length, max_sessions=2)
-    mask[0], mask[1] = False, True  # an all-padding and an all-real row
-    values = rng.normal(size=(16, length, 3)).astype("float32")
-    grid, item_mask, session_mask, positions = sessions.chunk_grid_left_padded(
-        values, mask, num_sessions=num_sessions, session_length=session_length
-    )
-    ref_pos, ref_items, ref_sessions = numpy_group(None, mask, num_sessions, session_length, mode="chunk")
-    np.testing.assert_array_equal(positions.numpy(), ref_pos)
-    np.testing.assert_array_equal(item_mask.numpy(), ref_items)
-    np.testing.assert_array_equal(session_mask.numpy(), ref_sessions)
-    expected = np.where(ref_items[..., None], values[np.arange(16)[:, None, None], ref_pos], 0.0)
-    np.testing.assert_array_equal(grid.numpy(), expected)
-
-
-@pytest.mark.parametrize("holes", [False, True])
-def test_chunk_grouper_reshape_and_gather_agree_with_their_gradients(holes):
-    """A left-padded batch takes the reshape, one with holes the gather: each gives the numpy grid, and the gradient
-    of a weighted sum of the grid is the weight of each real position's slot (0 where the position is not kept)."""
-    rng = np.random.default_rng(7)
-    _, mask = _random_history(rng, 8, 11, max_sessions=2, holes=holes)
-    assert bool(sessions.is_left_padded(mask)) is not holes
-    values = tf.constant(rng.normal(size=(8, 11, 3)).astype("float32"))
-    weights = tf.constant(rng.normal(size=(8, 3, 2, 3)).astype("float32"))
-    grouper = SessionGrouper(num_sessions=3, session_length=2, mode="chunk")
-
-    @tf.function(jit_compile=True)
-    def grid_and_gradient(v):
-        with tf.GradientTape() as tape:
-            tape.watch(v)
-            grid, item_mask, session_mask = grouper(v, mask=tf.constant(mask))
-            loss = tf.reduce_sum(grid * weights)
-        return grid, item_mask, session_mask, tape.gradient(loss, v)
-
-    grid, item_mask, session_mask, gradient = grid_and_gradient(values)
-    ref_pos, ref_items, ref_sessions = numpy_group(None, mask, 3, 2, mode="chunk")
-    rows = np.arange(8)[:, None, None]
-    np.testing.assert_array_equal(grid.numpy(), np.where(ref_items[..., None], values.numpy()[rows, ref_pos], 0.0))
-    np.testing.assert_array_equal(item_mask.numpy(), ref_items)
-    np.testing.assert_array_equal(session_mask.numpy(), ref_sessions)
-    expected_gradient = np.zeros((8, 11, 3), np.float32)
-    for b, m, p in zip(*np.nonzero(ref_items)):
-        expected_gradient[b, ref_pos[b, m, p]] += weights.numpy()[b, m, p]
-    np.testing.assert_allclose(gradient.numpy(), expected_gradient, atol=1e-6)
-
-
 def test_contract_session_mode(tmp_path):
     rng = np.random.default_rng(2)
     session_ids, mask = _random_history(rng, 4, 8, max_sessions=4, holes=True)

@@ -200,27 +200,3 @@ def test_a_profiled_step_is_attributed_to_the_models_parts():
     # forward and backward attention, the optimizer and the dropouts all ran and were recognised by name
     assert {"attention", "backward attention", "optimizer", "dropout"} <= set(result["by_part"])
     assert result["by_part"].get("other", 0.0) < 0.5
-
-
-@pytest.mark.slow
-def test_session_grid_benchmark_times_both_grids_with_the_same_numbers(tmp_path, monkeypatch):
-    from benchmarks import session_grid
-    from tfmoe.layers import sessions
-
-    calls = {"reshape": 0, "gather": 0}
-    for name, arm in (("chunk_grid_left_padded", "reshape"), ("chunk_grid_gathered", "gather")):
-        original = getattr(sessions, name)
-
-        def spy(*args, _original=original, _arm=arm, **kwargs):
-            calls[_arm] += 1
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(sessions, name, spy)
-    record = session_grid.run(users=40, steps=2, seed=0, synthetic=True, overrides=TINY)
-    path = records.write_record(record, str(tmp_path))
-    metrics = records.read_record(path)["metrics"]
-    # the reshape arm's tf.cond traces both branches, the gather arm the gather alone: more gathers than reshapes
-    assert calls["gather"] > calls["reshape"] > 0
-    assert metrics["loss_diff"] < 1e-6 and metrics["max_gradient_diff"] < 1e-6
-    assert len(metrics["times_s"]["reshape"]) == len(metrics["times_s"]["gather"]) == 2
-    assert metrics["reshape_speedup"] == pytest.approx(metrics["step_s"]["gather"] / metrics["step_s"]["reshape"])

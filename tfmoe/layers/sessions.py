@@ -15,12 +15,6 @@ in the last slot ``P - 1``; unused slots come first and are masked. Padding may 
 the input (left or right); it is skipped. All shapes are static and every op is XLA-compilable
 (a stable sort, a top-k and gathers).
 
-Chunks of a left-padded history (every real position after every padding one, as tfmoe's readers
-write them) are its last ``M * P`` positions reshaped to ``[M, P]``: :class:`SessionGrouper` takes
-that reshape when a batch is left-padded (a ``tf.cond`` on :func:`is_left_padded`), and the gather
-otherwise. The grids are the same; the reshape's gradient is a slice where the gather's is a
-scatter into ``[B, L, d]``.
-
 Example:
     >>> import numpy as np
     >>> from tfmoe.layers import sessions
@@ -132,56 +126,6 @@ def chunk_positions(mask, *, num_sessions: int, session_length: int, length: int
     return _grid_from_compact(order, compact_ids, num_valid, num_sessions, session_length)
 
 
-def is_left_padded(mask):
-    """Scalar bool: every row of ``mask [B, L]`` has its real positions after all of its padding ones (an all-padding
-    or all-real row is left-padded)."""
-    mask = tf.cast(masking.as_bool_mask(mask), tf.int8)
-    return tf.reduce_all(mask[:, 1:] >= mask[:, :-1])
-
-
-def chunk_grid_left_padded(values, mask, *, num_sessions: int, session_length: int):
-    """:func:`chunk_positions` + :func:`gather_grid` of a left-padded history as a reshape.
-
-    ``values [B, L, ...]`` and ``mask [B, L]`` (every real position after every padding one; ``None`` = all real)
-    -> ``(grid [B, M, P, ...], item_mask [B, M, P], session_mask [B, M], positions [B, M, P])``: the last ``M * P``
-    positions (left-padded with masked zeros when ``L < M * P``), so that chunk ``r`` (0 = the most recent) is
-    positions ``L - (r + 1) P .. L - r P - 1``, as :func:`chunk_positions` cuts them.
-    """
-    values = tf.convert_to_tensor(values)
-    length, m, p = values.shape[1], num_sessions, session_length
-    if mask is None:
-        mask = tf.ones(tf.shape(values)[:2], tf.bool)
-    mask = masking.as_bool_mask(mask)
-    span = m * p
-    positions = tf.range(length - span, length, dtype=tf.int32)
-    if length >= span:
-        values, mask = values[:, length - span:], mask[:, length - span:]
-    else:
-        pad = [[0, 0], [span - length, 0]]
-        values = tf.pad(values, pad + [[0, 0]] * (values.shape.rank - 2))
-        mask = tf.pad(mask, pad)
-    item_mask = tf.reshape(mask, [-1, m, p])
-    grid = tf.reshape(values, tf.concat([[-1, m, p], tf.shape(values)[2:]], 0))
-    keep = tf.reshape(item_mask, tf.concat([tf.shape(item_mask), tf.ones([grid.shape.rank - 3], tf.int32)], 0))
-    grid = tf.where(keep, grid, tf.zeros_like(grid))
-    positions = tf.where(item_mask, tf.reshape(positions, [1, m, p]), 0)
-    return grid, item_mask, tf.reduce_any(item_mask, axis=-1), positions
-
-
-def chunk_grid_gathered(values, mask, *, num_sessions: int, session_length: int):
-    """``(grid, item_mask, session_mask, positions)`` of :func:`chunk_positions` + :func:`gather_grid`, for any padding
-    (:func:`chunk_grid_left_padded` computes the same for a left-padded history)."""
-    values = tf.convert_to_tensor(values)
-    positions, item_mask, session_mask = chunk_positions(
-        mask, num_sessions=num_sessions, session_length=session_length, length=values.shape[1]
-    )
-    batch = tf.shape(values)[:1]
-    positions = tf.broadcast_to(positions, tf.concat([batch, tf.shape(positions)[1:]], 0))
-    item_mask = tf.broadcast_to(item_mask, tf.concat([batch, tf.shape(item_mask)[1:]], 0))
-    session_mask = tf.broadcast_to(session_mask, tf.concat([batch, tf.shape(session_mask)[1:]], 0))
-    return gather_grid(values, positions, item_mask), item_mask, session_mask, positions
-
-
 def gather_grid(values, positions, item_mask):
     """Gathers ``values [B, L, ...]`` into the grid ``[B, M, P, ...]``; masked slots are zero (or False)."""
     values = tf.convert_to_tensor(values)
@@ -268,27 +212,16 @@ class SessionGrouper(keras.layers.Layer):
                 session_ids, mask, num_sessions=num_sessions, session_length=self.session_length
             )
         else:
-            grid, item_mask, session_mask, positions = self._chunk_grid(values, mask, num_sessions)
-            outputs = (grid, item_mask, session_mask)
-            return (*outputs, positions) if self.return_positions else outputs
+            positions, item_mask, session_mask = chunk_positions(
+                mask, num_sessions=num_sessions, session_length=self.session_length, length=length
+            )
+            batch = tf.shape(values)[:1]
+            positions = tf.broadcast_to(positions, tf.concat([batch, tf.shape(positions)[1:]], 0))
+            item_mask = tf.broadcast_to(item_mask, tf.concat([batch, tf.shape(item_mask)[1:]], 0))
+            session_mask = tf.broadcast_to(session_mask, tf.concat([batch, tf.shape(session_mask)[1:]], 0))
         grid = gather_grid(values, positions, item_mask)
         outputs = (grid, item_mask, session_mask)
         return (*outputs, positions) if self.return_positions else outputs
-
-    def _chunk_grid(self, values, mask, num_sessions: int):
-        """``(grid, item_mask, session_mask, positions)`` in chunk mode: a reshape when the batch is left-padded
-        (:func:`chunk_grid_left_padded`), the gather of :func:`chunk_positions` otherwise."""
-        p = self.session_length
-
-        def reshaped():
-            return chunk_grid_left_padded(values, mask, num_sessions=num_sessions, session_length=p)
-
-        def gathered():
-            return chunk_grid_gathered(values, mask, num_sessions=num_sessions, session_length=p)
-
-        if mask is None:
-            return reshaped()
-        return tf.cond(is_left_padded(mask), reshaped, gathered)
 
     def compute_mask(self, values, mask=None):
         return None

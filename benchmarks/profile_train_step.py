@@ -3,7 +3,8 @@
 Trains one of :mod:`benchmarks.train_speed`'s models (same settings, same batches) for a warm-up epoch, then
 profiles one epoch with ``tf.profiler.experimental`` and reads the trace (``*.xplane.pb``) back. Every executed
 TensorFlow op on the host's compute and tf.data threads is attributed by its name scope to a part (embedding,
-attention, dropout, feed-forward, layer norm, loss, optimizer, input pipeline, other), forward or backward
+attention, dropout, feed-forward, layer norm, loss, optimizer, input pipeline, MoS's session grid, router, theme,
+short-term and global experts and fusion, other), forward or backward
 (``gradient_tape/...``), and by its op type (``_MklEinsum``, ``StatelessRandomUniformV2``, ...). Times are
 op time summed over threads (two ops on two cores count twice), so shares, not seconds, are what to compare.
 
@@ -32,6 +33,13 @@ BENCHMARK = "train_profile"
 PARTS = (
     ("optimizer", ("adam", "optimizer")),
     ("input", ("iterator", "dataset", "tf_data")),
+    # MoS (tfmoe.models.ctr.mixture_of_sequences): its parts' layer names, before the generic ones they contain
+    ("MoS session grid", ("/sessions/",)),
+    ("MoS router", ("theme_router",)),
+    ("MoS theme experts", ("theme_experts",)),
+    ("MoS short-term expert", ("short_expert",)),
+    ("MoS global expert", ("global_expert",)),
+    ("MoS fusion", ("/fusion/",)),
     ("dropout", ("dropout",)),
     ("layer norm", ("norm",)),
     ("attention", ("attention", "multi_head", "self_attention")),
@@ -49,6 +57,8 @@ def part_of(op_name: str) -> str:
         'backward attention'
         >>> part_of("StatefulPartitionedCall/adam/Sqrt:Sqrt")
         'optimizer'
+        >>> part_of("StatefulPartitionedCall/gradient_tape/mo_sdin/interest/global_expert/dense/MatMul:_MklMatMul")
+        'backward MoS global expert'
     """
     scope = op_name.rsplit(":", 1)[0].lower()
     backward = "gradient_tape" in scope or "gradients" in scope

@@ -34,12 +34,12 @@ PARTS = (
     ("optimizer", ("adam", "optimizer")),
     ("input", ("iterator", "dataset", "tf_data")),
     # MoS (tfmoe.models.ctr.mixture_of_sequences): its parts' layer names, before the generic ones they contain
-    ("MoS session grid", ("/sessions/",)),
+    ("MoS session grid", ("sessions",)),
     ("MoS router", ("theme_router",)),
     ("MoS theme experts", ("theme_experts",)),
     ("MoS short-term expert", ("short_expert",)),
     ("MoS global expert", ("global_expert",)),
-    ("MoS fusion", ("/fusion/",)),
+    ("MoS fusion", ("fusion",)),
     ("dropout", ("dropout",)),
     ("layer norm", ("norm",)),
     ("attention", ("attention", "multi_head", "self_attention")),
@@ -89,15 +89,22 @@ def op_times(xplane_path: str) -> list[tuple[str, float]]:
 
 
 def breakdown(times: list[tuple[str, float]], top: int = 20) -> dict:
-    """``{"total_ms", "by_part": {part: share}, "by_op_type": {type: share}}`` (the ``top`` op types)."""
+    """``{"total_ms", "by_part": {part: share}, "by_op_type": {type: share}, "other_scopes": {scope: share}}`` (the
+    ``top`` op types, and the ``top`` scopes of the ops in no part, cut after the model's top two scopes)."""
     total = sum(ms for _, ms in times) or 1.0
-    parts, types = collections.Counter(), collections.Counter()
+    parts, types, other = collections.Counter(), collections.Counter(), collections.Counter()
     for name, ms in times:
-        parts[part_of(name)] += ms
+        part = part_of(name)
+        parts[part] += ms
         types[name.rsplit(":", 1)[1]] += ms
+        if part.endswith("other"):
+            scope = [s for s in name.rsplit(":", 1)[0].split("/") if s not in ("StatefulPartitionedCall",
+                                                                              "gradient_tape")]
+            other["/".join(scope[:3])] += ms
     return {"total_ms": total,
             "by_part": {k: v / total for k, v in parts.most_common()},
-            "by_op_type": {k: v / total for k, v in types.most_common(top)}}
+            "by_op_type": {k: v / total for k, v in types.most_common(top)},
+            "other_scopes": {k: v / total for k, v in other.most_common(top)}}
 
 
 def profile(model_name: str, users: int, seed: int = 0, synthetic: bool = False, overrides: dict | None = None):
@@ -139,9 +146,10 @@ def main(argv=None) -> int:
     print(f"{args.model}: {steps} steps, {result['total_ms']:.0f} ms of op time")
     for part, share in result["by_part"].items():
         print(f"  {part:24} {share:6.1%}")
-    print("op types:")
-    for op, share in result["by_op_type"].items():
-        print(f"  {op:32} {share:6.1%}")
+    for title, key in (("op types", "by_op_type"), ("scopes of the other ops", "other_scopes")):
+        print(f"{title}:")
+        for name, share in result[key].items():
+            print(f"  {name:32} {share:6.1%}")
     config = {"model": args.model, "users": args.users, "synthetic": args.synthetic}
     record = records.make_record(BENCHMARK, args.model, config, {**result, "steps": steps}, epochs=1, seed=args.seed,
                                  partial=False, data_files=[], command=sys.argv if argv is None else argv)

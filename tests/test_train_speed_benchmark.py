@@ -190,6 +190,22 @@ def test_profile_breakdown_doctests():
     assert doctest.testmod(profile_train_step).failed == 0
 
 
+def test_profile_breakdown_attributes_mos_parts_and_lists_the_unattributed_scopes():
+    from benchmarks import profile_train_step
+
+    times = [("StatefulPartitionedCall/mo_sdin/interest/sessions/GatherV2:GatherV2", 2.0),
+             ("StatefulPartitionedCall/gradient_tape/mo_sdin/interest/theme_experts/din/MatMul:_MklMatMul", 1.0),
+             ("StatefulPartitionedCall/gradient_tape/mo_sdin/interest/strided_slice_4/Grad:StridedSliceGrad", 0.5),
+             ("StatefulPartitionedCall/mo_sdin/interest/strided_slice_4/Slice:StridedSlice", 0.25),
+             ("StatefulPartitionedCall/adam/Sqrt:Sqrt", 0.25)]
+    result = profile_train_step.breakdown(times)
+    assert result["total_ms"] == 4.0
+    assert result["by_part"] == {"MoS session grid": 0.5, "backward MoS theme experts": 0.25, "backward other": 0.125,
+                                 "other": 0.0625, "optimizer": 0.0625}
+    assert result["other_scopes"] == {"mo_sdin/interest/strided_slice_4": 0.1875}
+    assert result["by_op_type"]["GatherV2"] == 0.5
+
+
 @pytest.mark.slow
 def test_a_profiled_step_is_attributed_to_the_models_parts():
     from benchmarks import profile_train_step

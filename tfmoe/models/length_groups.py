@@ -165,18 +165,24 @@ def call_in_length_groups(call, features: dict, groups: int, mask, position_cost
     mask = tf.convert_to_tensor(mask)
     length = tf.shape(mask)[1]
     order, starts, widths = plan_length_groups(tf.cast(mask, tf.int32), groups, position_cost)
-    # one gather into sorted order and a split into the groups' rows: their gradients (a scatter and a concat) touch
-    # each row once, where a gather per group would scatter into the whole batch once per group
+    features = {key: tf.convert_to_tensor(value) for key, value in features.items()}
+    histories = {key for key, value in features.items() if key.startswith("history") and value.shape.rank >= 2}
+    # The other features: one gather into sorted order and a split into the groups' rows (their gradients, a
+    # scatter and a concat, touch each row once).
     sizes = starts[1:] - starts[:-1]
-    parts = {key: tf.split(tf.gather(tf.convert_to_tensor(value), order), sizes, axis=0, num=groups)
-             for key, value in features.items()}
+    parts = {key: tf.split(tf.gather(value, order), sizes, axis=0, num=groups)
+             for key, value in features.items() if key not in histories}
+    # A history: each group gathers its rows' last w_g positions from the history flattened to [B * L, ...], so
+    # that the gradient of a float history (embeddings) is the gathered positions' rows alone, summed once,
+    # instead of a zero-padded [b_g, L, ...] slice gradient per group, a concat and a scatter.
+    flat = {key: tf.reshape(features[key], tf.concat([[-1], tf.shape(features[key])[2:]], 0)) for key in histories}
     outputs = []
     for g in range(groups):
-        part = {}
-        for key, values in parts.items():
-            value = values[g]
-            if key.startswith("history") and value.shape.rank >= 2:
-                value = value[:, length - widths[g]:]
-            part[key] = value
+        part = {key: values[g] for key, values in parts.items()}
+        if histories:
+            rows = order[starts[g]:starts[g + 1]]
+            columns = tf.range(length - widths[g], length)
+            index = rows[:, None] * length + columns[None, :]  # [b_g, w_g]
+            part.update({key: tf.gather(flat[key], index) for key in histories})
         outputs.append(call(part))
     return tf.gather(tf.concat(outputs, axis=0), tf.math.invert_permutation(order))

@@ -90,7 +90,8 @@ def op_times(xplane_path: str) -> list[tuple[str, float]]:
 
 def breakdown(times: list[tuple[str, float]], top: int = 20) -> dict:
     """``{"total_ms", "by_part": {part: share}, "by_op_type": {type: share}, "other_scopes": {scope: share}}`` (the
-    ``top`` op types, and the ``top`` scopes of the ops in no part, cut after the model's top two scopes)."""
+    ``top`` op types, and the ``top`` scopes of the ops in no part: their first three name-scope levels once
+    ``StatefulPartitionedCall`` and ``gradient_tape`` are dropped, e.g. ``mo_sdin/interest/strided_slice_4``)."""
     total = sum(ms for _, ms in times) or 1.0
     parts, types, other = collections.Counter(), collections.Counter(), collections.Counter()
     for name, ms in times:

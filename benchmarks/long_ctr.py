@@ -28,7 +28,8 @@ Phases (``--phase``; each resumable, ``report`` always last):
 
 1. ``prepare``: ``tfmoe prepare`` of the tasks' datasets into ``<data-dir>/<name>``, skipped when present.
 2. ``flops``: analytic and profiler forward FLOPs per example and parameter counts (cached in
-   ``<work-dir>/flops.json``).
+   ``<work-dir>/flops-<tree>.json``, ``<tree>`` the git tree hash of the committed ``tfmoe/``: code changes
+   recount; nothing is cached from uncommitted code).
 3. ``train``: :func:`tfmoe.training.train` for every task x length x model x seed into
    ``<work-dir>/<task>/L<length>/<model>/spu<k>/seed<s>``, then the per-impression evaluation of each finished run on
    its task and evaluation-only columns. With ``--chunk`` < ``--epochs`` the models of a length take turns
@@ -226,8 +227,9 @@ def flops(args) -> dict:
     from tfmoe.models import registry
     from tfmoe.utils.flops import profiler_flops
 
-    path = os.path.join(args.work_dir, "flops.json")
-    table = read_json(path)
+    tree = records.package_tree()
+    path = os.path.join(args.work_dir, f"flops-{tree}.json") if tree else None
+    table = read_json(path) if path else {}
     for length in args.lengths:
         rng = np.random.default_rng(0)
         features = {"history": rng.integers(1, 3000, (2, length)).astype("int32"),
@@ -241,7 +243,8 @@ def flops(args) -> dict:
             row[name] = {"analytic": int(model.analytic_flops()["total"]),
                          "profiler": float(profiler_flops(model, features)), "params": int(model.count_params())}
             _log(f"flops L={length} {name}: {row[name]}")
-            write_json(path, table)
+            if path:
+                write_json(path, table)
     return table
 
 
@@ -627,7 +630,7 @@ def paired_comparison(column: str, mos_runs: list[dict], backbone_runs: list[dic
 
 def report(args) -> dict:
     """Records of every run this machine holds, per task column; the paired MoS - backbone records; the tables."""
-    flops_table = read_json(os.path.join(args.work_dir, "flops.json"))
+    flops_table = flops(args)
     written = {}
     for task in args.tasks:
         dataset = TASKS[task]["dataset"]

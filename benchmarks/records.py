@@ -107,15 +107,28 @@ def machine() -> dict:
     return info
 
 
+def _git(repo: str, *args) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def git_commit(repo: str = paths.REPO) -> dict:
     """``{"sha": HEAD, "dirty": tracked files changed}``; ``null`` values outside a git checkout."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-
     try:
-        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {"sha": _git(repo, "rev-parse", "HEAD"),
+                "dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.CalledProcessError):
         return {"sha": None, "dirty": None}
+
+
+def package_tree(repo: str = paths.REPO, package: str = "tfmoe") -> str | None:
+    """The git tree hash of ``package`` at HEAD: it changes exactly when the package's code does. ``None`` when the
+    package has uncommitted changes (or outside a git checkout): nothing computed from it may then be cached."""
+    try:
+        if _git(repo, "status", "--porcelain", "--", package):
+            return None
+        return _git(repo, "rev-parse", f"HEAD:{package}")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def utc_now() -> str:

@@ -92,6 +92,29 @@ def test_data_hash_of_a_tiny_file_is_sha256_over_its_size_and_bytes(tmp_path):
     assert records.data_hash([]) == "sha256:" + hashlib.sha256().hexdigest()
 
 
+def test_package_tree_changes_with_the_packages_code_and_is_none_while_it_has_uncommitted_changes(tmp_path):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("n\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    first = records.package_tree(str(tmp_path), "pkg")
+    assert first == git("rev-parse", "HEAD:pkg")
+    (tmp_path / "notes.md").write_text("changed outside the package\n")
+    assert records.package_tree(str(tmp_path), "pkg") == first
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert records.package_tree(str(tmp_path), "pkg") is None
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    assert records.package_tree(str(tmp_path), "pkg") not in (None, first)
+    assert records.package_tree(str(tmp_path / "nowhere"), "pkg") is None
+
+
 def test_benchmarks_readme_is_what_report_renders_from_the_committed_records(tmp_path):
     """benchmarks/README.md is regenerated from benchmarks/results/records and compared; every committed record
     passes the schema check."""

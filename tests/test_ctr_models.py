@@ -179,18 +179,49 @@ def test_time_gap_sessions_match_a_reference():
         np.testing.assert_array_equal(ids[row][mask[row]], expected)
 
 
-def test_din_attention_is_a_masked_softmax_average():
-    att = TargetAttention(attention_units=[4])
-    seq = np.random.default_rng(0).random((2, 5, 3)).astype("float32")
+@pytest.mark.parametrize("units", [[4], [4, 3], []])
+def test_din_attention_is_a_masked_softmax_average_of_the_concatenated_features_mlp(units):
+    rng = np.random.default_rng(0)
+    att = TargetAttention(attention_units=units)
+    seq = rng.normal(size=(2, 5, 3)).astype("float32")
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], bool)
-    q = np.ones((2, 3), "float32")
+    q = rng.normal(size=(2, 3)).astype("float32")
     out = att(seq, mask, q).numpy()
+    # the reference builds DIN's [e, q, e - q, e * q] features; the layer runs the factored first layer
     h = np.concatenate([seq, np.broadcast_to(q[:, None], seq.shape), seq - q[:, None], seq * q[:, None]], -1)
-    hidden_kernel, hidden_bias, score_kernel, score_bias = (w.numpy() for w in att.weights)
-    scores = (np.maximum(h @ hidden_kernel + hidden_bias, 0) @ score_kernel + score_bias)[..., 0]
-    weights = np.where(mask, np.exp(scores - scores.max(-1, keepdims=True)), 0)
-    weights /= weights.sum(-1, keepdims=True)
-    np.testing.assert_allclose(out, np.einsum("bl,bld->bd", weights, seq), rtol=1e-5, atol=1e-6)
+    weights = [w.numpy().astype("float64") for w in att.weights]
+    for kernel, bias in zip(weights[:-2:2], weights[1:-2:2]):
+        h = np.maximum(h @ kernel + bias, 0)
+    scores = (h @ weights[-2] + weights[-1])[..., 0]
+    attention = np.where(mask, np.exp(scores - scores.max(-1, keepdims=True)), 0)
+    attention /= attention.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, np.einsum("bl,bld->bd", attention, seq), rtol=1e-5, atol=1e-6)
+
+
+def test_din_attention_gradients_match_the_concatenated_features_mlp():
+    rng = np.random.default_rng(1)
+    att = TargetAttention(attention_units=[6])
+    seq = tf.constant(rng.normal(size=(3, 7, 4)), tf.float32)
+    q = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+    mask = tf.constant(rng.random((3, 7)) < 0.8)
+    att(seq, mask, q)
+    hidden, score = att.hidden_layers[0], att.score_layer
+
+    def concatenated(seq, q):  # DIN's MLP on the built features, with the layer's own weights
+        qb = tf.broadcast_to(q[:, None, :], tf.shape(seq))
+        h = tf.nn.relu(tf.concat([seq, qb, seq - qb, seq * qb], -1) @ hidden.kernel + hidden.bias)
+        scores = (h @ score.kernel + score.bias)[..., 0]
+        weights = tf.nn.softmax(tf.where(mask, scores, -1e9), axis=-1) * tf.cast(mask, tf.float32)
+        return tf.einsum("bl,bld->bd", weights, seq)
+
+    grads = []
+    for fn in (lambda s, t: att(s, mask, t), concatenated):
+        with tf.GradientTape() as tape:
+            tape.watch([seq, q])
+            loss = tf.reduce_sum(tf.sin(fn(seq, q)))
+        grads.append(tape.gradient(loss, [seq, q, *att.trainable_weights]))
+    for got, expected in zip(*grads):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
 # ----- XLA, mixed precision, serialization ------------------------------------------------------------------

@@ -159,6 +159,7 @@ def _smoke(tmp_path, monkeypatch, task):
             assert metrics["buckets"]["<=200"]["count"] == rows  # tiny data: every history is short
             assert sum(b["count"] for b in metrics["buckets"].values()) == rows
             assert metrics["evaluation_ctr"] == long_ctr.task_sampling(column)
+            assert metrics["flops"] > 0 and metrics["params"] > 0  # counted by the report from the run's code
             npz = metrics["impressions_file"].replace("<work-dir>", str(tmp_path / "work"))
             arrays = ctr_impressions.load_impressions(npz)
             assert arrays["labels"].size == rows and (arrays["positions"] >= 1).all()

@@ -130,9 +130,33 @@ def _inputs(layer, sequence, mask, target):
     return tf.cast(sequence, dtype), masking.as_bool_mask(mask), tf.cast(target, dtype)
 
 
+def factored_target_dense(seq, q, kernel, bias):
+    """``[e_i, q, e_i - q, e_i * q] K + b`` for every item ``e_i`` of ``seq [B, S, d]`` and target ``q [B, d]``,
+    as ``e_i M_q + c_q``: ``M_q = K_e + K_d + diag(q) K_p [B, d, u]``, ``c_q = q (K_q - K_d) + b [B, u]``
+    (``K [4d, u]`` in blocks ``K_e, K_q, K_d, K_p``). Returns ``[B, S, u]`` in ``seq``'s dtype."""
+    kernel, bias = tf.cast(kernel, seq.dtype), tf.cast(bias, seq.dtype)
+    k_e, k_q, k_d, k_p = tf.split(kernel, 4, axis=0)
+    per_target = (k_e + k_d)[None] + q[:, :, None] * k_p[None]  # [B, d, u]
+    offset = tf.matmul(q, k_q - k_d) + bias  # [B, u]
+    return tf.matmul(seq, per_target) + offset[:, None, :]
+
+
+def factored_target_dense_flops(length: int, d: int, units: int) -> int:
+    """Forward FLOPs of :func:`factored_target_dense` for one example of ``length`` items (profiler conventions)."""
+    per_target = 2 * d * units + d * units  # K_e + K_d + diag(q) K_p: a product and a sum per entry
+    offset = fl.dense_flops(1, d, units) + d * units  # K_q - K_d, then q (K_q - K_d) + b
+    return per_target + offset + fl.matmul_flops(length, d, units) + length * units
+
+
 @keras.saving.register_keras_serializable(package="tfmoe")
 class TargetAttention(Backbone):
     """DIN target attention: ``w_i = norm(MLP([e_i, q, e_i - q, e_i * q]))``, output ``sum_i w_i e_i``.
+
+    The MLP's first layer (kernel ``K = [K_e; K_q; K_d; K_p]`` on the four ``d``-blocks, bias ``b``) runs in
+    its factored form: ``K_e e_i + K_q q + K_d (e_i - q) + K_p (e_i * q) + b = M_q e_i + c_q`` with
+    ``M_q = K_e + K_d + diag(q) K_p`` and ``c_q = (K_q - K_d) q + b``, one ``d x u`` matrix and one bias per
+    example. Each history item then costs one ``d x u`` product instead of ``4d x u``, and the ``[B, S, 4d]``
+    features are never built; the weights (and checkpoints) are those of the concatenated form.
 
     Args:
         attention_units: hidden sizes of the scoring MLP (DIN: [80, 40]).
@@ -172,12 +196,17 @@ class TargetAttention(Backbone):
 
     def call(self, sequence, mask, target, training=None):
         seq, mask, q = _inputs(self, sequence, mask, target)
-        q = tf.broadcast_to(q[:, None, :], tf.shape(seq))
-        h = tf.concat([seq, q, seq - q, seq * q], axis=-1)
-        h = flatten_tokens(h)  # the MLP on [B * S, 4d] rows: 2-D matmuls (see dense_on_rows)
-        for layer in self.hidden_layers:
-            h = layer(h)
-        scores = tf.reshape(self.score_layer(tf.cast(h, tf.float32)), tf.shape(mask))  # [B, S] float32
+        if self.hidden_layers:
+            first = self.hidden_layers[0]
+            h = first.activation(factored_target_dense(seq, q, first.kernel, first.bias))  # [B, S, u]
+            h = flatten_tokens(h)  # the rest of the MLP on [B * S, u] rows: 2-D matmuls (see dense_on_rows)
+            for layer in self.hidden_layers[1:]:
+                h = layer(h)
+            scores = self.score_layer(tf.cast(h, tf.float32))
+        else:
+            scores = factored_target_dense(tf.cast(seq, tf.float32), tf.cast(q, tf.float32), self.score_layer.kernel,
+                                           self.score_layer.bias)
+        scores = tf.reshape(scores, tf.shape(mask))  # [B, S] float32
         if self.normalization == "softmax":
             weights = masking.masked_softmax(scores, mask)
         else:
@@ -186,10 +215,11 @@ class TargetAttention(Backbone):
         return tf.matmul(tf.cast(weights, seq.dtype)[:, None, :], seq)[:, 0, :]
 
     def flops(self, length, d):
-        features = 2 * length * d  # e - q, e * q
-        mlp = fl.mlp_flops(length, 4 * d, [*self.attention_units, 1])
+        units = [*self.attention_units, 1]
+        first = factored_target_dense_flops(length, d, units[0])
+        rest = fl.mlp_flops(length, units[0], units[1:])
         softmax = 5 * length if self.normalization == "softmax" else 0
-        return features + mlp + softmax + fl.matmul_flops(1, length, d)
+        return first + rest + softmax + fl.matmul_flops(1, length, d)
 
     def get_config(self):
         config = super().get_config()

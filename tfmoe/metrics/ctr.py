@@ -204,7 +204,10 @@ class CTRMetrics(keras.metrics.Metric):
         slots = tf.where(keep, index, self.capacity)[:, None]
         for key, values in rows.items():
             buffer = self._buffers[key]
-            buffer.assign(tf.tensor_scatter_nd_update(buffer.value, slots, values))
+            if isinstance(buffer.value, tf.distribute.DistributedValues):  # no scatter in a replica context
+                buffer.assign(tf.tensor_scatter_nd_update(buffer.value, slots, values))
+            else:  # in place: a batch writes its rows, not a copy of the whole buffer
+                buffer.value.scatter_nd_update(slots, values)
         kept = tf.reduce_sum(tf.cast(keep, tf.int64))
         self.count.assign_add(kept)
         self.overflow.assign_add(n - kept)

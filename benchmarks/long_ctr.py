@@ -262,6 +262,8 @@ def train_tasks(args) -> None:
                 for name in _names(args):
                     for seed in args.seeds:
                         config = task_config(args, task, name, length, seed, target)
+                        if target < epochs:  # the records score test from the impressions of the final checkpoint
+                            config["evaluation"]["splits"] = []
                         _log(f"== train {task} L={length} {name} seed {seed} up to epoch {target}")
                         start = time.time()
                         result = train(config)

@@ -20,6 +20,26 @@ def _args(tmp_path, **overrides):
     return argparse.Namespace(**values)
 
 
+def test_chunks_take_turns_and_only_the_final_chunk_scores_test(tmp_path, monkeypatch):
+    import tfmoe.training
+    from tfmoe.training import TrainResult
+
+    calls = []
+
+    def fake_train(config):
+        calls.append((config["model"]["name"], config["training"]["epochs"], config["evaluation"]["splits"]))
+        return TrainResult(model=None, task="ctr", monitor="AUC", best_epoch=0, epochs_run=0, stopped_early=False,
+                           metrics={}, sequences_per_s=None, output_dir=config["output_dir"])
+
+    monkeypatch.setattr(tfmoe.training, "train", fake_train)
+    monkeypatch.setattr(long_ctr, "evaluate_run", lambda config, task: None)
+    args = _args(tmp_path, tasks=["ml-1m-ctr-pop"], lengths=[50], backbones=["din"], variants=["", "mos_"],
+                 epochs=5, chunk=2)
+    long_ctr.train_tasks(args)
+    assert calls == [("din", 2, []), ("mos_din", 2, []), ("din", 4, []), ("mos_din", 4, []),
+                     ("din", 5, ["test"]), ("mos_din", 5, ["test"])]
+
+
 def test_every_task_model_and_length_gives_a_valid_config(tmp_path):
     from tfmoe.data.samples import CTRSampling
     from tfmoe.training import TrainConfig

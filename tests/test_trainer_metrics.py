@@ -31,6 +31,11 @@ def test_next_item_run_reports_the_streamed_ranking_metrics_of_its_best_model(pr
     assert [h["epoch"] for h in result.history] == [0, 1]
     assert all(h["val_seconds"] > 0 and h["train_seconds"] > 0 for h in result.history)
     assert result.history[result.best_epoch]["val_NDCG@10"] == pytest.approx(result.valid_metrics["NDCG@10"], abs=1e-6)
+    # the reported validation metrics are fit's at the best epoch, and a fresh pass over the best model agrees
+    rescored = evaluate_best(config(prepared, tmp_path, training={"epochs": 2, "verbose": 0}), splits=["valid"])
+    assert set(rescored["valid"]) == set(result.valid_metrics)
+    for name, value in rescored["valid"].items():
+        assert result.valid_metrics[name] == pytest.approx(value, abs=1e-6), name
     # the same protocol on demand, unfiltered through the config
     unfiltered = evaluate_best(config(prepared, tmp_path, training={"epochs": 2, "verbose": 0},
                                       evaluation={"filter_seen": False}), splits=["test"])["test"]

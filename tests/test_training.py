@@ -14,7 +14,7 @@ import pytest
 import yaml
 from test_dataset import write_prepared
 
-from tfmoe.training import RunSettingsError, TrainConfig, load_result, train
+from tfmoe.training import RunSettingsError, TrainConfig, evaluate_best, load_result, train
 from tfmoe.training.callbacks import TrainingState
 
 NUM_ITEMS, MAX_LEN, USERS = 60, 12, 240
@@ -175,6 +175,23 @@ def test_early_stopping_keeps_the_best_epoch(prepared, tmp_path):
     best = result.history[0]["val_NDCG@10"]
     assert result.valid_metrics["NDCG@10"] == pytest.approx(best, abs=1e-6)  # best weights were restored
     assert all(h["val_NDCG@10"] < best for h in result.history[1:])
+
+
+def test_a_finished_run_asked_for_a_split_it_lacks_scores_it_without_training(prepared, tmp_path):
+    class CountBatches(keras.callbacks.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            CountBatches.batches += 1
+
+    first = train(config(prepared, tmp_path, training={"epochs": 2, "verbose": 0}, evaluation={"splits": []}))
+    assert set(first.metrics) == {"valid"} and first.epochs_run == 2
+    again = train(config(prepared, tmp_path, training={"epochs": 2, "verbose": 0}), callbacks=[CountBatches()])
+    assert CountBatches.batches == 0  # no epoch ran again
+    assert set(again.metrics) == {"valid", "test"} and again.epochs_run == 2 and again.history == first.history
+    assert again.valid_metrics == first.valid_metrics
+    rescored = evaluate_best(config(prepared, tmp_path), splits=["test"])["test"]
+    assert again.test_metrics == pytest.approx(rescored, abs=1e-6)
 
 
 def test_resumes_after_an_interruption_mid_epoch(prepared, tmp_path):

@@ -107,6 +107,8 @@ class EpochTimer(keras.callbacks.Callback):
     """Adds ``train_seconds`` (training time of the epoch), ``train_batches`` and, in validated epochs,
     ``val_seconds`` (``fit``'s validation pass) to the logs."""
 
+    KEYS = ("train_seconds", "train_batches", "val_seconds")
+
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._batches = 0

@@ -4,7 +4,7 @@
 with the task's metrics (:meth:`~tfmoe.training.evaluation.TaskEvaluation.metrics`), and calls ``fit`` with
 the validation split every ``eval_every`` epochs. It stops early on the validation metric (``NDCG@10``
 for next-item models, ``AUC`` for CTR models), then reloads the best weights, runs ``model.evaluate`` on
-the validation and test splits and saves the best model.
+the test splits (the validation metrics are those ``fit`` logged at the best epoch) and saves the best model.
 
 Output directory (``config.output_dir``)::
 
@@ -237,8 +237,8 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
         run_settings.record_run(config.output_dir, config)
     state = cb.TrainingState.load(_path(config, STATE_FILE), monitor)
     complete = state.stopped_early or len(state.history) >= config.training.epochs
-    if state.finished and complete and tf.io.gfile.exists(_path(config, METRICS_FILE)):
-        return load_result(config.output_dir)
+    if state.finished and complete and set(config.evaluation.splits) <= _saved_splits(config):
+        return load_result(config.output_dir)  # a split the saved result lacks is scored below, without training
     state.finished = False  # more epochs than last time: continue from the backup of the last epoch
     state.trained_on(device_description())
 
@@ -279,7 +279,7 @@ def train(config, *, strategy: tf.distribute.Strategy | None = None, callbacks=(
                       callbacks=fit_callbacks, verbose=verbose)
         if tf.io.gfile.exists(at(BEST_WEIGHTS)):
             model.load_weights(at(BEST_WEIGHTS))
-        metrics = {"valid": _evaluate(model, valid_ds)}
+        metrics = {"valid": best_epoch_validation(state) or _evaluate(model, valid_ds)}
         for split in config.evaluation.splits:
             metrics[split] = _evaluate(model, evaluation.dataset(config, split, ctr_context=ctr_context))
         model.save(at(MODEL_FILE))
@@ -355,6 +355,14 @@ def evaluate_best(config, splits=None) -> dict:
     return {split: _evaluate(model, evaluation.dataset(config, split, ctr_context=ctr_context)) for split in splits}
 
 
+def _saved_splits(config: TrainConfig) -> set:
+    """The splits scored in the run's saved result (none before it exists)."""
+    if not tf.io.gfile.exists(_path(config, METRICS_FILE)):
+        return set()
+    with tf.io.gfile.GFile(_path(config, METRICS_FILE)) as f:
+        return set(json.load(f)["metrics"])
+
+
 def load_result(output_dir: str) -> TrainResult:
     """The :class:`TrainResult` of a finished run (its best model loaded from ``model.keras``)."""
     with tf.io.gfile.GFile(os.path.join(output_dir, METRICS_FILE)) as f:
@@ -370,6 +378,16 @@ def _routing_logger(run_dir: str):
     from tfmoe.layers import RoutingStatsLogger
 
     return RoutingStatsLogger(os.path.join(run_dir, LOG_DIR, "routing"), update_freq="epoch")
+
+
+def best_epoch_validation(state: cb.TrainingState) -> dict | None:
+    """``{metric: value}`` of ``fit``'s validation pass at the best epoch: the metrics of the best checkpoint, read
+    from the history instead of scored again; ``None`` when no epoch was validated."""
+    entry = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    if entry is None:
+        return None
+    metrics = {k[len("val_"):]: v for k, v in entry.items() if k.startswith("val_") and k not in cb.EpochTimer.KEYS}
+    return metrics or None
 
 
 def _evaluate(model, dataset) -> dict:

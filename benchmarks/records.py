@@ -17,7 +17,7 @@ key               value
 ``seed``          the run's seed (``seeds``: a list, for a record over several seeds)
 ``machine``       :func:`machine`: CPU model, cores, GPUs, Python, TensorFlow and Keras versions
 ``command``       the argv of the command that wrote the record
-``commit``        ``{"sha": git HEAD, "dirty": uncommitted changes to tracked files}``
+``commit``        ``{"sha": git HEAD, "dirty": uncommitted changes to tracked files outside benchmarks/results}``
 ``date``          UTC, ISO 8601, when the record was written
 ``data_hash``     :func:`data_hash` of the input data files the run read
 ``partial``       ``true`` until the run finished its budget (``epochs`` then says how far it got)
@@ -111,11 +111,15 @@ def _git(repo: str, *args) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
+RESULTS = "benchmarks/results"  # outputs: a benchmark writing its records (or an earlier run's) leaves the code clean
+
+
 def git_commit(repo: str = paths.REPO) -> dict:
-    """``{"sha": HEAD, "dirty": tracked files changed}``; ``null`` values outside a git checkout."""
+    """``{"sha": HEAD, "dirty": tracked files changed outside RESULTS}``; ``null`` values outside a git checkout."""
     try:
         return {"sha": _git(repo, "rev-parse", "HEAD"),
-                "dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))}
+                "dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                   f":(exclude){RESULTS}"))}
     except (OSError, subprocess.CalledProcessError):
         return {"sha": None, "dirty": None}
 

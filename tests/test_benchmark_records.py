@@ -92,6 +92,26 @@ def test_data_hash_of_a_tiny_file_is_sha256_over_its_size_and_bytes(tmp_path):
     assert records.data_hash([]) == "sha256:" + hashlib.sha256().hexdigest()
 
 
+def test_git_commit_is_dirty_for_changed_code_but_not_for_changed_results(tmp_path):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    results = tmp_path / records.RESULTS / "records"
+    results.mkdir(parents=True)
+    (results / "r.json").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    assert records.git_commit(str(tmp_path)) == {"sha": git("rev-parse", "HEAD"), "dirty": False}
+    (results / "r.json").write_text('{"written": "by a benchmark"}\n')
+    assert records.git_commit(str(tmp_path))["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert records.git_commit(str(tmp_path))["dirty"] is True
+
+
 def test_package_tree_changes_with_the_packages_code_and_is_none_while_it_has_uncommitted_changes(tmp_path):
     import subprocess
 

@@ -22,7 +22,8 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
     ``previous_metrics``).
 
     Returns ``{"finished", "epochs", "best_epoch" (0-based), "stopped_early", "test", "valid", "history", "device"}``;
-    for an unfinished run ``valid`` holds only the monitored metric. ``device`` names where the run trained (several
+    for an unfinished run ``valid`` holds only the monitored metric; ``test`` is ``None`` for a finished chunk that
+    did not score the test split (``evaluation.splits: []``). ``device`` names where the run trained (several
     joined by " + " when it was resumed elsewhere); ``None`` for runs saved before the trainer recorded it.
     """
     from tfmoe.training import TrainConfig
@@ -39,7 +40,7 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
         saved = _reevaluated(config, saved, evaluation.protocol, metrics_path)
     if saved:
         return {"finished": True, "epochs": saved["epochs_run"], "best_epoch": saved["best_epoch"],
-                "stopped_early": saved["stopped_early"], "test": saved["metrics"]["test"],
+                "stopped_early": saved["stopped_early"], "test": saved["metrics"].get("test"),
                 "valid": saved["metrics"]["valid"], "history": saved.get("history", []), "device": saved.get("device")}
     weights, state_path = (os.path.join(config.output_dir, name) for name in ("best.weights.h5", "state.json"))
     if not (os.path.exists(weights) and os.path.exists(state_path)):

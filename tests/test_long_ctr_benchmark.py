@@ -40,6 +40,23 @@ def test_chunks_take_turns_and_only_the_final_chunk_scores_test(tmp_path, monkey
                      ("din", 5, ["test"]), ("mos_din", 5, ["test"])]
 
 
+def test_a_chunk_saved_without_the_test_split_reads_as_a_finished_chunk_with_no_test_metrics(tmp_path):
+    import json
+
+    from tfmoe.training import TrainConfig
+    from tfmoe.training.run_settings import record_run
+
+    config = long_ctr.task_config(_args(tmp_path), "ml-1m-ctr-pop", "din", 50, 0, 2)
+    record_run(config["output_dir"], TrainConfig.from_dict(config))
+    saved = {"task": "ctr", "epochs_run": 2, "best_epoch": 1, "stopped_early": False,
+             "metrics": {"valid": {"AUC": 0.61}}, "evaluation_protocol": 1, "history": []}
+    (tmp_path / "work" / "ml-1m-ctr-pop" / "L50" / "din" / "spu2" / "seed0" / "metrics.json").write_text(
+        json.dumps(saved))
+    result = long_ctr._run_result(config, budget=5)
+    assert result["finished"] and result["test"] is None and result["valid"] == {"AUC": 0.61}
+    assert result["epochs"] == 2 and result["best_epoch"] == 2 and not result["budget_reached"]
+
+
 def test_every_task_model_and_length_gives_a_valid_config(tmp_path):
     from tfmoe.data.samples import CTRSampling
     from tfmoe.training import TrainConfig

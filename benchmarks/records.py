@@ -54,6 +54,8 @@ from benchmarks import _paths as paths
 from benchmarks._timing import cpu_model
 
 ROOT = os.path.join(paths.RESULTS, "records")
+# outputs, relative to the checkout: a benchmark writing its records (or an earlier run's) leaves the code clean
+RESULTS_IN_REPO = os.path.relpath(paths.RESULTS, paths.REPO)
 REQUIRED = ("benchmark", "variant", "config", "metrics", "epochs", "machine", "command", "commit", "date",
             "data_hash", "partial")
 # keys a converted record may hold as null: the results file it came from did not record them
@@ -111,15 +113,13 @@ def _git(repo: str, *args) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
-RESULTS = "benchmarks/results"  # outputs: a benchmark writing its records (or an earlier run's) leaves the code clean
-
-
 def git_commit(repo: str = paths.REPO) -> dict:
-    """``{"sha": HEAD, "dirty": tracked files changed outside RESULTS}``; ``null`` values outside a git checkout."""
+    """``{"sha": HEAD, "dirty": tracked files changed outside RESULTS_IN_REPO}``; ``null`` values outside a git
+    checkout."""
     try:
         return {"sha": _git(repo, "rev-parse", "HEAD"),
                 "dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                   f":(exclude){RESULTS}"))}
+                                   f":(exclude){RESULTS_IN_REPO}"))}
     except (OSError, subprocess.CalledProcessError):
         return {"sha": None, "dirty": None}
 

@@ -92,19 +92,26 @@ def test_data_hash_of_a_tiny_file_is_sha256_over_its_size_and_bytes(tmp_path):
     assert records.data_hash([]) == "sha256:" + hashlib.sha256().hexdigest()
 
 
-def test_git_commit_is_dirty_for_changed_code_but_not_for_changed_results(tmp_path):
+def _git_repo(path):
+    """A fresh git repository at ``path``: returns ``git(*args) -> stdout`` run in it."""
     import subprocess
 
     def git(*args):
-        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=path,
+                              capture_output=True, text=True, check=True).stdout.strip()
 
     git("init", "-q")
-    results = tmp_path / records.RESULTS / "records"
+    return git
+
+
+def test_git_commit_is_dirty_for_changed_code_but_not_for_changed_results(tmp_path):
+    git = _git_repo(tmp_path)
+    results = tmp_path / records.RESULTS_IN_REPO / "records"
     results.mkdir(parents=True)
     (results / "r.json").write_text("{}\n")
     (tmp_path / "code.py").write_text("x = 1\n")
     git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    git("commit", "-qm", "one")
     assert records.git_commit(str(tmp_path)) == {"sha": git("rev-parse", "HEAD"), "dirty": False}
     (results / "r.json").write_text('{"written": "by a benchmark"}\n')
     assert records.git_commit(str(tmp_path))["dirty"] is False
@@ -113,24 +120,19 @@ def test_git_commit_is_dirty_for_changed_code_but_not_for_changed_results(tmp_pa
 
 
 def test_package_tree_changes_with_the_packages_code_and_is_none_while_it_has_uncommitted_changes(tmp_path):
-    import subprocess
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
-
-    git("init", "-q")
+    git = _git_repo(tmp_path)
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
     (tmp_path / "notes.md").write_text("n\n")
     git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    git("commit", "-qm", "one")
     first = records.package_tree(str(tmp_path), "pkg")
     assert first == git("rev-parse", "HEAD:pkg")
     (tmp_path / "notes.md").write_text("changed outside the package\n")
     assert records.package_tree(str(tmp_path), "pkg") == first
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
     assert records.package_tree(str(tmp_path), "pkg") is None
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    git("commit", "-qam", "two")
     assert records.package_tree(str(tmp_path), "pkg") not in (None, first)
     assert records.package_tree(str(tmp_path / "nowhere"), "pkg") is None
 

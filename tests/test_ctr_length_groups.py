@@ -1,6 +1,6 @@
 """CTR models in length groups (``length_groups=G``): the single-backbone models score, and train with the loss and
-gradients, as on the padded batch; so does MoS, which runs its backbone experts in groups (each group cut to its
-widest row) and its grid, router, losses and fusion on the whole batch; under XLA they score the batch as it
+gradients, as on the padded batch; so does MoS, whose groups read session grids cut to their widths while its router
+assigns the whole batch's sessions at once (losses, statistics, restarts); under XLA they score the batch as it
 is; the token-routed baselines refuse groups; the option is validated and round-trips."""
 
 import keras
@@ -44,10 +44,16 @@ def pair(name, options, groups):
     return padded, grouped
 
 
-def loss_and_gradients(model, x, y):
-    with tf.GradientTape() as tape:
-        loss = model.compute_loss(x, y, model(x, training=True))
-    return float(loss), [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
+def loss_and_gradients(model, x, y, graph=False):
+    """The training loss and gradients, eagerly or (``graph``) in a ``tf.function``, as ``fit`` runs them (the
+    groups' widths are then dynamic)."""
+    def run():
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x, y, model(x, training=True))
+        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+
+    loss, gradients = tf.function(run)() if graph else run()
+    return float(loss), [g.numpy() for g in gradients]
 
 
 @pytest.mark.parametrize("groups", [2, 3, 8])
@@ -77,6 +83,8 @@ def test_mos_in_length_groups_scores_trains_and_regularises_as_the_padded_batch(
     padded, grouped = pair(name, options, groups)
     x, y = features(), tf.constant([1, 0, 1, 1, 0, 1, 0, 0], tf.float32)
     np.testing.assert_allclose(grouped.probabilities(x).numpy(), padded.probabilities(x).numpy(), atol=1e-6)
+    np.testing.assert_allclose(tf.function(grouped.probabilities)(x).numpy(), padded.probabilities(x).numpy(),
+                               atol=1e-6)
     loss, gradients = loss_and_gradients(padded, x, y)
     grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y)
     assert grouped_loss == pytest.approx(loss, rel=1e-6)  # the BCE and the router's batch-level losses
@@ -85,32 +93,57 @@ def test_mos_in_length_groups_scores_trains_and_regularises_as_the_padded_batch(
         assert float(got) == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
     for expected, got in zip(gradients, grouped_gradients):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    # a second training step, in a tf.function, from the states (codebook, code usage, restart seeds) the first left
+    loss, gradients = loss_and_gradients(padded, x, y, graph=True)
+    grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y, graph=True)
+    assert grouped_loss == pytest.approx(loss, rel=1e-6)
+    for expected, got in zip(gradients, grouped_gradients):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    for mine, theirs in zip(grouped.non_trainable_variables, padded.non_trainable_variables, strict=True):
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=1e-5, atol=1e-6, err_msg=mine.path)
 
 
-def test_mos_groups_its_backbone_experts_and_cuts_each_group_to_its_widest_row():
+def test_mos_cuts_each_groups_grid_and_experts_to_its_width_and_routes_the_whole_batch_at_once():
     _, grouped = pair("mos_din", MOS, 3)
-    widths = {"global": [], "short": [], "themes": []}
-    for key, layer in (("global", grouped.interest.global_backbone), ("short", grouped.interest.short_backbone),
-                       ("themes", grouped.interest.theme_experts.backbones[0])):
+    mos = grouped.interest
+    widths = {"global": [], "short": [], "themes": [], "grid": [], "assigned": []}
+    for key, layer in (("global", mos.global_backbone), ("short", mos.short_backbone),
+                       ("themes", mos.theme_experts.backbones[0])):
         call = layer.call
         layer.call = lambda sequence, *a, _call=call, _key=key, **k: (widths[_key].append(sequence.shape[1]),
                                                                       _call(sequence, *a, **k))[1]
+    group, assign = mos.grouper.call, mos.theme_router.assign
+
+    def grid(*args, **kwargs):
+        out = group(*args, **kwargs)
+        widths["grid"].append(out[0].shape[1])
+        return out
+
+    def assign_batch(z, valid, **kwargs):
+        widths["assigned"].append(tuple(z.shape[:2]))
+        return assign(z, valid, **kwargs)
+
+    mos.grouper.call, mos.theme_router.assign = grid, assign_batch
     x = features()
     grouped.probabilities(x)
     row_widths = sorted(int(n) for n in x["history_length"])
     assert len(widths["global"]) == 3 and max(widths["global"]) == row_widths[-1] == L
     assert min(widths["global"]) < L and sum(widths["global"]) < 3 * L  # cut groups, not the padded batch
+    # each group's grid: the ceil(w / P) chunks of its width (at most M = 12 / 3 = 4), not the padded batch's 4
+    p, m = MOS["session_length"], 4
+    assert widths["grid"] == [min(m, -(-w // p)) for w in widths["global"]] and min(widths["grid"]) < m
+    assert widths["assigned"] == [(len(row_widths), m)]  # one assignment of the whole batch's sessions
     window = MOS["short_window"]
     assert len(widths["short"]) == 3 and max(widths["short"]) == window and min(widths["short"]) < window
-    # one theme of ceil(12 / 3) / 2 = 2 sessions of 3 slots; the empty row's subsequence is one slot wide
+    # one theme of ceil(12 / 3) / 2 = 2 sessions of 3 slots, cut to its widest row; the empty row's is one slot wide
     assert len(widths["themes"]) == 3 and max(widths["themes"]) <= 6 and min(widths["themes"]) == 1
     padded_flops, flops_at_3 = grouped.analytic_flops(), grouped.analytic_flops(3)
-    for part in ("global_expert", "short_expert", "theme_experts"):
+    assert grouped.analytic_flops(L) == padded_flops
+    for part in ("inputs", "router", "global_expert", "short_expert", "theme_experts"):
         assert flops_at_3[part] < padded_flops[part], part
-    assert flops_at_3["router"] == padded_flops["router"]
-    assert flops_at_3["theme_experts"] == grouped.interest.theme_experts.flops(3, 8, 1)  # one session of 3 slots
+    assert flops_at_3["theme_experts"] == mos.theme_experts.flops(3, 8, 1)  # one session of 3 slots
     assert grouped.get_config()["length_groups"] == 3
-    assert type(grouped).from_config(grouped.get_config()).interest.length_groups == 3
+    assert type(grouped).from_config(grouped.get_config()).length_groups == 3
 
 
 @pytest.mark.parametrize("name, options", [("gshard_din", {}), ("expert_choice_twin", {})])

@@ -129,7 +129,8 @@ def gather_theme_items(session_items, item_mask, session_indices, selection_mask
     mask = tf.logical_and(tf.gather(item_mask, safe, batch_dims=1), selection_mask[..., None])
     items *= tf.cast(scale, items.dtype)[..., None, None]
     items = masking.apply_mask(items, mask)
-    themes, slots = session_indices.shape[1], session_indices.shape[2] * session_items.shape[2]
+    sessions = session_indices.shape[2] if session_indices.shape[2] is not None else tf.shape(session_indices)[2]
+    themes, slots = session_indices.shape[1], sessions * session_items.shape[2]
     return (tf.reshape(items, [-1, themes, slots, session_items.shape[-1]]),
             tf.reshape(mask, [-1, themes, slots]))
 
@@ -439,16 +440,20 @@ class SessionThemeRouter(keras.layers.Layer):
         """``(z, C)``: ``z = W_s^T x`` for float32 ``x [..., d]`` and the prototypes ``C [K, d_c]``,
         both l2-normalised when ``similarity="cosine"`` (the space the themes live in)."""
         projected = _matmul_last(representations, self.projection_kernel)
-        prototypes = tf.convert_to_tensor(self.prototypes)
         if self.similarity == "cosine":
             projected = tf.math.l2_normalize(projected, axis=-1)
-            prototypes = tf.math.l2_normalize(prototypes, axis=-1)
-        return projected, prototypes
+        return projected, self._prototypes()
+
+    def _prototypes(self):
+        prototypes = tf.convert_to_tensor(self.prototypes)
+        return tf.math.l2_normalize(prototypes, axis=-1) if self.similarity == "cosine" else prototypes
 
     def theme_logits(self, representations):
         """``sim(z, c_k) / tau`` (softmax) or ``-||z - c_k||^2 / tau`` (codebook) for float32 ``x [..., d]``
         -> ``[..., K]``."""
-        projected, prototypes = self.project(representations)
+        return self._logits(*self.project(representations))
+
+    def _logits(self, projected, prototypes):
         if self.router == "codebook":
             return -squared_distances(projected, prototypes) / self.temperature
         return _matmul_last(projected, tf.transpose(prototypes)) / self.temperature
@@ -562,15 +567,39 @@ class SessionThemeRouter(keras.layers.Layer):
                 variable.assign(tf.cast(stats[name], tf.float32))
 
     def call(self, session_items, item_mask, target=None, training=None):
-        dtype = self.compute_dtype
-        items = tf.cast(session_items, dtype)
-        item_mask = masking.as_bool_mask(item_mask)
-        session_valid = tf.reduce_any(item_mask, axis=-1)  # [B, M]
+        items, item_mask, session_valid, projected = self.pool(session_items, item_mask)
+        routed = self.assign(projected, session_valid, training=training)
+        theme_items, theme_item_mask = gather_theme_items(
+            items, item_mask, routed["session_indices"], routed["selection_mask"], routed["selection_scale"]
+        )
+        outputs = {"theme_items": theme_items, "theme_item_mask": theme_item_mask, "session_items": items,
+                   "session_item_mask": item_mask, **routed}
+        if target is not None:
+            outputs["target_probs"] = self.target_probabilities(target)
+        return outputs
 
-        representations = self._pool_sessions(tf.cast(items, tf.float32), item_mask)
+    # The three stages of a call, public for a model that splits its batch into groups of rows (MoS in length
+    # groups): pool each group's sessions, assign the whole batch's sessions at once (the losses, statistics and
+    # restarts are the batch's), gather each group's theme subsequences.
+    def pool(self, session_items, item_mask):
+        """Stage 1, row by row: ``(items, item_mask, session_valid [B, M], z [B, M, d_c])``: the grid cast to the
+        compute dtype, its bool mask, the real sessions and their float32 projected representations
+        ``z_m = W_s^T s_m`` (``M`` may be a narrower, dynamic, grid's than the layer was built with)."""
+        items = tf.cast(session_items, self.compute_dtype)
+        item_mask = masking.as_bool_mask(item_mask)
+        session_valid = tf.reduce_any(item_mask, axis=-1)
+        projected, _ = self.project(self._pool_sessions(tf.cast(items, tf.float32), item_mask))
+        return items, item_mask, session_valid, projected
+
+    def assign(self, projected, session_valid, training=None):
+        """Stage 2, over the batch: routes the projected sessions ``z [B, M, d_c]`` (float32, from :meth:`pool`;
+        ``session_valid [B, M]``) to the themes, adds the auxiliary losses, records the statistics and (codebook
+        router, ``training``) restarts dead codes. Returns the call's outputs but the gathered items:
+        ``session_indices``, ``selection_mask``, ``selection_weights``, ``selection_scale``, ``theme_mask``,
+        ``routing_probs`` and, with the codebook router, ``session_codes`` and ``quantized_sessions``."""
+        prototypes = self._prototypes()
         codebook = None
         if self.router == "codebook":
-            projected, prototypes = self.project(representations)
             codebook = self.quantize_sessions(projected, prototypes, session_valid)
             routing_logits = -codebook["distances"] / self.temperature
             restarted = 0.0
@@ -578,37 +607,33 @@ class SessionThemeRouter(keras.layers.Layer):
                 restarted = self._restart_dead_codes(projected, codebook["codes"], session_valid)
             codebook["restarted_codes"] = restarted
         else:
-            routing_logits = self.theme_logits(representations)
+            routing_logits = self._logits(projected, prototypes)
         routing_probs = masking.masked_softmax(routing_logits, session_valid[..., None])
         indices, selection_mask, probs_by_theme = self._select(routing_probs, session_valid)
         self._losses_and_statistics(routing_logits, routing_probs, session_valid, indices, codebook)
         weights = tf.gather(probs_by_theme, tf.maximum(indices, 0), batch_dims=2) * tf.cast(selection_mask, tf.float32)
-        scale = self._scale(weights, selection_mask)
-        theme_items, theme_item_mask = gather_theme_items(items, item_mask, indices, selection_mask, scale)
         outputs = {
-            "theme_items": theme_items,
-            "theme_item_mask": theme_item_mask,
-            "session_items": items,
-            "session_item_mask": item_mask,
             "session_indices": indices,
             "selection_mask": selection_mask,
             "selection_weights": weights,
-            "selection_scale": scale,
+            "selection_scale": self._scale(weights, selection_mask),
             "theme_mask": tf.reduce_any(selection_mask, axis=-1),
             "routing_probs": routing_probs,
         }
         if codebook is not None:
             outputs["session_codes"] = codebook["codes"]
             outputs["quantized_sessions"] = codebook["quantized"]
-        if target is not None:
-            target32 = tf.cast(target, tf.float32)
-            if target32.shape.rank != 2 or target32.shape[-1] != self._feature_dim:
-                raise ValueError(
-                    f"{type(self).__name__}: `target` must be [batch, {self._feature_dim}], "
-                    f"got shape {tuple(target32.shape)}"
-                )
-            outputs["target_probs"] = tf.nn.softmax(self.theme_logits(target32), axis=-1)
         return outputs
+
+    def target_probabilities(self, target):
+        """``p_{q,k} [B, K]`` of a target embedding ``[B, d]`` (row by row)."""
+        target32 = tf.cast(target, tf.float32)
+        if target32.shape.rank != 2 or target32.shape[-1] != self._feature_dim:
+            raise ValueError(
+                f"{type(self).__name__}: `target` must be [batch, {self._feature_dim}], "
+                f"got shape {tuple(target32.shape)}"
+            )
+        return tf.nn.softmax(self.theme_logits(target32), axis=-1)
 
     def compute_mask(self, session_items, previous_mask=None):
         return None

@@ -42,7 +42,13 @@ from tfmoe.utils import validation as v
 MODES = ("session", "chunk")
 
 
-def _grid_from_compact(order, compact_ids, num_valid, num_sessions: int, session_length: int):
+def _static_or_dynamic(value):
+    """``value``'s Python int when it is known while tracing, else the scalar tensor."""
+    static = tf.get_static_value(value)
+    return int(static) if static is not None else value
+
+
+def _grid_from_compact(order, compact_ids, num_valid, num_sessions, session_length: int):
     """Shared core: positions of the grid given the compacted sequence.
 
     ``order [B, L]`` lists the original positions with padding first and real positions after
@@ -51,10 +57,11 @@ def _grid_from_compact(order, compact_ids, num_valid, num_sessions: int, session
     A session ends at compact position ``j`` when ``j`` is real and ``j + 1`` has another id (or
     ``j = L - 1``). The ``M + 1`` largest 1-based end positions ``E_0 > E_1 > ...`` (top-k, 0 for
     missing sessions) give session ``r``'s size ``E_r - max(E_{r+1}, L - n)``; slot ``(m, p)``
-    takes session ``r = M - 1 - m`` and its item ``t = P - 1 - p`` from the end.
+    takes session ``r = M - 1 - m`` and its item ``t = P - 1 - p`` from the end. ``L`` and ``M`` may
+    be tensors (a batch cut to a dynamic width); the shapes are static when they are not.
     """
-    length = order.shape[1]
-    m, p = num_sessions, session_length
+    length = _static_or_dynamic(order.shape[1] if order.shape[1] is not None else tf.shape(order)[1])
+    m, p = _static_or_dynamic(num_sessions), session_length
     pos = tf.range(length, dtype=tf.int32)[None, :]
     first_valid = length - num_valid[:, None]  # [B, 1]
     is_real = pos >= first_valid
@@ -63,8 +70,9 @@ def _grid_from_compact(order, compact_ids, num_valid, num_sessions: int, session
         axis=1,
     )
     end_markers = tf.where(tf.logical_and(is_real, next_differs), pos + 1, 0)
-    if length < m + 1:
-        end_markers = tf.pad(end_markers, [[0, 0], [0, m + 1 - length]])
+    short = m + 1 - length
+    if not isinstance(short, int) or short > 0:
+        end_markers = tf.pad(end_markers, [[0, 0], [0, tf.maximum(short, 0)]])
     ends = tf.math.top_k(end_markers, k=m + 1).values  # [B, M + 1], most recent first
     sizes = tf.where(ends[:, :m] > 0, ends[:, :m] - tf.maximum(ends[:, 1:], first_valid), 0)
     ends, sizes = tf.reverse(ends[:, :m], axis=[1]), tf.reverse(sizes, axis=[1])  # oldest first
@@ -76,7 +84,7 @@ def _grid_from_compact(order, compact_ids, num_valid, num_sessions: int, session
     return positions, item_mask, sizes > 0
 
 
-def _compact(mask, length: int):
+def _compact(mask, length):
     """Stable order with padding first, and the number of real positions per row."""
     valid = tf.ones([1, length], tf.bool) if mask is None else masking.as_bool_mask(mask)
     valid_int = tf.cast(valid, tf.int32)
@@ -86,13 +94,14 @@ def _compact(mask, length: int):
     return order, tf.reduce_sum(valid_int, axis=1)
 
 
-def session_positions(session_ids, mask=None, *, num_sessions: int, session_length: int):
+def session_positions(session_ids, mask=None, *, num_sessions, session_length: int):
     """Grid positions of the ``M`` most recent sessions, ``P`` most recent items each.
 
     Args:
-        session_ids: ``[B, L]`` integer session id per position (runs of equal ids are sessions).
+        session_ids: ``[B, L]`` integer session id per position (runs of equal ids are sessions); ``L`` may be
+            dynamic.
         mask: ``[B, L]`` padding mask (``True`` = real item); ``None`` = all real.
-        num_sessions: ``M``.
+        num_sessions: ``M``, an int or a scalar int32 tensor.
         session_length: ``P``.
 
     Returns:
@@ -100,7 +109,7 @@ def session_positions(session_ids, mask=None, *, num_sessions: int, session_leng
         and ``session_mask [B, M]`` (bool). Use :func:`gather_grid` to gather any aligned feature.
     """
     session_ids = tf.convert_to_tensor(session_ids)
-    length = session_ids.shape[1]
+    length = session_ids.shape[1] if session_ids.shape[1] is not None else tf.shape(session_ids)[1]
     order, num_valid = _compact(mask, length)
     if mask is None:
         order = tf.broadcast_to(order, tf.shape(session_ids))
@@ -108,18 +117,18 @@ def session_positions(session_ids, mask=None, *, num_sessions: int, session_leng
     return _grid_from_compact(order, compact_ids, num_valid, num_sessions, session_length)
 
 
-def chunk_positions(mask, *, num_sessions: int, session_length: int, length: int | None = None):
+def chunk_positions(mask, *, num_sessions, session_length: int, length=None):
     """Like :func:`session_positions` with sessions = chunks of ``P`` real items from the most recent one.
 
     ``mask`` ``[B, L]`` is the padding mask; if it is ``None`` pass ``length`` (every position real,
-    and the batch axis of the outputs is 1: broadcast it).
+    and the batch axis of the outputs is 1: broadcast it). ``L`` and ``num_sessions`` may be dynamic.
     """
     if mask is None:
         if length is None:
             raise ValueError("chunk_positions: pass `mask` or `length`")
     else:
         mask = masking.as_bool_mask(mask)
-        length = mask.shape[1]
+        length = mask.shape[1] if mask.shape[1] is not None else tf.shape(mask)[1]
     order, num_valid = _compact(mask, length)
     pos = tf.range(length, dtype=tf.int32)[None, :]
     compact_ids = tf.broadcast_to((length - 1 - pos) // session_length, tf.shape(order))
@@ -161,6 +170,9 @@ class SessionGrouper(keras.layers.Layer):
         mask: ``[B, L]`` padding mask, ``True`` = real item. Keras propagates an
             ``Embedding(mask_zero=True)`` mask automatically only when ``values`` is the only
             tensor argument (``"chunk"`` mode); in ``"session"`` mode pass it explicitly.
+        num_sessions: the ``M`` of this call instead of the layer's (an int or a scalar int32 tensor):
+            a batch cut to a narrower, possibly dynamic, width ``L`` holds fewer sessions. Required when
+            ``L`` is dynamic.
 
     Returns:
         ``(grid, item_mask, session_mask)`` or ``(grid, item_mask, session_mask, positions)``.
@@ -197,14 +209,18 @@ class SessionGrouper(keras.layers.Layer):
     def _num_sessions_for(self, length: int) -> int:
         return self.num_sessions or -(-length // self.session_length)
 
-    def call(self, values, session_ids=None, mask=None):
+    def call(self, values, session_ids=None, mask=None, num_sessions=None):
         owner = type(self).__name__
         length = values.shape[1]
+        if num_sessions is None:
+            if length is None:
+                raise ValueError(
+                    f"{owner}: the sequence length of `values` must be static, got shape {values.shape} "
+                    f"(or pass `num_sessions`)"
+                )
+            num_sessions = self._num_sessions_for(length)
         if length is None:
-            raise ValueError(
-                f"{owner}: the sequence length of `values` must be static, got shape {values.shape}"
-            )
-        num_sessions = self._num_sessions_for(length)
+            length = tf.shape(values)[1]
         if self.mode == "session":
             if session_ids is None:
                 raise ValueError(f"{owner}: mode='session' needs `session_ids`, got None")

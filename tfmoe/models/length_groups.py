@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfmoe.utils.xla import in_xla_context
+
 
 def row_widths(items):
     """``[B]`` int32: ``L`` minus the index of each row's first nonzero id (0 for an empty row)."""
@@ -51,6 +53,23 @@ def row_widths(items):
     length = tf.shape(items)[1]
     from_end = length - tf.range(length)  # column i -> L - i
     return tf.reduce_max(tf.where(tf.not_equal(items, 0), from_end[None], 0), axis=1)
+
+
+def cut_to_widest_row(values, mask):
+    """``(values[:, -w:], mask[:, -w:])`` for ``values [B, S, ...]`` and ``mask [B, S]``, with ``w`` the batch's widest
+    row (:func:`row_widths`, at least 1): the columns before every row's first real position go, so a row-wise
+    layer that ignores padding computes the same from fewer columns. Outside XLA only (``w`` is dynamic); under XLA
+    the inputs come back as they are.
+
+    Example:
+        >>> values, mask = tf.reshape(tf.range(8), [2, 4]), tf.constant([[0, 0, 1, 1], [0, 0, 0, 1]]) > 0
+        >>> [t.numpy().tolist() for t in cut_to_widest_row(values, mask)]
+        [[[2, 3], [6, 7]], [[True, True], [False, True]]]
+    """
+    if in_xla_context():
+        return values, mask
+    width = tf.maximum(tf.reduce_max(row_widths(tf.cast(mask, tf.int32))), 1)
+    return values[:, -width:], mask[:, -width:]
 
 
 def cheapest_group_starts(sorted_widths, groups: int, position_cost: float = 0.0):
@@ -162,27 +181,64 @@ def call_in_length_groups(call, features: dict, groups: int, mask, position_cost
         >>> call_in_length_groups(count, features, 3, features["history"] != 0).numpy().tolist()  # width of each group
         [11, 33, 22]
     """
-    mask = tf.convert_to_tensor(mask)
-    length = tf.shape(mask)[1]
-    order, starts, widths = plan_length_groups(tf.cast(mask, tf.int32), groups, position_cost)
-    features = {key: tf.convert_to_tensor(value) for key, value in features.items()}
-    histories = {key for key, value in features.items() if key.startswith("history") and value.shape.rank >= 2}
-    # The other features: one gather into sorted order and a split into the groups' rows (their gradients, a
-    # scatter and a concat, touch each row once).
-    sizes = starts[1:] - starts[:-1]
-    parts = {key: tf.split(tf.gather(value, order), sizes, axis=0, num=groups)
-             for key, value in features.items() if key not in histories}
-    # A history: each group gathers its rows' last w_g positions from the history flattened to [B * L, ...], so
-    # that the gradient of a float history (embeddings) is the gathered positions' rows alone, summed once,
-    # instead of a zero-padded [b_g, L, ...] slice gradient per group, a concat and a scatter.
-    flat = {key: tf.reshape(features[key], tf.concat([[-1], tf.shape(features[key])[2:]], 0)) for key in histories}
-    outputs = []
-    for g in range(groups):
-        part = {key: values[g] for key, values in parts.items()}
-        if histories:
-            rows = order[starts[g]:starts[g + 1]]
-            columns = tf.range(length - widths[g], length)
-            index = rows[:, None] * length + columns[None, :]  # [b_g, w_g]
-            part.update({key: tf.gather(flat[key], index) for key in histories})
-        outputs.append(call(part))
-    return tf.gather(tf.concat(outputs, axis=0), tf.math.invert_permutation(order))
+    plan = LengthGroups(mask, groups, position_cost)
+    return plan.merge([call(part) for part in plan.split_features(features)])
+
+
+class LengthGroups:
+    """The length groups of a batch of left-padded histories (see the module docstring): the plan of
+    :func:`plan_length_groups`, a split of the batch's features into the groups' and the merge of the groups'
+    outputs back into the batch's row order. :func:`call_in_length_groups` is ``merge([call(part) for part in
+    split_features(features)])``; a model whose rows share a batch-level step (MoS's router) runs its row-wise
+    parts per group and that step on :meth:`merge` of the groups' values, read back with :meth:`split`.
+
+    Args:
+        mask: ``[B, L]`` bool, the real history positions (a row's width counts from its first one).
+        groups: the number of groups ``G >= 1`` (some may be empty).
+        position_cost: the split's cost model (:func:`cheapest_group_starts`).
+
+    Example:
+        >>> import numpy as np
+        >>> plan = LengthGroups(np.array([[0, 0, 1], [1, 1, 1], [0, 1, 1]], bool), groups=3)
+        >>> [part.numpy().tolist() for part in plan.split(tf.constant([10, 11, 12]))]  # narrowest group first
+        [[10], [12], [11]]
+        >>> plan.merge(plan.split(tf.constant([10, 11, 12]))).numpy().tolist()
+        [10, 11, 12]
+    """
+
+    def __init__(self, mask, groups: int, position_cost: float = 0.0):
+        mask = tf.convert_to_tensor(mask)
+        self.groups = groups
+        self.length = tf.shape(mask)[1]
+        self.order, self.starts, self.widths = plan_length_groups(tf.cast(mask, tf.int32), groups, position_cost)
+        self.sizes = self.starts[1:] - self.starts[:-1]
+
+    def split(self, value) -> list:
+        """``[B, ...]`` in the batch's row order -> the groups' rows ``[b_g, ...]`` (one gather and a split: their
+        gradients, a scatter and a concat, touch each row once)."""
+        return tf.split(tf.gather(value, self.order), self.sizes, axis=0, num=self.groups)
+
+    def merge(self, values):
+        """The groups' ``[b_g, ...]`` (the same trailing shape) -> ``[B, ...]`` in the batch's row order."""
+        return tf.gather(tf.concat(values, axis=0), tf.math.invert_permutation(self.order))
+
+    def split_features(self, features: dict) -> list[dict]:
+        """A features dict -> one per group: the ``[B, L, ...]`` history features (rank 2 or more, names starting
+        with ``history``) cut to the group's rows and last ``w_g`` positions, the others to its rows."""
+        features = {key: tf.convert_to_tensor(value) for key, value in features.items()}
+        histories = {key for key, value in features.items() if key.startswith("history") and value.shape.rank >= 2}
+        parts = {key: self.split(value) for key, value in features.items() if key not in histories}
+        # A history: each group gathers its rows' last w_g positions from the history flattened to [B * L, ...], so
+        # that the gradient of a float history (embeddings) is the gathered positions' rows alone, summed once,
+        # instead of a zero-padded [b_g, L, ...] slice gradient per group, a concat and a scatter.
+        flat = {key: tf.reshape(features[key], tf.concat([[-1], tf.shape(features[key])[2:]], 0)) for key in histories}
+        groups = []
+        for g in range(self.groups):
+            part = {key: values[g] for key, values in parts.items()}
+            if histories:
+                rows = self.order[self.starts[g]:self.starts[g + 1]]
+                columns = tf.range(self.length - self.widths[g], self.length)
+                index = rows[:, None] * self.length + columns[None, :]  # [b_g, w_g]
+                part.update({key: tf.gather(flat[key], index) for key in histories})
+            groups.append(part)
+        return groups

@@ -21,9 +21,9 @@ runs on sequences of any static length (whole history, short window, theme subse
 Each backbone has ``output_width(d)`` and ``flops(length, d)``: the analytic forward FLOPs per
 example (see :mod:`tfmoe.utils.flops` for the conventions).
 
-A backbone's output for a row depends only on that row's real positions, so
-:func:`backbone_in_length_groups` may run it in length groups of rows, each cut to its widest row
-(:func:`tfmoe.models.length_groups.call_in_length_groups`), with the padded batch's outputs.
+A backbone's output for a row depends only on that row's real positions, so a batch may run in length groups of
+rows, each cut to its widest row (:class:`tfmoe.models.length_groups.LengthGroups`), with the padded batch's
+outputs.
 
 Example:
     >>> import numpy as np
@@ -48,39 +48,14 @@ import tensorflow as tf
 
 from tfmoe.layers import masking
 from tfmoe.layers.routers import flatten_tokens, leading_shape, unflatten_tokens
-from tfmoe.models.length_groups import call_in_length_groups
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
-from tfmoe.utils.xla import dim, in_xla_context
+from tfmoe.utils.xla import dim
 
 # The length groups' split cost model (tfmoe.models.length_groups.cheapest_group_starts): a CTR backbone's work per
 # row grows linearly with its width (target attention, session pooling), so a large position cost makes
 # c(w) = w (w + cost) about linear.
 LINEAR_WIDTH_COST = 1.0e4
-
-
-def backbone_in_length_groups(backbone, sequence, mask, target, groups: int, training=None):
-    """``backbone(sequence [B, S, d], mask [B, S], target [B, d])`` ``[B, d_out]``, computed in ``groups`` length
-    groups of rows, each cut to its widest row (its width: ``S`` minus the index of its first real position, so the
-    real positions need not be contiguous). Outside XLA only: XLA would pad the groups back to ``S``, so there, and
-    with ``groups=1``, the batch runs as it is.
-
-    Example:
-        >>> import numpy as np
-        >>> din = make_backbone("din", {"attention_units": [8]})
-        >>> seq, target = np.random.rand(3, 6, 4).astype("float32"), np.random.rand(3, 4).astype("float32")
-        >>> mask = np.array([[0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 1, 0, 1, 1]], bool)
-        >>> grouped = backbone_in_length_groups(din, seq * mask[..., None], mask, target, groups=2)
-        >>> bool(np.allclose(grouped, din(seq * mask[..., None], mask, target), atol=1e-6))
-        True
-    """
-    def run(rows):
-        return backbone(rows["history"], rows["history_mask"], rows["target"], training=training)
-
-    rows = {"history": sequence, "history_mask": mask, "target": target}
-    if groups > 1 and not in_xla_context():
-        return call_in_length_groups(run, rows, groups, mask, LINEAR_WIDTH_COST)
-    return run(rows)
 
 
 class SequenceLayer(keras.layers.Layer):

@@ -34,10 +34,10 @@ Common options (every CTR model):
         (:func:`tfmoe.models.length_groups.call_in_length_groups`); default 1, the padded batch. The
         single-backbone models (DIN, TWIN, TransAct) compute each row from its own real positions at any width,
         so the logits, the loss and the gradients are those of the padded batch, for less work on long padded
-        histories (``interest.supports_length_groups``). MoS (a session grid sized from ``max_len``, batch-level
-        load-balance and codebook losses) runs its backbone experts in groups and its grid, router and fusion on
-        the whole batch, with the same results (``interest.use_length_groups``). The token-routed baselines
-        (batch-level capacity) refuse groups.
+        histories (``interest.supports_length_groups``). MoS does the same with each group's session grid cut to
+        the sessions its width holds, and routes the whole batch's sessions in one step (its batch-level
+        load-balance and codebook losses and restarts), with the same results (``interest.call_grouped``). The
+        token-routed baselines (batch-level capacity) refuse groups.
         ``compile(jit_compile=True)`` with groups is an error (``"auto"`` compiles without XLA); code that XLA
         compiles anyway (a serving signature exported with ``jit_compile``) scores the batch as it is: XLA would
         pad the groups back to ``L``.
@@ -68,7 +68,7 @@ from tfmoe.models.ctr import inputs as ci
 from tfmoe.models.ctr.backbones import LINEAR_WIDTH_COST
 from tfmoe.models.ctr.heads import PredictionHead, binary_cross_entropy
 from tfmoe.models.keras_conventions import KerasConventions
-from tfmoe.models.length_groups import call_in_length_groups, resolve_jit_compile
+from tfmoe.models.length_groups import LengthGroups, resolve_jit_compile
 from tfmoe.models.losses import training_objective
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
@@ -113,12 +113,10 @@ class CTRModel(KerasConventions, keras.Model):
         if not isinstance(interest, keras.layers.Layer):
             interest = self._checked(interest, dtype=self.dtype_policy, name="interest")
         self.interest = interest
-        if (self.length_groups > 1 and not interest.supports_length_groups
-                and not interest.use_length_groups(self.length_groups)):
+        if self.length_groups > 1 and not interest.supports_length_groups:
             raise ValueError(f"{owner}: `length_groups` ({self.length_groups}) needs an interest layer that reads each "
-                             f"row's history at any width, or runs its full-width part in groups itself; "
-                             f"{type(interest).__name__} does neither (its expert capacities are sized from the batch "
-                             f"and max_len): use length_groups=1")
+                             f"row's history at any width; {type(interest).__name__} does not (its expert capacities "
+                             f"are sized from the batch and max_len): use length_groups=1")
         self._finish()
 
     def _checked(self, factory, *args, **kwargs):
@@ -167,21 +165,27 @@ class CTRModel(KerasConventions, keras.Model):
         jit_compile = resolve_jit_compile(type(self).__name__, self.length_groups, jit_compile)
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 
-    @property
-    def splits_rows(self) -> bool:
-        """Whether :meth:`call` scores whole rows in length groups (else the interest layer groups its own part)."""
-        return self.length_groups > 1 and self.interest.supports_length_groups
-
     def call(self, features, training=None):
-        if self.splits_rows and not in_xla_context():
-            return call_in_length_groups(lambda rows: self._logits(rows, training), features, self.length_groups,
-                                         ci.history_mask(features, type(self).__name__), LINEAR_WIDTH_COST)
-        return self._logits(features, training)
-
-    def _logits(self, features, training=None):
-        """The logits ``[B]`` of the batch as it is."""
+        if self.length_groups > 1 and not in_xla_context():
+            return self._logits_in_length_groups(features, training)
         sequence, mask, target = self.encode(features)
-        interest = self.interest(sequence, mask, target, features, training=training)
+        return self._head(self.interest(sequence, mask, target, features, training=training), target, training)
+
+    def _logits_in_length_groups(self, features, training=None):
+        """The logits ``[B]`` of the batch scored in length groups: each group's rows embedded at its width, the
+        interest layer's :meth:`~tfmoe.models.ctr.interest.InterestLayer.call_grouped`, the head per group."""
+        plan = LengthGroups(ci.history_mask(features, type(self).__name__), self.length_groups, LINEAR_WIDTH_COST)
+        parts = plan.split_features(features)
+        encoded = [self.encode(part) for part in parts]
+        interests = self.interest.call_grouped(
+            [(sequence, mask, target, part) for (sequence, mask, target), part in zip(encoded, parts)], plan,
+            training=training,
+        )
+        logits = [self._head(interest, target, training) for interest, (_, _, target) in zip(interests, encoded)]
+        return plan.merge(logits)
+
+    def _head(self, interest, target, training=None):
+        """The logits ``[B]`` of the interest ``u`` and the target ``q``."""
         interest = tf.cast(interest, target.dtype)
         projected = interest if self.interaction is None else self.interaction(interest)
         return self.head(tf.concat([interest, target, projected * target], axis=-1), training=training)
@@ -220,7 +224,7 @@ class CTRModel(KerasConventions, keras.Model):
         """Forward FLOPs per example: ``inputs``, the interest parts, ``head`` and ``total``; of a row scored at
         ``width`` history positions in a length group (default: ``max_len``, the padded batch)."""
         d = self.input_dim
-        length = (width or self.max_len) if self.splits_rows else self.max_len  # MoS embeds the whole batch
+        length = min(width or self.max_len, self.max_len)
         parts = {"inputs": 3 * length + length * d}  # padding mask, masking the embeddings
         parts.update(self.interest.flops(d, width))
         interaction = d if self.interaction is None else d + fl.matmul_flops(1, self.interest_dim, d)

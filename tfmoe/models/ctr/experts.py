@@ -2,9 +2,9 @@
 
 * :class:`ExpertSet`: ``E`` backbones (or one shared by all) mapping subsequences
   ``[B, E, S, d]`` + masks ``[B, E, S]`` + target ``[B, d]`` to ``[B, E, d_out]``. Shared
-  parameters run as one batched call on ``[B * E, S, d]``. With :attr:`ExpertSet.length_groups` ``> 1`` each
-  backbone call runs in length groups of subsequences, each cut to its widest
-  (:func:`~tfmoe.models.ctr.backbones.backbone_in_length_groups`), with the same outputs.
+  parameters run as one batched call on ``[B * E, S, d]``. With ``cut_to_widest=True`` (outside XLA) each backbone
+  call reads its subsequences cut to the widest one (:func:`~tfmoe.models.length_groups.cut_to_widest_row`: unused
+  slots come first), with the same outputs.
 * :func:`gather_subsequences`: token indices ``[B, E, C]`` (``-1`` = unused slot) into
   time-ordered subsequences, each token scaled by its routing weight (the router's gradient path).
 
@@ -23,7 +23,8 @@ import keras
 import tensorflow as tf
 
 from tfmoe.layers import masking
-from tfmoe.models.ctr.backbones import backbone_in_length_groups, make_backbone
+from tfmoe.models.ctr.backbones import make_backbone
+from tfmoe.models.length_groups import cut_to_widest_row
 from tfmoe.utils import validation as v
 
 
@@ -72,7 +73,6 @@ class ExpertSet(keras.layers.Layer):
             make_backbone(backbone, self.backbone_options, dtype=self.dtype_policy, name=f"expert_{i}")
             for i in range(count)
         ]
-        self.length_groups = 1  # set by the layer that owns the experts (MoS's use_length_groups), not an option
 
     def build(self, sequences_shape):
         d = sequences_shape[-1]
@@ -87,11 +87,14 @@ class ExpertSet(keras.layers.Layer):
         """Forward FLOPs per example for ``num_inputs`` (default ``E``) subsequences of ``length``."""
         return (num_inputs or self.num_experts) * self.backbones[0].flops(length, d)
 
-    def call(self, sequences, masks, target, training=None):
-        num, length, d = sequences.shape[1], sequences.shape[2], sequences.shape[3]
+    def call(self, sequences, masks, target, training=None, cut_to_widest=False):
+        num, d = sequences.shape[1], sequences.shape[3]
+        length = sequences.shape[2] if sequences.shape[2] is not None else tf.shape(sequences)[2]
 
         def run(backbone, sequence, mask, target):
-            return backbone_in_length_groups(backbone, sequence, mask, target, self.length_groups, training)
+            if cut_to_widest:
+                sequence, mask = cut_to_widest_row(sequence, mask)
+            return backbone(sequence, mask, target, training=training)
 
         if self.shared:
             flat = tf.reshape(sequences, [-1, length, d])

@@ -12,8 +12,8 @@ named by ``backbone`` with ``backbone_options``) and has the same interface:
   raw features dict, for the side features a layer reads: ``required_features()``);
 * ``flops(d, width=None) -> dict``: analytic forward FLOPs per example, by part, of a row whose history is read
   at ``width`` positions (default ``max_len``; a CTR model's length groups cut a row to its group's width);
-* ``use_length_groups(groups) -> bool``: whether the layer runs its full-width part in length groups itself
-  (below);
+* ``call_grouped(groups, plan, training=None) -> [[b_g, d_out], ...]``: the call of a batch split into length groups
+  (:attr:`InterestLayer.supports_length_groups`, below);
 * ``options()``: its constructor options but ``max_len`` (the flat options of a CTR family model).
 
 Layers: :class:`SingleBackboneInterest` (``u = Backbone(e, mask, q)``, this module),
@@ -49,9 +49,10 @@ from tfmoe.utils import validation as v
 class InterestLayer(SequenceLayer):
     """Base of the interest layers: ``max_len``, ``backbone``, ``backbone_options`` and the shared interface."""
 
-    #: whether the layer computes each row from that row's real history positions alone, at any history width (no
-    #: batch-level losses or capacities, no grid sized from a static length), so that a model may score and train
-    #: whole rows in length groups (:class:`~tfmoe.models.ctr.base.CTRModel`'s ``length_groups``)
+    #: whether a model may score and train the layer's batch in length groups of rows, each cut to its widest row
+    #: (:class:`~tfmoe.models.ctr.base.CTRModel`'s ``length_groups``) with :meth:`call_grouped`: the layer computes
+    #: each row from that row's real history positions alone, at any history width, and runs any batch-level part
+    #: (MoS's router) on the whole batch. False for the token-routed baselines (batch-level expert capacity).
     supports_length_groups = False
 
     def __init__(self, max_len, backbone="din", backbone_options=None, **kwargs):
@@ -71,11 +72,21 @@ class InterestLayer(SequenceLayer):
     def flops(self, d: int, width: int | None = None) -> dict:
         raise NotImplementedError
 
-    def use_length_groups(self, groups: int) -> bool:
-        """Asked by a CTR model with ``length_groups=groups`` when :attr:`supports_length_groups` is False: whether
-        the layer runs its full-width part in ``groups`` length groups itself (its batch-level parts on the whole
-        batch), so that the model's results stay those of the padded batch. The base layer cannot: False."""
-        return False
+    def call_grouped(self, groups: list, plan, training=None) -> list:
+        """The interest of a batch split into length groups (:attr:`supports_length_groups` layers only).
+
+        Args:
+            groups: one ``(sequence [b_g, w_g, d], mask [b_g, w_g], target [b_g, d], features)`` per group, the
+                group's rows cut to its width (``features``: the group's features dict).
+            plan: the :class:`~tfmoe.models.length_groups.LengthGroups` that made them (its ``merge`` and
+                ``split`` carry a batch-level step across the groups).
+            training: the call's ``training``.
+
+        Returns:
+            the groups' interests ``[b_g, d_out]``. Here: the layer called on each group.
+        """
+        return [self(sequence, mask, target, features, training=training)
+                for sequence, mask, target, features in groups]
 
     def required_features(self) -> tuple:
         """Keys of the history side features the layer reads from ``features`` (e.g. ``history_session_ids``)."""

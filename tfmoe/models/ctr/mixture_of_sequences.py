@@ -52,12 +52,19 @@ Options (defaults = the spec's suggestions; [I] = inferred, not from the paper):
         See :class:`~tfmoe.layers.SessionThemeRouter`.
     fusion_units: hidden sizes of the fusion gate MLP (default [64]).
 
-Length groups: a CTR model with ``length_groups=G`` (:class:`~tfmoe.models.ctr.base.CTRModel`) runs each of MoS's
-backbone experts in ``G`` groups of rows, each cut to its widest row
-(:func:`~tfmoe.models.ctr.backbones.backbone_in_length_groups`): the ``"full"`` global expert grouped by history
-width, the short-term expert by its window's, and the theme experts by their subsequences' (a theme's unused
-session slots come first). The session grid, the router with its batch-level losses and the fusion see the whole
-batch: the logits, the losses and the gradients are those of the padded batch.
+Length groups: a CTR model with ``length_groups=G`` (:class:`~tfmoe.models.ctr.base.CTRModel`) splits its batch
+into ``G`` groups of rows of similar history width, each cut to its widest row
+(:class:`~tfmoe.models.length_groups.LengthGroups`), and calls :meth:`MixtureOfSequences.call_grouped`. The router
+runs in its three stages (:meth:`~tfmoe.layers.SessionThemeRouter.pool`, ``assign``, then the gathers)::
+
+    per group    grid [b_g, M_w, P, d], M_w = min(M, ceil(w_g / P))  (session ids: min(M, w_g))  -> z [b_g, M_w, d_c]
+    batch        z padded in front to [B, M, d_c], rows in batch order -> assignment, losses, statistics, restarts
+    per group    session indices moved to the group's grid, cut to min(C, M_w) slots -> theme, short-term and
+                 global experts (each cut to its widest row) -> fusion
+
+so the embeddings, the grid, the pooling and the experts touch each row's width instead of ``L``, while the batch-level
+load-balance and codebook losses, the statistics and the dead-code restarts see the batch's sessions exactly as
+without groups: the logits, the losses and the gradients are those of the padded batch.
 
 Example:
     >>> import numpy as np
@@ -82,8 +89,8 @@ import keras
 import tensorflow as tf
 
 from tfmoe.layers import MultiScaleFusion, SessionGrouper, SessionThemeRouter, masking, select_target_themes
+from tfmoe.layers.session_router import gather_theme_items
 from tfmoe.models.ctr import inputs as ci
-from tfmoe.models.ctr.backbones import backbone_in_length_groups
 from tfmoe.models.ctr.experts import ExpertSet
 from tfmoe.models.ctr.interest import InterestLayer
 from tfmoe.utils import flops as fl
@@ -92,6 +99,13 @@ from tfmoe.utils import validation as v
 SESSION_MODES = ("chunk", "session_ids", "time_gap")
 THEME_MODES = ("sparse", "dense")
 GLOBAL_EXPERT_MODES = ("full", "sessions")
+
+
+def _pad_sessions(values, num_sessions: int):
+    """``[b, M_w, ...]`` -> ``[b, M, ...]``: empty (zero, False) session slots in front, the static ``M`` restored."""
+    pad = num_sessions - tf.shape(values)[1]
+    padded = tf.pad(values, [[0, 0], [pad, 0]] + [[0, 0]] * (values.shape.rank - 2))
+    return tf.ensure_shape(padded, [None, num_sessions, *values.shape[2:]])
 
 
 def time_gap_session_ids(timestamps, mask, gap: int):
@@ -109,6 +123,8 @@ def time_gap_session_ids(timestamps, mask, gap: int):
 @keras.saving.register_keras_serializable(package="tfmoe")
 class MixtureOfSequences(InterestLayer):
     """MoS around a backbone (see the module docstring for the method and every option)."""
+
+    supports_length_groups = True
 
     def __init__(self, max_len, backbone="din", backbone_options=None, session_mode="chunk", session_length=10,
                  num_sessions=None, session_gap=1800, num_themes=4, sessions_per_theme=None, theme_mode="sparse",
@@ -164,13 +180,6 @@ class MixtureOfSequences(InterestLayer):
         self.global_backbone = self.make_backbone("global_expert")
         self.fusion = MultiScaleFusion(hidden_units=fusion_units, dtype=dtype, name="fusion")
         self.fusion_units = list(self.fusion.hidden_units)
-        self.length_groups = 1  # set by the CTR model (use_length_groups), not an option of the layer
-
-    def use_length_groups(self, groups):
-        """Runs the backbone experts in ``groups`` length groups (see the module docstring): True."""
-        self.length_groups = v.check_int(type(self).__name__, "length_groups", groups, minimum=1)
-        self.theme_experts.length_groups = self.length_groups
-        return True
 
     @property
     def themes_run(self) -> int:
@@ -213,34 +222,93 @@ class MixtureOfSequences(InterestLayer):
         grid, item_mask, session_mask = self.grouper(sequence, self.session_ids(features, mask), mask=mask)
         return grid, item_mask, session_mask, self.theme_router(grid, item_mask, target=target)
 
-    def themes(self, routed, target, training):
-        """Theme expert outputs ``[B, K', d_o]``, their mask and their target weights ``p_{q,k}``."""
+    def call(self, sequence, mask, target, features=None, training=None):
+        return self._interests([(sequence, mask, target, features)], None, training)[0]
+
+    def call_grouped(self, groups, plan, training=None):
+        """Length groups (see the module docstring): each group's grid holds the sessions its width can, the router
+        assigns the whole batch's sessions in one step, the experts and the fusion run per group."""
+        return self._interests(groups, plan, training)
+
+    def _interests(self, groups, plan, training):
+        """The interests of ``groups`` (``(sequence, mask, target, features)`` each) that ``plan`` split from one
+        batch (``None``: one group, the batch)."""
+        reads = [self._read_sessions(sequence, mask, features, cut=plan is not None)
+                 for sequence, mask, _, features in groups]
+        assignments = self._assign(reads, plan, training)
+        return [self._fuse(read, assigned, sequence, mask, target, training)
+                for read, assigned, (sequence, mask, target, _) in zip(reads, assignments, groups)]
+
+    def _read_sessions(self, sequence, mask, features, cut):
+        """The session grid of a group and its pooled, projected sessions (router stage 1). With ``cut``, a history
+        cut to a width ``w`` holds ``M_w = min(M, ceil(w / P))`` chunks (``min(M, w)`` sessions by id) and gets a grid
+        of that many; else the grid has the ``M`` slots."""
+        sessions = None
+        if cut:
+            width = sequence.shape[1] if sequence.shape[1] is not None else tf.shape(sequence)[1]
+            most = -(-width // self.session_length) if self.session_mode == "chunk" else width
+            sessions = tf.minimum(most, self.resolved["num_sessions"])
+        grid, item_mask, session_mask = self.grouper(sequence, self.session_ids(features, mask), mask=mask,
+                                                     num_sessions=sessions)
+        items, item_mask, valid, projected = self.theme_router.pool(grid, item_mask)
+        return {"items": items, "item_mask": item_mask, "session_mask": session_mask, "valid": valid,
+                "projected": projected, "sessions": sessions}
+
+    def _assign(self, reads, plan, training):
+        """Router stage 2 on the whole batch: the groups' sessions padded in front to the ``M`` slots, in the batch's
+        row order, then each group's share of the assignment, its session indices moved to its own grid and cut to
+        the ``C_w = min(C, M_w)`` slots its sessions can fill (indices are time-sorted, unused slots first)."""
+        if plan is None:
+            return [self.theme_router.assign(reads[0]["projected"], reads[0]["valid"], training=training)]
+        m, c = self.resolved["num_sessions"], self.resolved["sessions_per_theme"]
+        routed = self.theme_router.assign(plan.merge([_pad_sessions(r["projected"], m) for r in reads]),
+                                          plan.merge([_pad_sessions(r["valid"], m) for r in reads]), training=training)
+        keys = ("session_indices", "selection_mask", "selection_scale", "theme_mask")
+        parts = {key: plan.split(routed[key]) for key in keys}
+        assignments = []
+        for g, read in enumerate(reads):
+            assigned = {key: parts[key][g] for key in keys}
+            kept = c - tf.minimum(c, read["sessions"])
+            indices = assigned["session_indices"][:, :, kept:]
+            assigned["session_indices"] = tf.where(indices >= 0, indices - (m - read["sessions"]), indices)
+            assigned["selection_mask"] = assigned["selection_mask"][:, :, kept:]
+            assigned["selection_scale"] = assigned["selection_scale"][:, :, kept:]
+            assignments.append(assigned)
+        return assignments
+
+    def themes(self, routed, target, training, cut_to_widest=False):
+        """Theme expert outputs ``[B, K', d_o]``, their mask and their target weights ``p_{q,k}`` (``routed``: the
+        router's outputs with ``session_items``, ``session_item_mask`` and ``target_probs``; ``cut_to_widest``: the
+        experts read the subsequences cut to the widest, for a length group)."""
         if self.theme_mode == "sparse" and self.shared_experts:
             chosen = select_target_themes(routed, self.active_themes)
-            out = self.theme_experts(chosen["theme_items"], chosen["theme_item_mask"], target, training=training)
+            out = self.theme_experts(chosen["theme_items"], chosen["theme_item_mask"], target, training=training,
+                                     cut_to_widest=cut_to_widest)
             return out, chosen["theme_mask"], chosen["target_weights"]
-        out = self.theme_experts(routed["theme_items"], routed["theme_item_mask"], target, training=training)
+        items, item_mask = gather_theme_items(routed["session_items"], routed["session_item_mask"],
+                                              routed["session_indices"], routed["selection_mask"],
+                                              routed["selection_scale"])
+        out = self.theme_experts(items, item_mask, target, training=training, cut_to_widest=cut_to_widest)
         if self.theme_mode == "dense":
             return out, routed["theme_mask"], routed["target_probs"]
         top = tf.math.top_k(routed["target_probs"], k=self.active_themes)
         picked = tf.gather(out, top.indices, batch_dims=1)
         return picked, tf.gather(routed["theme_mask"], top.indices, batch_dims=1), top.values
 
-    def call(self, sequence, mask, target, features=None, training=None):
-        grid, item_mask, session_mask, routed = self.route(sequence, mask, target, features)
-        themes, theme_mask, weights = self.themes(routed, target, training)
+    def _fuse(self, read, assigned, sequence, mask, target, training):
+        """One group's experts (themes, short-term, global) and their fusion ``[b, d_out]``."""
+        routed = {**assigned, "session_items": read["items"], "session_item_mask": read["item_mask"],
+                  "target_probs": self.theme_router.target_probabilities(target)}
+        themes, theme_mask, weights = self.themes(routed, target, training, cut_to_widest=read["sessions"] is not None)
         if self.target_weighting:
             themes = themes * tf.cast(weights, themes.dtype)[..., None]
         w = self.resolved["short_window"]
-        short = backbone_in_length_groups(self.short_backbone, sequence[:, -w:], mask[:, -w:], target,
-                                          self.length_groups, training)
+        short = self.short_backbone(sequence[:, -w:], mask[:, -w:], target, training=training)
         if self.global_expert == "full":
-            glob = backbone_in_length_groups(self.global_backbone, sequence, mask, target, self.length_groups,
-                                             training)
+            glob = self.global_backbone(sequence, mask, target, training=training)
         else:
-            means = masking.masked_mean(grid, item_mask, axis=2)  # [B, M, d]
-            glob = backbone_in_length_groups(self.global_backbone, means, session_mask, target, self.length_groups,
-                                             training)
+            means = masking.masked_mean(read["items"], read["item_mask"], axis=2)  # [B, M, d]
+            glob = self.global_backbone(means, read["session_mask"], target, training=training)
         experts = tf.concat([glob[:, None], short[:, None], tf.cast(themes, glob.dtype)], axis=1)
         always = tf.ones_like(mask[:, :1])  # the global and short-term experts always run
         expert_mask = tf.concat([always, always, theme_mask], axis=1)
@@ -249,27 +317,29 @@ class MixtureOfSequences(InterestLayer):
 
     # ----- FLOPs and config ---------------------------------------------------------------------
     def flops(self, d, width=None):
-        """Forward FLOPs per example by part; with ``width``, of a row of ``width`` history items whose experts read
-        at most that: the global expert ``width`` positions (``"sessions"``: its sessions), the short-term one
-        ``min(W, width)``, the theme experts the ``P`` slots of the sessions such a row can fill (chunks:
-        ``ceil(width / P)``; session ids: up to ``width`` sessions), at most ``C``. The grid and the router count
-        the full ``M x P``."""
+        """Forward FLOPs per example by part; with ``width``, of a row of ``width`` history items scored in a length
+        group of that width: its grid holds the ``M_w`` sessions such a row can fill (chunks: ``ceil(width / P)``;
+        session ids: up to ``width`` sessions; at most ``M``), the theme experts read at most ``min(C, M_w)`` of
+        them, the global expert ``width`` positions (``"sessions"``: its ``M_w`` sessions), the short-term one
+        ``min(W, width)``. The router's assignment runs over the batch's ``M`` slots."""
         m, p = self.resolved["num_sessions"], self.session_length
         c, k = self.resolved["sessions_per_theme"], self.num_themes
         out = self.output_width(d)
         read = min(width or self.max_len, self.max_len)
         sessions = min(m, math.ceil(read / p) if self.session_mode == "chunk" else read)
+        chosen = min(c, sessions)
         parts = {
             # session means, routing projection and prototypes (Einsum: not seen by the profiler),
             # scaling + masking of the K theme subsequences
-            "router": 2 * m * p * d + fl.matmul_flops(m + 1, d, d) + fl.matmul_flops(m + 1, d, k) + 2 * k * c * p * d,
-            "theme_experts": self.theme_experts.flops(min(c, sessions) * p, d, self.themes_run),
+            "router": (2 * sessions * p * d + fl.matmul_flops(sessions + 1, d, d) + fl.matmul_flops(m + 1, d, k)
+                       + 2 * k * chosen * p * d),
+            "theme_experts": self.theme_experts.flops(chosen * p, d, self.themes_run),
             "short_expert": self.short_backbone.flops(min(self.resolved["short_window"], read), d),
         }
         if self.global_expert == "full":
             parts["global_expert"] = self.global_backbone.flops(read, d)
         else:
-            parts["global_expert"] = self.global_backbone.flops(sessions, d) + 2 * m * p * d
+            parts["global_expert"] = self.global_backbone.flops(sessions, d) + 2 * sessions * p * d
         experts = 2 + self.themes_fused
         gate = fl.mlp_flops(1, d + out, [*self.fusion_units, experts])
         weighting = self.themes_fused * out if self.target_weighting else 0

@@ -91,7 +91,7 @@ def test_the_backbones_and_mos_train_in_length_groups_and_each_task_has_its_epoc
             name, 200, "ml-1m-ctr-pop")  # a speed option on top of the benchmark's model
         built = registry.build_model(name, num_items=50, max_len=200, **{k: x for k, x in model.items() if k != "name"})
         assert built.length_groups == (groups or 1)
-    assert long_ctr.task_epochs("ml-1m-ctr-pop") == long_ctr.PROTOCOL["epochs"] == 30
+    assert long_ctr.task_epochs("ml-1m-ctr-pop") == 80 and long_ctr.PROTOCOL["epochs"] == 30
     assert long_ctr.task_epochs("ml-latest-small") == 200 and long_ctr.task_epochs("ml-latest-small", 4) == 4
     assert long_ctr.task_config(args, "ml-latest-small", "din", 200, 0)["training"]["epochs"] == 200
     capped = {"budget_reached": False, "epochs": 30, "budget": 200}

@@ -250,7 +250,8 @@ class MixtureOfSequences(InterestLayer):
             sessions = tf.minimum(most, self.resolved["num_sessions"])
         grid, item_mask, session_mask = self.grouper(sequence, self.session_ids(features, mask), mask=mask,
                                                      num_sessions=sessions)
-        items, item_mask, valid, projected = self.theme_router.pool(grid, item_mask)
+        with tf.name_scope(self.theme_router.name):  # the router's stages, named as its calls are
+            items, item_mask, valid, projected = self.theme_router.pool(grid, item_mask)
         return {"items": items, "item_mask": item_mask, "session_mask": session_mask, "valid": valid,
                 "projected": projected, "sessions": sessions}
 
@@ -258,11 +259,13 @@ class MixtureOfSequences(InterestLayer):
         """Router stage 2 on the whole batch: the groups' sessions padded in front to the ``M`` slots, in the batch's
         row order, then each group's share of the assignment, its session indices moved to its own grid and cut to
         the ``C_w = min(C, M_w)`` slots its sessions can fill (indices are time-sorted, unused slots first)."""
-        if plan is None:
-            return [self.theme_router.assign(reads[0]["projected"], reads[0]["valid"], training=training)]
-        m, c = self.resolved["num_sessions"], self.resolved["sessions_per_theme"]
-        routed = self.theme_router.assign(plan.merge([_pad_sessions(r["projected"], m) for r in reads]),
-                                          plan.merge([_pad_sessions(r["valid"], m) for r in reads]), training=training)
+        with tf.name_scope(self.theme_router.name):
+            if plan is None:
+                return [self.theme_router.assign(reads[0]["projected"], reads[0]["valid"], training=training)]
+            m, c = self.resolved["num_sessions"], self.resolved["sessions_per_theme"]
+            routed = self.theme_router.assign(plan.merge([_pad_sessions(r["projected"], m) for r in reads]),
+                                              plan.merge([_pad_sessions(r["valid"], m) for r in reads]),
+                                              training=training)
         keys = ("session_indices", "selection_mask", "selection_scale", "theme_mask")
         parts = {key: plan.split(routed[key]) for key in keys}
         assignments = []
@@ -281,13 +284,15 @@ class MixtureOfSequences(InterestLayer):
         router's outputs with ``session_items``, ``session_item_mask`` and ``target_probs``; ``cut_to_widest``: the
         experts read the subsequences cut to the widest, for a length group)."""
         if self.theme_mode == "sparse" and self.shared_experts:
-            chosen = select_target_themes(routed, self.active_themes)
+            with tf.name_scope(self.theme_router.name):
+                chosen = select_target_themes(routed, self.active_themes)
             out = self.theme_experts(chosen["theme_items"], chosen["theme_item_mask"], target, training=training,
                                      cut_to_widest=cut_to_widest)
             return out, chosen["theme_mask"], chosen["target_weights"]
-        items, item_mask = gather_theme_items(routed["session_items"], routed["session_item_mask"],
-                                              routed["session_indices"], routed["selection_mask"],
-                                              routed["selection_scale"])
+        with tf.name_scope(self.theme_router.name):
+            items, item_mask = gather_theme_items(routed["session_items"], routed["session_item_mask"],
+                                                  routed["session_indices"], routed["selection_mask"],
+                                                  routed["selection_scale"])
         out = self.theme_experts(items, item_mask, target, training=training, cut_to_widest=cut_to_widest)
         if self.theme_mode == "dense":
             return out, routed["theme_mask"], routed["target_probs"]
@@ -297,8 +302,10 @@ class MixtureOfSequences(InterestLayer):
 
     def _fuse(self, read, assigned, sequence, mask, target, training):
         """One group's experts (themes, short-term, global) and their fusion ``[b, d_out]``."""
+        with tf.name_scope(self.theme_router.name):
+            target_probs = self.theme_router.target_probabilities(target)
         routed = {**assigned, "session_items": read["items"], "session_item_mask": read["item_mask"],
-                  "target_probs": self.theme_router.target_probabilities(target)}
+                  "target_probs": target_probs}
         themes, theme_mask, weights = self.themes(routed, target, training, cut_to_widest=read["sessions"] is not None)
         if self.target_weighting:
             themes = themes * tf.cast(weights, themes.dtype)[..., None]

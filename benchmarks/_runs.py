@@ -16,8 +16,9 @@ from benchmarks._timing import read_json
 
 
 def saved_run(config_dict: dict, task: str) -> dict | None:
-    """One run's result: from ``metrics.json`` when its training (or its chunk of it) finished, else from its best
-    checkpoint, evaluated on the test split now; ``None`` when nothing was saved yet. Saved metrics of an older
+    """One run's result: from ``metrics.json`` when its training (or its chunk of it) finished and no later chunk has
+    saved a better checkpoint since, else from its best checkpoint, evaluated on the test split now; ``None`` when
+    nothing was saved yet. Saved metrics of an older
     evaluation protocol are evaluated again from the best checkpoint and written back (the old ones kept under
     ``previous_metrics``).
 
@@ -35,14 +36,16 @@ def saved_run(config_dict: dict, task: str) -> dict | None:
     check_same_run(config.output_dir, config)
     evaluation = task_evaluation(task)
     metrics_path = os.path.join(config.output_dir, "metrics.json")
+    weights, state_path = (os.path.join(config.output_dir, name) for name in ("best.weights.h5", "state.json"))
     saved = read_json(metrics_path)
+    if saved and os.path.exists(weights) and os.path.getmtime(weights) > os.path.getmtime(metrics_path):
+        saved = None  # a later chunk is training and found a better checkpoint: the saved metrics are not its
     if saved and saved.get("evaluation_protocol", 1) != evaluation.protocol:
         saved = _reevaluated(config, saved, evaluation.protocol, metrics_path)
     if saved:
         return {"finished": True, "epochs": saved["epochs_run"], "best_epoch": saved["best_epoch"],
                 "stopped_early": saved["stopped_early"], "test": saved["metrics"].get("test"),
                 "valid": saved["metrics"]["valid"], "history": saved.get("history", []), "device": saved.get("device")}
-    weights, state_path = (os.path.join(config.output_dir, name) for name in ("best.weights.h5", "state.json"))
     if not (os.path.exists(weights) and os.path.exists(state_path)):
         return None
     from tfmoe.training.trainer import evaluate_best

@@ -57,6 +57,33 @@ def test_a_chunk_saved_without_the_test_split_reads_as_a_finished_chunk_with_no_
     assert result["epochs"] == 2 and result["best_epoch"] == 2 and not result["budget_reached"]
 
 
+def test_a_finished_chunk_whose_run_found_a_better_checkpoint_since_reads_as_the_running_run(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from tfmoe.training import TrainConfig, trainer
+    from tfmoe.training.run_settings import record_run
+
+    config = long_ctr.task_config(_args(tmp_path), "ml-1m-ctr-pop", "din", 50, 0, 4)
+    record_run(config["output_dir"], TrainConfig.from_dict(config))
+    run = tmp_path / "work" / "ml-1m-ctr-pop" / "L50" / "din" / "spu2" / "seed0"
+    (run / "metrics.json").write_text(json.dumps(
+        {"task": "ctr", "epochs_run": 2, "best_epoch": 1, "stopped_early": False, "evaluation_protocol": 1,
+         "metrics": {"valid": {"AUC": 0.61}, "test": {"AUC": 0.60}}, "history": []}))
+    history = [{"epoch": e, "val_AUC": auc} for e, auc in enumerate([0.55, 0.61, 0.60, 0.64])]
+    (run / "state.json").write_text(json.dumps({"monitor": "AUC", "best": 0.64, "best_epoch": 3, "wait": 0,
+                                                "stopped_early": False, "finished": False, "history": history}))
+    (run / "best.weights.h5").write_bytes(b"")
+    os.utime(run / "metrics.json", (1_000, 1_000))  # the chunk's metrics, then a better checkpoint
+    monkeypatch.setattr(trainer, "evaluate_best", lambda config, splits: {"test": {"AUC": 0.66}})
+    result = long_ctr._run_result(config, budget=4)
+    assert not result["finished"] and result["epochs"] == 4 and result["best_epoch"] == 4
+    assert result["valid"] == {"AUC": 0.64} and result["test"] == {"AUC": 0.66}
+    os.utime(run / "best.weights.h5", (500, 500))  # the checkpoint the saved metrics describe
+    result = long_ctr._run_result(config, budget=4)
+    assert result["finished"] and result["epochs"] == 2 and result["test"] == {"AUC": 0.60}
+
+
 def test_every_task_model_and_length_gives_a_valid_config(tmp_path):
     from tfmoe.data.samples import CTRSampling
     from tfmoe.training import TrainConfig

@@ -11,6 +11,7 @@ import tensorflow as tf
 from tfmoe.layers import losses, masking, routing_stats
 from tfmoe.utils import validation as v
 from tfmoe.utils.initializers import fresh_initializer
+from tfmoe.utils.xla import dim
 
 _MISSING = -1  # session index of an unused slot
 ROUTERS = ("softmax", "codebook")
@@ -129,8 +130,7 @@ def gather_theme_items(session_items, item_mask, session_indices, selection_mask
     mask = tf.logical_and(tf.gather(item_mask, safe, batch_dims=1), selection_mask[..., None])
     items *= tf.cast(scale, items.dtype)[..., None, None]
     items = masking.apply_mask(items, mask)
-    sessions = session_indices.shape[2] if session_indices.shape[2] is not None else tf.shape(session_indices)[2]
-    themes, slots = session_indices.shape[1], sessions * session_items.shape[2]
+    themes, slots = session_indices.shape[1], dim(session_indices, 2) * session_items.shape[2]
     return (tf.reshape(items, [-1, themes, slots, session_items.shape[-1]]),
             tf.reshape(mask, [-1, themes, slots]))
 
@@ -439,10 +439,11 @@ class SessionThemeRouter(keras.layers.Layer):
     def project(self, representations):
         """``(z, C)``: ``z = W_s^T x`` for float32 ``x [..., d]`` and the prototypes ``C [K, d_c]``,
         both l2-normalised when ``similarity="cosine"`` (the space the themes live in)."""
+        return self._project_sessions(representations), self._prototypes()
+
+    def _project_sessions(self, representations):
         projected = _matmul_last(representations, self.projection_kernel)
-        if self.similarity == "cosine":
-            projected = tf.math.l2_normalize(projected, axis=-1)
-        return projected, self._prototypes()
+        return tf.math.l2_normalize(projected, axis=-1) if self.similarity == "cosine" else projected
 
     def _prototypes(self):
         prototypes = tf.convert_to_tensor(self.prototypes)
@@ -588,7 +589,7 @@ class SessionThemeRouter(keras.layers.Layer):
         items = tf.cast(session_items, self.compute_dtype)
         item_mask = masking.as_bool_mask(item_mask)
         session_valid = tf.reduce_any(item_mask, axis=-1)
-        projected, _ = self.project(self._pool_sessions(tf.cast(items, tf.float32), item_mask))
+        projected = self._project_sessions(self._pool_sessions(tf.cast(items, tf.float32), item_mask))
         return items, item_mask, session_valid, projected
 
     def assign(self, projected, session_valid, training=None):

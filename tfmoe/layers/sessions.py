@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from tfmoe.layers import masking
 from tfmoe.utils import validation as v
+from tfmoe.utils.xla import dim
 
 MODES = ("session", "chunk")
 
@@ -60,7 +61,7 @@ def _grid_from_compact(order, compact_ids, num_valid, num_sessions, session_leng
     takes session ``r = M - 1 - m`` and its item ``t = P - 1 - p`` from the end. ``L`` and ``M`` may
     be tensors (a batch cut to a dynamic width); the shapes are static when they are not.
     """
-    length = _static_or_dynamic(order.shape[1] if order.shape[1] is not None else tf.shape(order)[1])
+    length = dim(order, 1)
     m, p = _static_or_dynamic(num_sessions), session_length
     pos = tf.range(length, dtype=tf.int32)[None, :]
     first_valid = length - num_valid[:, None]  # [B, 1]
@@ -109,7 +110,7 @@ def session_positions(session_ids, mask=None, *, num_sessions, session_length: i
         and ``session_mask [B, M]`` (bool). Use :func:`gather_grid` to gather any aligned feature.
     """
     session_ids = tf.convert_to_tensor(session_ids)
-    length = session_ids.shape[1] if session_ids.shape[1] is not None else tf.shape(session_ids)[1]
+    length = dim(session_ids, 1)
     order, num_valid = _compact(mask, length)
     if mask is None:
         order = tf.broadcast_to(order, tf.shape(session_ids))
@@ -128,7 +129,7 @@ def chunk_positions(mask, *, num_sessions, session_length: int, length=None):
             raise ValueError("chunk_positions: pass `mask` or `length`")
     else:
         mask = masking.as_bool_mask(mask)
-        length = mask.shape[1] if mask.shape[1] is not None else tf.shape(mask)[1]
+        length = dim(mask, 1)
     order, num_valid = _compact(mask, length)
     pos = tf.range(length, dtype=tf.int32)[None, :]
     compact_ids = tf.broadcast_to((length - 1 - pos) // session_length, tf.shape(order))
@@ -211,16 +212,14 @@ class SessionGrouper(keras.layers.Layer):
 
     def call(self, values, session_ids=None, mask=None, num_sessions=None):
         owner = type(self).__name__
-        length = values.shape[1]
         if num_sessions is None:
-            if length is None:
+            if values.shape[1] is None:
                 raise ValueError(
                     f"{owner}: the sequence length of `values` must be static, got shape {values.shape} "
                     f"(or pass `num_sessions`)"
                 )
-            num_sessions = self._num_sessions_for(length)
-        if length is None:
-            length = tf.shape(values)[1]
+            num_sessions = self._num_sessions_for(values.shape[1])
+        length = dim(values, 1)
         if self.mode == "session":
             if session_ids is None:
                 raise ValueError(f"{owner}: mode='session' needs `session_ids`, got None")

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tfmoe.metrics.feature_metric import require_feature
 from tfmoe.utils import validation as v
+from tfmoe.utils.xla import dim
 
 TIES = ("pessimistic", "optimistic")
 # Where the items to filter are, first found first: the whole history, else the model input's window.
@@ -66,7 +67,7 @@ def ranks(scores, targets, history=None, ties: str = "pessimistic"):
     v.check_choice("ranks", "ties", ties, TIES)
     scores = tf.cast(scores, tf.float32)
     targets = tf.cast(targets, tf.int32)
-    num_scores = scores.shape[-1] if scores.shape[-1] is not None else tf.shape(scores)[-1]
+    num_scores = dim(scores, -1)
     candidates = candidate_mask(targets, num_scores, history)
     target_scores = tf.gather(scores, targets[:, None], batch_dims=1)  # [B, 1]
     above = scores >= target_scores if ties == "pessimistic" else scores > target_scores

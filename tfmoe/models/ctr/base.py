@@ -31,7 +31,7 @@ Common options (every CTR model):
     dropout: dropout in the prediction MLP (default 0).
     length_groups: score and train each batch in this many groups of rows of similar history length, each
         group's history features cut to its longest real history
-        (:func:`tfmoe.models.length_groups.call_in_length_groups`); default 1, the padded batch. The
+        (:class:`tfmoe.models.length_groups.LengthGroups`); default 1, the padded batch. The
         single-backbone models (DIN, TWIN, TransAct) compute each row from its own real positions at any width,
         so the logits, the loss and the gradients are those of the padded batch, for less work on long padded
         histories (``interest.supports_length_groups``). MoS does the same with each group's session grid cut to

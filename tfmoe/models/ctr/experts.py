@@ -26,6 +26,7 @@ from tfmoe.layers import masking
 from tfmoe.models.ctr.backbones import make_backbone
 from tfmoe.models.length_groups import cut_to_widest_row
 from tfmoe.utils import validation as v
+from tfmoe.utils.xla import dim
 
 
 def gather_subsequences(sequence, mask, indices, weights=None):
@@ -88,8 +89,7 @@ class ExpertSet(keras.layers.Layer):
         return (num_inputs or self.num_experts) * self.backbones[0].flops(length, d)
 
     def call(self, sequences, masks, target, training=None, cut_to_widest=False):
-        num, d = sequences.shape[1], sequences.shape[3]
-        length = sequences.shape[2] if sequences.shape[2] is not None else tf.shape(sequences)[2]
+        num, length, d = sequences.shape[1], dim(sequences, 2), sequences.shape[3]
 
         def run(backbone, sequence, mask, target):
             if cut_to_widest:

@@ -95,6 +95,7 @@ from tfmoe.models.ctr.experts import ExpertSet
 from tfmoe.models.ctr.interest import InterestLayer
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
+from tfmoe.utils.xla import dim
 
 SESSION_MODES = ("chunk", "session_ids", "time_gap")
 THEME_MODES = ("sparse", "dense")
@@ -243,17 +244,20 @@ class MixtureOfSequences(InterestLayer):
         """The session grid of a group and its pooled, projected sessions (router stage 1). With ``cut``, a history
         cut to a width ``w`` holds ``M_w = min(M, ceil(w / P))`` chunks (``min(M, w)`` sessions by id) and gets a grid
         of that many; else the grid has the ``M`` slots."""
-        sessions = None
-        if cut:
-            width = sequence.shape[1] if sequence.shape[1] is not None else tf.shape(sequence)[1]
-            most = -(-width // self.session_length) if self.session_mode == "chunk" else width
-            sessions = tf.minimum(most, self.resolved["num_sessions"])
+        sessions = self.sessions_in_width(dim(sequence, 1)) if cut else None
         grid, item_mask, session_mask = self.grouper(sequence, self.session_ids(features, mask), mask=mask,
                                                      num_sessions=sessions)
         with tf.name_scope(self.theme_router.name):  # the router's stages, named as its calls are
             items, item_mask, valid, projected = self.theme_router.pool(grid, item_mask)
         return {"items": items, "item_mask": item_mask, "session_mask": session_mask, "valid": valid,
                 "projected": projected, "sessions": sessions}
+
+    def sessions_in_width(self, width):
+        """``M_w``, the sessions a history of ``width`` items can fill, at most ``M``: ``ceil(width / P)`` chunks, or
+        up to ``width`` sessions by id (``width``: an int, or a scalar tensor for a group's dynamic width)."""
+        most = -(-width // self.session_length) if self.session_mode == "chunk" else width
+        m = self.resolved["num_sessions"]
+        return tf.minimum(most, m) if tf.is_tensor(most) else min(most, m)
 
     def _assign(self, reads, plan, training):
         """Router stage 2 on the whole batch: the groups' sessions padded in front to the ``M`` slots, in the batch's
@@ -271,11 +275,11 @@ class MixtureOfSequences(InterestLayer):
         assignments = []
         for g, read in enumerate(reads):
             assigned = {key: parts[key][g] for key in keys}
-            kept = c - tf.minimum(c, read["sessions"])
-            indices = assigned["session_indices"][:, :, kept:]
+            unfillable = c - tf.minimum(c, read["sessions"])  # leading slots no session of the group can fill
+            indices = assigned["session_indices"][:, :, unfillable:]
             assigned["session_indices"] = tf.where(indices >= 0, indices - (m - read["sessions"]), indices)
-            assigned["selection_mask"] = assigned["selection_mask"][:, :, kept:]
-            assigned["selection_scale"] = assigned["selection_scale"][:, :, kept:]
+            assigned["selection_mask"] = assigned["selection_mask"][:, :, unfillable:]
+            assigned["selection_scale"] = assigned["selection_scale"][:, :, unfillable:]
             assignments.append(assigned)
         return assignments
 
@@ -333,7 +337,7 @@ class MixtureOfSequences(InterestLayer):
         c, k = self.resolved["sessions_per_theme"], self.num_themes
         out = self.output_width(d)
         read = min(width or self.max_len, self.max_len)
-        sessions = min(m, math.ceil(read / p) if self.session_mode == "chunk" else read)
+        sessions = self.sessions_in_width(read)
         chosen = min(c, sessions)
         parts = {
             # session means, routing projection and prototypes (Einsum: not seen by the profiler),

@@ -83,7 +83,6 @@ TASKS, BUCKETS, BOOTSTRAP = SETTINGS["tasks"], SETTINGS["buckets"], SETTINGS["bo
 TRAINED_TASKS = tuple(task for task, spec in TASKS.items() if "evaluates" not in spec)
 TAOBAO, SYNTHETIC = SETTINGS["taobao"], SETTINGS["synthetic"]
 LENGTH_GROUPS = SETTINGS["length_groups"]
-GROUPED_VARIANTS = ("", "mos_")  # the token-routed baselines cannot train in length groups (batch-level capacity)
 BENCHMARK = "long_ctr"
 RECORDS = records.ROOT
 DEFAULT_WORK_DIR = os.path.join(paths.RUNS, "long_ctr")
@@ -132,11 +131,8 @@ def task_epochs(task: str, requested: int | None = None) -> int:
 
 
 def training_model(name: str, length: int, task: str) -> dict:
-    """:func:`model_options` plus the speed option ``length_groups`` where the model takes it (the same results)."""
-    options = model_options(name, length, task)
-    if split_name(name)[0] in GROUPED_VARIANTS:
-        options["length_groups"] = LENGTH_GROUPS
-    return options
+    """:func:`model_options` plus the speed option ``length_groups`` (the same results)."""
+    return {**model_options(name, length, task), "length_groups": LENGTH_GROUPS}
 
 
 def ctr_config(data_dir: str, model: dict, max_len: int, seed: int, output_dir: str, epochs: int, patience: int,

@@ -21,10 +21,12 @@ One run trains, in turns of one epoch each (so that drifting load on a shared ma
 * ``din``, ``mos_din``, ``gshard_din``, ``expert_choice_din``: long-sequence CTR at length 1,000 (one positive and
   one negative per user): DIN, MoS around it, and the token-routed MoE baselines around it (GShard top-2 and expert
   choice, 8 experts as MoS has 8 themes);
-* ``din_length_groups``, ``mos_din_length_groups``: the same DIN and MoS-DIN on the same batches with
-  ``length_groups`` (``ctr.length_groups``): DIN scores each batch in groups of rows of similar history length, each
-  cut to its longest; MoS-DIN runs its backbone experts so (the same loss and gradients);
-* on request (``--models``), the same six around TWIN (``twin``, ``mos_twin``, ... with ``ctr.backbones.twin``'s
+* ``din_length_groups``, ``mos_din_length_groups``, ``gshard_din_length_groups``,
+  ``expert_choice_din_length_groups``: the same four models on the same batches with ``length_groups``
+  (``ctr.length_groups``): DIN scores each batch in groups of rows of similar history length, each cut to its
+  longest; MoS-DIN runs its backbone experts so, the baselines route each group at its width (the same loss and
+  gradients);
+* on request (``--models``), the same eight around TWIN (``twin``, ``mos_twin``, ... with ``ctr.backbones.twin``'s
   options), on the same batches.
 
 Settings: ``benchmarks/settings/train_speed.yaml``. Data: ML-1M (``../shared/data/ml-1m/ml-1m.txt``) when present,
@@ -46,6 +48,8 @@ the float32 and bfloat16 matmul peak measured in the same run (:func:`matmul_pea
     mos_b_over_b_length_groups_time = t(mos_b_length_groups) / t(b_length_groups)
     gshard_b_over_b_time          = t(gshard_b) / t(b)
     expert_choice_b_over_b_time   = t(expert_choice_b) / t(b)
+    gshard_b_length_groups_speedup = t(gshard_b) / t(gshard_b_length_groups)      (expert_choice_b likewise)
+    gshard_b_over_b_length_groups_time = t(gshard_b_length_groups) / t(b_length_groups)   (expert_choice_b likewise)
 
 Nothing else should run on the cores meanwhile: a 1-minute load average above ``max_load`` (0.5) at the start is
 warned about and recorded, with the load averages before and after. One record per run
@@ -83,9 +87,10 @@ CTR_BACKBONES = tuple(SETTINGS["ctr"]["backbones"])  # din (the default run), tw
 
 
 def ctr_family(backbone: str) -> tuple:
-    """The CTR models around ``backbone``: alone, in MoS, each in length groups, and the token-routed baselines."""
+    """The CTR models around ``backbone``: alone, in MoS and the token-routed baselines, each also in length groups."""
     return (backbone, f"{backbone}_length_groups", f"mos_{backbone}", f"mos_{backbone}_length_groups",
-            f"gshard_{backbone}", f"expert_choice_{backbone}")
+            f"gshard_{backbone}", f"gshard_{backbone}_length_groups", f"expert_choice_{backbone}",
+            f"expert_choice_{backbone}_length_groups")
 
 
 def ctr_ratios(b: str) -> dict:
@@ -95,7 +100,12 @@ def ctr_ratios(b: str) -> dict:
             f"mos_{b}_length_groups_speedup": (f"mos_{b}", f"mos_{b}_length_groups"),
             f"mos_{b}_over_{b}_length_groups_time": (f"mos_{b}_length_groups", f"{b}_length_groups"),
             f"gshard_{b}_over_{b}_time": (f"gshard_{b}", b),
-            f"expert_choice_{b}_over_{b}_time": (f"expert_choice_{b}", b)}
+            f"expert_choice_{b}_over_{b}_time": (f"expert_choice_{b}", b),
+            f"gshard_{b}_length_groups_speedup": (f"gshard_{b}", f"gshard_{b}_length_groups"),
+            f"expert_choice_{b}_length_groups_speedup": (f"expert_choice_{b}", f"expert_choice_{b}_length_groups"),
+            f"gshard_{b}_over_{b}_length_groups_time": (f"gshard_{b}_length_groups", f"{b}_length_groups"),
+            f"expert_choice_{b}_over_{b}_length_groups_time": (f"expert_choice_{b}_length_groups",
+                                                                f"{b}_length_groups")}
 
 
 CTR_MODELS = tuple(name for backbone in CTR_BACKBONES for name in ctr_family(backbone))
@@ -409,7 +419,8 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
     mos = presets.get(ctr["mos"]["preset"])
     mos_options = {**mos["options"], **ctr["mos"]["options"], **(o.get("mos") or {})}
     for backbone, backbone_options in ctr["backbones"].items():
-        alone, grouped, in_mos, mos_grouped, gshard, expert_choice = ctr_family(backbone)
+        alone, grouped, in_mos, mos_grouped, gshard, gshard_grouped, expert_choice, expert_choice_grouped = (
+            ctr_family(backbone))
         options = {**ctr["common"], **(backbone_options or {})}
         configs[alone] = {"max_len": ctr_len, "batch_size": ctr_batch, "optimizer": ctr["optimizer"],
                           "options": options}
@@ -417,7 +428,8 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
                            "options": {**mos_options, **(backbone_options or {})}}
         for name, routing in ((gshard, "gshard"), (expert_choice, "expert_choice")):
             configs[name] = {**configs[alone], "options": {**options, **ctr[routing]}}  # the backbone's + routing
-        for name, name_grouped in ((alone, grouped), (in_mos, mos_grouped)):  # the same model and batches, grouped
+        for name, name_grouped in ((alone, grouped), (in_mos, mos_grouped), (gshard, gshard_grouped),
+                                   (expert_choice, expert_choice_grouped)):  # the same model and batches, grouped
             configs[name_grouped] = {**configs[name], "model": name,
                                      "options": {**configs[name]["options"], "length_groups": ctr["length_groups"]}}
     for config in configs.values():

@@ -1,7 +1,8 @@
 """CTR models in length groups (``length_groups=G``): the single-backbone models score, and train with the loss and
 gradients, as on the padded batch; so does MoS, whose groups read session grids cut to their widths while its router
-assigns the whole batch's sessions at once (losses, statistics, restarts); under XLA they score the batch as it
-is; the token-routed baselines refuse groups; the option is validated and round-trips."""
+assigns the whole batch's sessions at once (losses, statistics, restarts), and so do the token-routed baselines,
+routing each group at its width with one load-balance loss over the batch; under XLA they score the batch as it
+is; an interest layer without groups is refused; the option is validated and round-trips."""
 
 import keras
 import numpy as np
@@ -19,6 +20,14 @@ MOS_MODELS = [("mos_din", {**MOS, "router": "softmax"}), ("mos_din", {**MOS, "se
               ("mos_din", {**MOS, "global_expert": "sessions"}),
               ("mos_twin", {**MOS, "backbone_options": {"top_k": 5}}), ("mos_transact", MOS)]
 MOS_IDS = ["mos_din-softmax", "mos_din-codebook-session_ids", "mos_din-sessions", "mos_twin", "mos_transact"]
+TOKEN_ROUTED = {"num_experts": 3}
+BALANCED = {**TOKEN_ROUTED, "load_balance_weight": 0.5}
+BASELINES = [("gshard_din", BALANCED, 2), ("gshard_din", BALANCED, 8), ("gshard_din", {**TOKEN_ROUTED, "k": 1}, 3),
+             ("expert_choice_din", TOKEN_ROUTED, 3),
+             ("gshard_twin", {**TOKEN_ROUTED, "backbone_options": {"top_k": 2}}, 3),
+             ("expert_choice_transact", {**TOKEN_ROUTED, "capacity_factor": 1.0}, 3)]
+BASELINE_IDS = ["gshard_din-2", "gshard_din-8", "gshard_din-k1-3", "expert_choice_din-3", "gshard_twin-3",
+                "expert_choice_transact-3"]
 
 
 def features(lengths=LENGTHS, seed=0):
@@ -146,11 +155,62 @@ def test_mos_cuts_each_groups_grid_and_experts_to_its_width_and_routes_the_whole
     assert type(grouped).from_config(grouped.get_config()).length_groups == 3
 
 
-@pytest.mark.parametrize("name, options", [("gshard_din", {}), ("expert_choice_twin", {})])
-def test_models_with_coupled_rows_refuse_groups(name, options):
+@pytest.mark.parametrize("name, options, groups", BASELINES, ids=BASELINE_IDS)
+def test_token_routed_baselines_in_length_groups_score_and_train_as_the_padded_batch(name, options, groups):
+    padded, grouped = pair(name, options, groups)
+    x, y = features(), tf.constant([1, 0, 1, 1, 0, 1, 0, 0], tf.float32)
+    np.testing.assert_allclose(grouped.probabilities(x).numpy(), padded.probabilities(x).numpy(), atol=1e-6)
+    np.testing.assert_allclose(tf.function(grouped.probabilities)(x).numpy(), padded.probabilities(x).numpy(),
+                               atol=1e-6)
+    for graph in (False, True):  # eagerly, then in a tf.function (the groups' widths and buffers dynamic)
+        loss, gradients = loss_and_gradients(padded, x, y, graph=graph)
+        grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y, graph=graph)
+        assert grouped_loss == pytest.approx(loss, rel=1e-6)  # the BCE and GShard's load-balance loss
+        if not graph:
+            # GShard's one load-balance loss, not one per group; expert choice has none
+            assert len(grouped.losses) == len(padded.losses) == int(name.startswith("gshard"))
+            for got, expected in zip(grouped.losses, padded.losses):
+                assert float(got) == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
+        for expected, got in zip(gradients, grouped_gradients):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_token_routed_groups_route_at_their_widths():
+    _, grouped = pair("gshard_din", BALANCED, 3)
+    moe, seen = grouped.interest, {"routed": [], "experts": []}
+    route, expert = moe.route, moe.experts.backbones[0].call
+
+    def route_group(sequence, mask, training=None):
+        out = route(sequence, mask, training)
+        seen["routed"].append((sequence.shape[1], out[0].shape[-1]))
+        return out
+
+    moe.route = route_group
+    moe.experts.backbones[0].call = lambda sequence, *a, **k: (seen["experts"].append(sequence.shape[1]),
+                                                                expert(sequence, *a, **k))[1]
+    grouped.probabilities(features())
+    widths = [w for w, _ in seen["routed"]]
+    assert len(widths) == 3 and max(widths) == L and min(widths) < L
+    # each group's buffer: C = min(w, ceil(1.25 * 2 * w / 3)); the padded batch's at the widest group only
+    assert [c for _, c in seen["routed"]] == [min(w, -(-5 * w // 6)) for w in widths]
+    assert len(seen["experts"]) == 3 and min(seen["experts"]) < moe.capacity
+    padded_flops, flops_at_3 = grouped.analytic_flops(), grouped.analytic_flops(3)
+    assert grouped.analytic_flops(L) == padded_flops
+    for part in ("inputs", "router", "experts"):
+        assert flops_at_3[part] < padded_flops[part], part
+    assert flops_at_3["experts"] == moe.experts.flops(3, 8) + 2 * 3 * 3 * 8  # C = min(3, ceil(2.5)) = 3 at w = 3
+
+
+def test_an_interest_layer_without_groups_is_refused():
+    from tfmoe.models.ctr.base import CTRModel
+    from tfmoe.models.ctr.interest import SingleBackboneInterest
+
+    class CoupledRows(SingleBackboneInterest):
+        supports_length_groups = False
+
     with pytest.raises(ValueError, match=r"`length_groups` \(2\) needs an interest layer") as error:
-        registry.build_model(name, num_items=N_ITEMS, max_len=L, length_groups=2, **options)
-    assert registry.model_class(name).__name__ in str(error.value)
+        CTRModel(num_items=N_ITEMS, max_len=L, interest=CoupledRows(max_len=L), length_groups=2)
+    assert "CoupledRows" in str(error.value) and "use length_groups=1" in str(error.value)
 
 
 def test_xla_scores_the_batch_as_it_is():

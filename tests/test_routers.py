@@ -197,6 +197,17 @@ def test_expert_choice_padding_changes_nothing():
         np.testing.assert_array_equal(base[key], other[key])
 
 
+def test_expert_choice_routes_a_sequence_of_dynamic_length_as_a_static_one():
+    router = ExpertChoiceRouter(num_experts=4, capacity_factor=2.0)
+    static = _numpy(router(X, mask=MASK))
+    spec = [tf.TensorSpec([None, None, X.shape[-1]], tf.float32), tf.TensorSpec([None, None], tf.bool)]
+    dynamic = tf.function(lambda x, m: router(x, mask=m), input_signature=spec)  # a length group's width
+    out = _numpy(dynamic(tf.constant(X), tf.constant(MASK)))
+    assert out["token_indices"].shape == (4, 4, 3)  # C = ceil(2 * 6 / 4), computed in the graph
+    for key in ("token_indices", "token_gates", "combine_weights", "dispatch_mask"):
+        np.testing.assert_array_equal(out[key], static[key])
+
+
 def test_expert_choice_rejects_non_sequence_inputs():
     with pytest.raises(ValueError, match=r"ExpertChoiceRouter: inputs must be \[batch, length, dim\]"):
         ExpertChoiceRouter(num_experts=2)(np.ones((3, 4), "float32"))

@@ -77,9 +77,9 @@ def test_tfmoe_and_keras_hub_sasrec_train_on_the_same_batches(record):
         assert models[name]["batches"] == models["sasrec"]["batches"]
     for name in train_speed.ctr_family("din"):  # so do DIN, MoS-DIN and the MoE baselines
         assert models[name]["batches"] == models["din"]["batches"]
-    # DIN and MoS-DIN in length groups count the work they do: each group's rows (MoS: its global expert's) at the
-    # group's width, less than padded
-    for name in ("din", "mos_din"):
+    # the models in length groups count the work they do: each group's rows (MoS: its global expert's; the
+    # baselines: their routing and expert buffers) at the group's width, less than padded
+    for name in ("din", "mos_din", "gshard_din", "expert_choice_din"):
         assert 0 < models[f"{name}_length_groups"]["train_flops_per_epoch"] < models[name]["train_flops_per_epoch"]
     for name, r in models.items():
         batch = record["config"]["models"][name]["batch_size"]
@@ -104,7 +104,7 @@ def test_the_moe_baselines_are_the_backbone_with_their_routing_at_the_same_lengt
     mos = configs[f"mos_{backbone}"]["options"]
     assert mos["num_themes"] == 8  # as many themes as the baselines have experts
     assert mos.get("backbone_options") == alone["options"].get("backbone_options")
-    for name in (backbone, f"mos_{backbone}"):  # the same model, options and batches, in length groups
+    for name in (backbone, f"mos_{backbone}", *routing):  # the same model, options and batches, in length groups
         grouped = configs[f"{name}_length_groups"]
         assert grouped["model"] == name and grouped["options"] == {**configs[name]["options"], "length_groups": 8}
         assert train_speed.arrays_key(f"{name}_length_groups", grouped) == train_speed.arrays_key("din", alone)
@@ -114,6 +114,9 @@ def test_the_moe_baselines_are_the_backbone_with_their_routing_at_the_same_lengt
     assert train_speed.RATIOS[f"gshard_{backbone}_over_{backbone}_time"] == (f"gshard_{backbone}", backbone)
     assert train_speed.RATIOS[f"expert_choice_{backbone}_over_{backbone}_time"] == (f"expert_choice_{backbone}",
                                                                                     backbone)
+    for name in routing:
+        assert train_speed.RATIOS[f"{name}_over_{backbone}_length_groups_time"] == (
+            f"{name}_length_groups", f"{backbone}_length_groups")
     assert (backbone in train_speed.MODELS) == (backbone == "din")  # TWIN's models run on request
 
 

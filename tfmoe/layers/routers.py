@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from tfmoe.utils.initializers import fresh_initializer
 from tfmoe.utils.validation import check_bool, check_choice, check_float, check_int, check_optional_int
+from tfmoe.utils.xla import dim
 
 # Denominator bound used to read a capacity factor as an exact fraction (1.25 -> 5/4).
 _CAPACITY_DENOMINATOR = 10_000
@@ -358,8 +359,8 @@ class ExpertChoiceRouter(_Router):
     and weights them by ``S[b, l, e]``. Per-example groups keep shapes static, make the routing of an
     example independent of the rest of the batch (and of how the batch is split over replicas).
 
-    ``C = min(L, ceil(capacity_factor * L / E))`` is the static buffer size; with padding, example ``b``
-    uses ``C_b = min(n_b, ceil(capacity_factor * n_b / E))`` with ``n_b`` its unmasked tokens, so every
+    ``C = min(L, ceil(capacity_factor * L / E))`` is the buffer size (static where ``L`` is); with padding, example
+    ``b`` uses ``C_b = min(n_b, ceil(capacity_factor * n_b / E))`` with ``n_b`` its unmasked tokens, so every
     expert picks exactly ``C_b`` real tokens and padding changes nothing. Unused slots have
     ``token_indices = -1`` and ``token_gates = 0``. ``capacity_factor`` is the average number of experts
     per token (the paper's ``c``). A token picked by no expert gets a zero output (residual only).
@@ -395,19 +396,19 @@ class ExpertChoiceRouter(_Router):
         )
 
     def build(self, input_shape):
-        if len(input_shape) != 3 or input_shape[1] is None:
+        if len(input_shape) != 3:
             raise ValueError(
-                f"{type(self).__name__}: inputs must be [batch, length, dim] with a known length, "
-                f"got shape {tuple(input_shape)}"
+                f"{type(self).__name__}: inputs must be [batch, length, dim], got shape {tuple(input_shape)}"
             )
         super().build(input_shape)
 
-    def capacity(self, length: int) -> int:
-        """Static per-example capacity ``C`` for sequences of ``length`` tokens."""
+    def capacity(self, length):
+        """Per-example buffer ``C`` for sequences of ``length`` tokens (an int, or an int32 tensor for a dynamic
+        length)."""
         return expert_capacity(length, self.num_experts, self.capacity_factor)
 
     def call(self, inputs, mask=None, training=None):
-        length = inputs.shape[1]
+        length = dim(inputs, 1)  # static where known; dynamic in a length group (CTRModel's length_groups)
         capacity = self.capacity(length)
         lead = leading_shape(inputs)
         flat_mask = flat_token_mask(type(self).__name__, mask, inputs)

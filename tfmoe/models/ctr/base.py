@@ -37,7 +37,8 @@ Common options (every CTR model):
         histories (``interest.supports_length_groups``). MoS does the same with each group's session grid cut to
         the sessions its width holds, and routes the whole batch's sessions in one step (its batch-level
         load-balance and codebook losses and restarts), with the same results (``interest.call_grouped``). The
-        token-routed baselines (batch-level capacity) refuse groups.
+        token-routed baselines (GShard, expert choice) route each group at its width (per-example capacity) and
+        take their load-balance loss over the whole batch's tokens, with the same results.
         ``compile(jit_compile=True)`` with groups is an error (``"auto"`` compiles without XLA); code that XLA
         compiles anyway (a serving signature exported with ``jit_compile``) scores the batch as it is: XLA would
         pad the groups back to ``L``.
@@ -115,8 +116,8 @@ class CTRModel(KerasConventions, keras.Model):
         self.interest = interest
         if self.length_groups > 1 and not interest.supports_length_groups:
             raise ValueError(f"{owner}: `length_groups` ({self.length_groups}) needs an interest layer that reads each "
-                             f"row's history at any width; {type(interest).__name__} does not (its expert capacities "
-                             f"are sized from the batch and max_len): use length_groups=1")
+                             f"row's history at any width; {type(interest).__name__} does not (supports_length_groups "
+                             f"is False): use length_groups=1")
         self._finish()
 
     def _checked(self, factory, *args, **kwargs):

@@ -39,7 +39,7 @@ def gather_subsequences(sequence, mask, indices, weights=None):
     indices = tf.gather(indices, order, batch_dims=2)
     used = indices >= 0
     safe = tf.maximum(indices, 0)
-    num, capacity = indices.shape[1], indices.shape[2]
+    num, capacity = indices.shape[1], dim(indices, 2)  # C is dynamic in a length group
     flat = tf.reshape(safe, [-1, num * capacity])
     tokens = tf.reshape(tf.gather(sequence, flat, batch_dims=1), [-1, num, capacity, sequence.shape[-1]])
     token_mask = tf.logical_and(used, tf.reshape(tf.gather(mask, flat, batch_dims=1), [-1, num, capacity]))

@@ -52,7 +52,8 @@ class InterestLayer(SequenceLayer):
     #: whether a model may score and train the layer's batch in length groups of rows, each cut to its widest row
     #: (:class:`~tfmoe.models.ctr.base.CTRModel`'s ``length_groups``) with :meth:`call_grouped`: the layer computes
     #: each row from that row's real history positions alone, at any history width, and runs any batch-level part
-    #: (MoS's router) on the whole batch. False for the token-routed baselines (batch-level expert capacity).
+    #: (MoS's router, the baselines' load-balance loss) on the whole batch. False by default: a layer whose rows depend
+    #: on each other (a capacity shared across the batch) cannot.
     supports_length_groups = False
 
     def __init__(self, max_len, backbone="din", backbone_options=None, **kwargs):

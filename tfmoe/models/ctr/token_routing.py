@@ -24,7 +24,10 @@ tokens with a token-level router. Both keep static shapes ``[B, E, C, d]``.
   ``capacity_factor`` = average experts per token); no auxiliary loss (balanced by construction).
 
 Cost: ``E`` backbone runs on ``C`` tokens each, i.e. about ``capacity_factor * k * L`` tokens through
-the experts (GShard) or ``capacity_factor * L`` (expert choice), for any backbone.
+the experts (GShard) or ``capacity_factor * L`` (expert choice), for any backbone. Each expert reads its
+subsequences cut to the widest one (outside XLA), and since every row is routed within itself, a CTR model's
+``length_groups`` route and run each group of rows at its width (``L`` and ``C`` of the group), with the logits,
+the load-balance loss and the gradients of the padded batch.
 
 Example:
     >>> import numpy as np
@@ -51,10 +54,18 @@ from tfmoe.models.ctr.experts import ExpertSet, gather_subsequences
 from tfmoe.models.ctr.interest import InterestLayer
 from tfmoe.utils import flops as fl
 from tfmoe.utils import validation as v
+from tfmoe.utils.xla import dim
 
 
 class _TokenExperts(InterestLayer):
-    """The experts of a token-routed layer and the combination of their outputs; the router is the subclass's."""
+    """The experts of a token-routed layer and the combination of their outputs; the router is the subclass's.
+
+    Every row is routed within itself (per-example capacity ``C_b`` from its own real tokens), so a batch may run in
+    length groups (:meth:`call_grouped`): each group is routed and its experts run at the group's width, and the
+    load-balance loss is taken once, over the real tokens of every group (those of the padded batch).
+    """
+
+    supports_length_groups = True
 
     def __init__(self, max_len, backbone="din", backbone_options=None, num_experts=4, shared_experts=False,
                  **kwargs):
@@ -72,17 +83,57 @@ class _TokenExperts(InterestLayer):
     def output_width(self, d):
         return self.experts.output_width(d)
 
+    @property
+    def capacity(self) -> int:
+        """Tokens per expert ``C`` at ``max_len`` (the padded batch's buffer)."""
+        return self.buffer_size(self.max_len)
+
+    def buffer_size(self, length):
+        """Tokens per expert ``C`` for histories read at ``length`` positions (int, or int32 tensor if dynamic)."""
+        raise NotImplementedError
+
+    def route(self, sequence, mask, training=None):
+        """``(token_indices [B, E, C] with -1 = unused, gates [B, E, C], the router's outputs)``; no loss."""
+        raise NotImplementedError
+
+    def add_balance_loss(self, routes: list, masks: list) -> None:
+        """Adds the routing's auxiliary loss over the real tokens of ``routes`` (router outputs) and their ``masks``;
+        none by default."""
+
+    def dispatch(self, sequence, mask, training=None):
+        """``(token_indices [B, E, C] with -1 = unused, gates [B, E, C])``; adds the routing's auxiliary loss."""
+        indices, gates, route = self.route(sequence, mask, training)
+        self.add_balance_loss([route], [mask])
+        return indices, gates
+
     def call(self, sequence, mask, target, features=None, training=None):
         indices, gates = self.dispatch(sequence, mask, training)
+        return self._run_experts(sequence, mask, indices, gates, target, training)
+
+    def call_grouped(self, groups, plan, training=None):
+        """Each group routed and its experts run at its width; the auxiliary loss once over every group's tokens."""
+        routed = [self.route(sequence, mask, training) for sequence, mask, _, _ in groups]
+        self.add_balance_loss([route for _, _, route in routed], [mask for _, mask, _, _ in groups])
+        return [self._run_experts(sequence, mask, indices, gates, target, training)
+                for (sequence, mask, target, _), (indices, gates, _) in zip(groups, routed)]
+
+    def _run_experts(self, sequence, mask, indices, gates, target, training=None):
+        """``u = sum_e [X_e non-empty] Backbone_e(g_e * X_e, q)``; each expert reads its subsequences cut to the
+        widest (outside XLA)."""
         tokens, token_mask = gather_subsequences(sequence, mask, indices, gates)
-        outputs = self.experts(tokens, token_mask, target, training=training)  # [B, E, d_out]
+        outputs = self.experts(tokens, token_mask, target, training=training, cut_to_widest=True)  # [B, E, d_out]
         filled = tf.cast(tf.reduce_any(token_mask, axis=-1), outputs.dtype)
         return tf.reduce_sum(outputs * filled[..., None], axis=1)
 
-    def _expert_flops(self, d, router_flops) -> dict:
-        c, e = self.capacity, self.num_experts
+    def routing_flops(self, length: int) -> int:
+        """Forward FLOPs per example of the dispatch beyond the router's logits and softmax, at ``length``."""
+        return 0
+
+    def flops(self, d, width=None):
+        length = min(width or self.max_len, self.max_len)
+        c, e = self.buffer_size(length), self.num_experts
         return {
-            "router": fl.matmul_flops(self.max_len, d, e) + 5 * self.max_len * e + router_flops,
+            "router": fl.matmul_flops(length, d, e) + 5 * length * e + self.routing_flops(length),
             "experts": self.experts.flops(c, d) + 2 * e * c * d,  # + gate scaling and masking of the tokens
             "combine": 2 * e * self.output_width(d),
         }
@@ -120,35 +171,39 @@ class GShardExperts(_TokenExperts):
         self.normalize = self.router.normalize
         self.router_temperature = self.router.temperature
 
-    @property
-    def capacity(self) -> int:
-        """Static tokens per expert ``C`` at ``max_len``."""
-        return expert_capacity(self.max_len, self.num_experts, self.capacity_factor, self.k)
+    def buffer_size(self, length):
+        return expert_capacity(length, self.num_experts, self.capacity_factor, self.k)
 
-    def dispatch(self, sequence, mask, training=None):
-        """``(token_indices [B, E, C] with -1 = unused, gates [B, E, C])``; adds the load-balance loss."""
-        length, e, k = sequence.shape[1], self.num_experts, self.k
+    def route(self, sequence, mask, training=None):
+        length, e, k = dim(sequence, 1), self.num_experts, self.k
         route = self.router(sequence, mask=mask, training=training)
         onehot = tf.one_hot(route["expert_indices"], e)  # [B, L, k, E]; -1 (padding) -> zeros
-        rank_bonus = tf.constant([(k - r) * length for r in range(k)], tf.float32)[None, None, :, None]
+        rank_bonus = tf.cast((k - tf.range(k)) * length, tf.float32)[None, None, :, None]
         chosen = tf.reduce_sum(onehot, axis=2) > 0  # [B, L, E]
         position = tf.range(length, dtype=tf.float32)[None, :, None]
         priority = tf.where(chosen, tf.reduce_sum(onehot * rank_bonus, axis=2) + position, -1.0)
-        capacity = expert_capacity(length, e, self.capacity_factor, k)
+        capacity = self.buffer_size(length)
         top = tf.math.top_k(tf.transpose(priority, [0, 2, 1]), k=capacity)  # [B, E, C]
         real = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
         limit = expert_capacity(real, e, self.capacity_factor, k)[:, None, None]
         used = tf.logical_and(top.values >= 0, tf.range(capacity)[None, None, :] < limit)
         indices = tf.where(used, top.indices, -1)
         gates = tf.gather(tf.transpose(route["combine_weights"], [0, 2, 1]), top.indices, batch_dims=2)
-        if self.load_balance_weight > 0:
-            flat_mask = tf.reshape(mask, [-1])
-            self.add_loss(self.load_balance_weight * losses.switch_load_balance_loss(
-                tf.reshape(route["router_probs"], [-1, e]), tf.reshape(route["dispatch_mask"], [-1, e]), flat_mask))
-        return indices, tf.where(used, gates, 0.0)
+        return indices, tf.where(used, gates, 0.0), route
 
-    def flops(self, d, width=None):  # no length groups: every row is read at max_len
-        return self._expert_flops(d, 4 * self.max_len * self.k * self.num_experts)
+    def add_balance_loss(self, routes, masks):
+        """``load_balance_weight * E sum_e f_e P_e`` over the real tokens of every route."""
+        if self.load_balance_weight == 0:
+            return
+        e = self.num_experts
+        tokens = {key: tf.concat([tf.reshape(route[key], [-1, e]) for route in routes], axis=0)
+                  for key in ("router_probs", "dispatch_mask")}
+        flat_mask = tf.concat([tf.reshape(mask, [-1]) for mask in masks], axis=0)
+        self.add_loss(self.load_balance_weight * losses.switch_load_balance_loss(
+            tokens["router_probs"], tokens["dispatch_mask"], flat_mask))
+
+    def routing_flops(self, length):
+        return 4 * length * self.k * self.num_experts
 
     def options(self):
         return {**super().options(), "k": self.k, "capacity_factor": self.capacity_factor,
@@ -176,18 +231,12 @@ class ExpertChoiceExperts(_TokenExperts):
         self.capacity_factor = self.router.capacity_factor
         self.router_temperature = self.router.temperature
 
-    @property
-    def capacity(self) -> int:
-        """Static tokens per expert ``C`` at ``max_len``."""
-        return self.router.capacity(self.max_len)
+    def buffer_size(self, length):
+        return self.router.capacity(length)
 
-    def dispatch(self, sequence, mask, training=None):
-        """``(token_indices [B, E, C] with -1 = unused, gates [B, E, C])``."""
+    def route(self, sequence, mask, training=None):
         route = self.router(sequence, mask=mask, training=training)
-        return route["token_indices"], route["token_gates"]
-
-    def flops(self, d, width=None):  # no length groups: every row is read at max_len
-        return self._expert_flops(d, 0)
+        return route["token_indices"], route["token_gates"], route
 
     def options(self):
         return {**super().options(), "capacity_factor": self.capacity_factor,

@@ -24,10 +24,10 @@ tokens with a token-level router. Both keep static shapes ``[B, E, C, d]``.
   ``capacity_factor`` = average experts per token); no auxiliary loss (balanced by construction).
 
 Cost: ``E`` backbone runs on ``C`` tokens each, i.e. about ``capacity_factor * k * L`` tokens through
-the experts (GShard) or ``capacity_factor * L`` (expert choice), for any backbone. Each expert reads its
-subsequences cut to the widest one (outside XLA), and since every row is routed within itself, a CTR model's
-``length_groups`` route and run each group of rows at its width (``L`` and ``C`` of the group), with the logits,
-the load-balance loss and the gradients of the padded batch.
+the experts (GShard) or ``capacity_factor * L`` (expert choice), for any backbone. Since every row is routed
+within itself, a CTR model's ``length_groups`` route and run each group of rows at its width (``L`` and ``C`` of
+the group, each expert's subsequences cut to the widest), with the logits, the load-balance loss and the gradients
+of the padded batch.
 
 Example:
     >>> import numpy as np
@@ -108,20 +108,20 @@ class _TokenExperts(InterestLayer):
 
     def call(self, sequence, mask, target, features=None, training=None):
         indices, gates = self.dispatch(sequence, mask, training)
-        return self._run_experts(sequence, mask, indices, gates, target, training)
+        return self._run_experts(sequence, mask, indices, gates, target, training)  # static shapes: [B, E, C, d]
 
     def call_grouped(self, groups, plan, training=None):
         """Each group routed and its experts run at its width; the auxiliary loss once over every group's tokens."""
         routed = [self.route(sequence, mask, training) for sequence, mask, _, _ in groups]
         self.add_balance_loss([route for _, _, route in routed], [mask for _, mask, _, _ in groups])
-        return [self._run_experts(sequence, mask, indices, gates, target, training)
+        return [self._run_experts(sequence, mask, indices, gates, target, training, cut_to_widest=True)
                 for (sequence, mask, target, _), (indices, gates, _) in zip(groups, routed)]
 
-    def _run_experts(self, sequence, mask, indices, gates, target, training=None):
-        """``u = sum_e [X_e non-empty] Backbone_e(g_e * X_e, q)``; each expert reads its subsequences cut to the
-        widest (outside XLA)."""
+    def _run_experts(self, sequence, mask, indices, gates, target, training=None, cut_to_widest=False):
+        """``u = sum_e [X_e non-empty] Backbone_e(g_e * X_e, q)``; with ``cut_to_widest`` (a length group, outside
+        XLA) each expert reads its subsequences cut to the widest."""
         tokens, token_mask = gather_subsequences(sequence, mask, indices, gates)
-        outputs = self.experts(tokens, token_mask, target, training=training, cut_to_widest=True)  # [B, E, d_out]
+        outputs = self.experts(tokens, token_mask, target, training=training, cut_to_widest=cut_to_widest)
         filled = tf.cast(tf.reduce_any(token_mask, axis=-1), outputs.dtype)
         return tf.reduce_sum(outputs * filled[..., None], axis=1)
 

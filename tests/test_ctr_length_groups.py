@@ -65,6 +65,27 @@ def loss_and_gradients(model, x, y, graph=False):
     return float(loss), [g.numpy() for g in gradients]
 
 
+def assert_scores_as_padded(padded, grouped, x):
+    """The grouped model's probabilities are the padded model's, eagerly and in a ``tf.function``."""
+    np.testing.assert_allclose(grouped.probabilities(x).numpy(), padded.probabilities(x).numpy(), atol=1e-6)
+    np.testing.assert_allclose(tf.function(grouped.probabilities)(x).numpy(), padded.probabilities(x).numpy(),
+                               atol=1e-6)
+
+
+def assert_trains_as_padded(padded, grouped, x, y, graph=False):
+    """One training step of each has the same loss (the BCE and the auxiliary losses) and gradients; eagerly, the
+    same auxiliary losses one by one."""
+    loss, gradients = loss_and_gradients(padded, x, y, graph=graph)
+    grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y, graph=graph)
+    assert grouped_loss == pytest.approx(loss, rel=1e-6)
+    if not graph:
+        assert len(grouped.losses) == len(padded.losses)
+        for got, expected in zip(grouped.losses, padded.losses):
+            assert float(got) == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
+    for expected, got in zip(gradients, grouped_gradients):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("groups", [2, 3, 8])
 @pytest.mark.parametrize("name, options", MODELS, ids=[m for m, _ in MODELS])
 def test_inference_in_length_groups_scores_as_the_padded_batch(name, options, groups):
@@ -78,12 +99,7 @@ def test_inference_in_length_groups_scores_as_the_padded_batch(name, options, gr
 @pytest.mark.parametrize("name, options", MODELS, ids=[m for m, _ in MODELS])
 def test_training_in_groups_has_the_padded_loss_and_gradients(name, options):
     padded, grouped = pair(name, options, 3)
-    x, y = features(), tf.constant([1, 0, 1, 1, 0, 1, 0, 0], tf.float32)
-    loss, gradients = loss_and_gradients(padded, x, y)
-    grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y)
-    assert grouped_loss == pytest.approx(loss, rel=1e-6)
-    for expected, got in zip(gradients, grouped_gradients):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    assert_trains_as_padded(padded, grouped, features(), tf.constant([1, 0, 1, 1, 0, 1, 0, 0], tf.float32))
 
 
 @pytest.mark.parametrize("groups", [2, 8])
@@ -91,23 +107,11 @@ def test_training_in_groups_has_the_padded_loss_and_gradients(name, options):
 def test_mos_in_length_groups_scores_trains_and_regularises_as_the_padded_batch(name, options, groups):
     padded, grouped = pair(name, options, groups)
     x, y = features(), tf.constant([1, 0, 1, 1, 0, 1, 0, 0], tf.float32)
-    np.testing.assert_allclose(grouped.probabilities(x).numpy(), padded.probabilities(x).numpy(), atol=1e-6)
-    np.testing.assert_allclose(tf.function(grouped.probabilities)(x).numpy(), padded.probabilities(x).numpy(),
-                               atol=1e-6)
-    loss, gradients = loss_and_gradients(padded, x, y)
-    grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y)
-    assert grouped_loss == pytest.approx(loss, rel=1e-6)  # the BCE and the router's batch-level losses
-    assert len(grouped.losses) == len(padded.losses) > 0
-    for got, expected in zip(grouped.losses, padded.losses):
-        assert float(got) == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
-    for expected, got in zip(gradients, grouped_gradients):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    assert_scores_as_padded(padded, grouped, x)
+    assert_trains_as_padded(padded, grouped, x, y)  # the BCE and the router's batch-level losses
+    assert len(grouped.losses) > 0
     # a second training step, in a tf.function, from the states (codebook, code usage, restart seeds) the first left
-    loss, gradients = loss_and_gradients(padded, x, y, graph=True)
-    grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y, graph=True)
-    assert grouped_loss == pytest.approx(loss, rel=1e-6)
-    for expected, got in zip(gradients, grouped_gradients):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    assert_trains_as_padded(padded, grouped, x, y, graph=True)
     for mine, theirs in zip(grouped.non_trainable_variables, padded.non_trainable_variables, strict=True):
         np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=1e-5, atol=1e-6, err_msg=mine.path)
 
@@ -159,20 +163,10 @@ def test_mos_cuts_each_groups_grid_and_experts_to_its_width_and_routes_the_whole
 def test_token_routed_baselines_in_length_groups_score_and_train_as_the_padded_batch(name, options, groups):
     padded, grouped = pair(name, options, groups)
     x, y = features(), tf.constant([1, 0, 1, 1, 0, 1, 0, 0], tf.float32)
-    np.testing.assert_allclose(grouped.probabilities(x).numpy(), padded.probabilities(x).numpy(), atol=1e-6)
-    np.testing.assert_allclose(tf.function(grouped.probabilities)(x).numpy(), padded.probabilities(x).numpy(),
-                               atol=1e-6)
-    for graph in (False, True):  # eagerly, then in a tf.function (the groups' widths and buffers dynamic)
-        loss, gradients = loss_and_gradients(padded, x, y, graph=graph)
-        grouped_loss, grouped_gradients = loss_and_gradients(grouped, x, y, graph=graph)
-        assert grouped_loss == pytest.approx(loss, rel=1e-6)  # the BCE and GShard's load-balance loss
-        if not graph:
-            # GShard's one load-balance loss, not one per group; expert choice has none
-            assert len(grouped.losses) == len(padded.losses) == int(name.startswith("gshard"))
-            for got, expected in zip(grouped.losses, padded.losses):
-                assert float(got) == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
-        for expected, got in zip(gradients, grouped_gradients):
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    assert_scores_as_padded(padded, grouped, x)
+    assert_trains_as_padded(padded, grouped, x, y)  # the BCE and GShard's load-balance loss
+    assert len(grouped.losses) == int(name.startswith("gshard"))  # one load-balance loss, not one per group
+    assert_trains_as_padded(padded, grouped, x, y, graph=True)  # the groups' widths and buffers dynamic
 
 
 def test_token_routed_groups_route_at_their_widths():

@@ -41,15 +41,11 @@ the float32 and bfloat16 matmul peak measured in the same run (:func:`matmul_pea
     sasrec_length_groups_speedup_over_keras_hub = t(keras_hub_sasrec) / t(sasrec_peer_length_groups)
     fame_over_sasrec_time         = t(fame) / t(sasrec)
     hymoerec_over_sasrec_time     = t(hymoerec) / t(sasrec)
-    and for each backbone b (din; twin on request):
-    mos_b_over_b_time             = t(mos_b) / t(b)
+    and for each backbone b (din; twin on request) and each model m around it (mos_b, gshard_b, expert_choice_b):
     b_length_groups_speedup       = t(b) / t(b_length_groups)
-    mos_b_length_groups_speedup   = t(mos_b) / t(mos_b_length_groups)
-    mos_b_over_b_length_groups_time = t(mos_b_length_groups) / t(b_length_groups)
-    gshard_b_over_b_time          = t(gshard_b) / t(b)
-    expert_choice_b_over_b_time   = t(expert_choice_b) / t(b)
-    gshard_b_length_groups_speedup = t(gshard_b) / t(gshard_b_length_groups)      (expert_choice_b likewise)
-    gshard_b_over_b_length_groups_time = t(gshard_b_length_groups) / t(b_length_groups)   (expert_choice_b likewise)
+    m_over_b_time                 = t(m) / t(b)
+    m_length_groups_speedup       = t(m) / t(m_length_groups)
+    m_over_b_length_groups_time   = t(m_length_groups) / t(b_length_groups)
 
 Nothing else should run on the cores meanwhile: a 1-minute load average above ``max_load`` (0.5) at the start is
 warned about and recorded, with the load averages before and after. One record per run
@@ -86,26 +82,24 @@ MAIN_MODELS = ("sasrec", "fame", "hymoerec")
 CTR_BACKBONES = tuple(SETTINGS["ctr"]["backbones"])  # din (the default run), twin (on request)
 
 
+def ctr_models(backbone: str) -> tuple:
+    """The CTR models around ``backbone``: alone, in MoS, and in the token-routed baselines."""
+    return backbone, f"mos_{backbone}", f"gshard_{backbone}", f"expert_choice_{backbone}"
+
+
 def ctr_family(backbone: str) -> tuple:
-    """The CTR models around ``backbone``: alone, in MoS and the token-routed baselines, each also in length groups."""
-    return (backbone, f"{backbone}_length_groups", f"mos_{backbone}", f"mos_{backbone}_length_groups",
-            f"gshard_{backbone}", f"gshard_{backbone}_length_groups", f"expert_choice_{backbone}",
-            f"expert_choice_{backbone}_length_groups")
+    """:func:`ctr_models`, each also in length groups (``<model>_length_groups``)."""
+    return tuple(name for model in ctr_models(backbone) for name in (model, f"{model}_length_groups"))
 
 
 def ctr_ratios(b: str) -> dict:
     """The speed ratios of :func:`ctr_family`'s models (see the module docstring)."""
-    return {f"mos_{b}_over_{b}_time": (f"mos_{b}", b),
-            f"{b}_length_groups_speedup": (b, f"{b}_length_groups"),
-            f"mos_{b}_length_groups_speedup": (f"mos_{b}", f"mos_{b}_length_groups"),
-            f"mos_{b}_over_{b}_length_groups_time": (f"mos_{b}_length_groups", f"{b}_length_groups"),
-            f"gshard_{b}_over_{b}_time": (f"gshard_{b}", b),
-            f"expert_choice_{b}_over_{b}_time": (f"expert_choice_{b}", b),
-            f"gshard_{b}_length_groups_speedup": (f"gshard_{b}", f"gshard_{b}_length_groups"),
-            f"expert_choice_{b}_length_groups_speedup": (f"expert_choice_{b}", f"expert_choice_{b}_length_groups"),
-            f"gshard_{b}_over_{b}_length_groups_time": (f"gshard_{b}_length_groups", f"{b}_length_groups"),
-            f"expert_choice_{b}_over_{b}_length_groups_time": (f"expert_choice_{b}_length_groups",
-                                                                f"{b}_length_groups")}
+    ratios = {f"{b}_length_groups_speedup": (b, f"{b}_length_groups")}
+    for model in ctr_models(b)[1:]:
+        ratios.update({f"{model}_over_{b}_time": (model, b),
+                       f"{model}_length_groups_speedup": (model, f"{model}_length_groups"),
+                       f"{model}_over_{b}_length_groups_time": (f"{model}_length_groups", f"{b}_length_groups")})
+    return ratios
 
 
 CTR_MODELS = tuple(name for backbone in CTR_BACKBONES for name in ctr_family(backbone))
@@ -419,8 +413,7 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
     mos = presets.get(ctr["mos"]["preset"])
     mos_options = {**mos["options"], **ctr["mos"]["options"], **(o.get("mos") or {})}
     for backbone, backbone_options in ctr["backbones"].items():
-        alone, grouped, in_mos, mos_grouped, gshard, gshard_grouped, expert_choice, expert_choice_grouped = (
-            ctr_family(backbone))
+        alone, in_mos, gshard, expert_choice = ctr_models(backbone)
         options = {**ctr["common"], **(backbone_options or {})}
         configs[alone] = {"max_len": ctr_len, "batch_size": ctr_batch, "optimizer": ctr["optimizer"],
                           "options": options}
@@ -428,10 +421,9 @@ def model_configs(num_items: int, overrides: dict | None = None) -> dict:
                            "options": {**mos_options, **(backbone_options or {})}}
         for name, routing in ((gshard, "gshard"), (expert_choice, "expert_choice")):
             configs[name] = {**configs[alone], "options": {**options, **ctr[routing]}}  # the backbone's + routing
-        for name, name_grouped in ((alone, grouped), (in_mos, mos_grouped), (gshard, gshard_grouped),
-                                   (expert_choice, expert_choice_grouped)):  # the same model and batches, grouped
-            configs[name_grouped] = {**configs[name], "model": name,
-                                     "options": {**configs[name]["options"], "length_groups": ctr["length_groups"]}}
+        for name in (alone, in_mos, gshard, expert_choice):  # the same model and batches, in length groups
+            configs[f"{name}_length_groups"] = {**configs[name], "model": name, "options": {
+                **configs[name]["options"], "length_groups": ctr["length_groups"]}}
     for config in configs.values():
         config["num_items"] = num_items
     return copy.deepcopy(configs)
